@@ -1,0 +1,127 @@
+"""Write arena results into a compare folder: the "arena" key of report.json and a report.md section."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from finetune.arena.criteria import QUESTIONS
+from finetune.arena.store import now
+from finetune.errors import DataError
+
+SECTION = "## Blind arena"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write text next to `path` in a temp file, then replace it, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def arena_section(results: dict, source: str, database: str) -> dict | None:
+    """Return the report.json "arena" value for one compare folder, or None if it has no votes."""
+    boards = [b for b in results["boards"] if b["source"] == source]
+    if not boards:
+        return None
+    criteria = {}
+    for board in boards:
+        criteria[board["criterion"]] = {
+            "question": QUESTIONS.get(board["criterion"], board["criterion"]),
+            **{k: v for k, v in board.items() if k not in ("source", "name", "criterion")},
+        }
+    return {"generated_at": now(), "database": database, "method": results["method"], "criteria": criteria}
+
+
+def _cell(text: object) -> str:
+    """Make a value safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_section(arena: dict) -> str:
+    """Render the "## Blind arena" markdown section from a report.json "arena" value."""
+    method = arena["method"]
+    lines = [
+        SECTION,
+        "",
+        "People compared two answers to the same prompt side by side, in random order, without seeing "
+        f"which arm wrote which. Ratings: {method['model']}, {method['scale']}, {method['anchor']}; "
+        f"ties and \"both bad\" count as half a win for each side; {method['ci']}.",
+        "",
+    ]
+    for criterion, board in arena["criteria"].items():
+        lines += [
+            f"### {board['question']} ({criterion})",
+            "",
+            f"{board['votes']} votes from {board['raters']} rater(s).",
+            "",
+            "| Arm | Rating | 95% CI | Votes | Wins | Losses | Ties | Both bad |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for row in board["arms"]:
+            ci = f"{row['ci95'][0]:.0f} to {row['ci95'][1]:.0f}" if row["ci95"] else "n/a"
+            lines.append(
+                f"| {_cell(row['arm'])} | {row['rating']:.0f} | {ci} | {row['votes']} | {row['wins']} | "
+                f"{row['losses']} | {row['ties']} | {row['both_bad']} |"
+            )
+        agreement = board.get("style_agreement")
+        if agreement and agreement["votes"]:
+            lo, hi = agreement["ci95"]
+            lines += [
+                "",
+                f"Raters picked the answer with the higher automatic style score in "
+                f"{agreement['rate']:.0%} of {agreement['votes']} decisive votes "
+                f"(95% CI {lo:.0%} to {hi:.0%}).",
+            ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def replace_section(markdown: str, section: str) -> str:
+    """Replace the "## Blind arena" section (up to the next "## " heading) or append it at the end."""
+    lines = markdown.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
+    if start is None:
+        return markdown.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    tail = lines[end:]
+    return "\n".join(lines[:start] + section.rstrip("\n").splitlines() + ([""] + tail if tail else [])) + "\n"
+
+
+def update_reports(results: dict, database: str) -> list[Path]:
+    """Write the arena results into the report.json / report.md that exist in each voted compare folder.
+
+    Missing folders and files are skipped (never created); a model card elsewhere is never touched.
+    """
+    written = []
+    for source in sorted({b["source"] for b in results["boards"]}):
+        folder = Path(source)
+        arena = arena_section(results, source, database)
+        if arena is None or not folder.is_dir():
+            continue
+        report_json = folder / "report.json"
+        if report_json.is_file():
+            try:
+                report = json.loads(report_json.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{report_json}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            if not isinstance(report, dict):
+                raise DataError(f"{report_json}: expected a JSON object at the top level")
+            report["arena"] = arena
+            _atomic_write(report_json, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+            written.append(report_json)
+        report_md = folder / "report.md"
+        if report_md.is_file():
+            text = report_md.read_text(encoding="utf-8")
+            _atomic_write(report_md, replace_section(text, markdown_section(arena)))
+            written.append(report_md)
+    return written

@@ -1,0 +1,212 @@
+"""The `finetune` command line: parse, call, print. No training logic lives here."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from typer._click.exceptions import ClickException  # typer vendors click; its usage errors are these
+from rich.table import Table
+
+from finetune.errors import FinetuneError
+
+app = typer.Typer(
+    name="finetune",
+    help="LoRA/QLoRA fine-tuning on one GPU (or a CPU), with estimates, A/B tests and a blind arena.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Run folder (default outputs/<name>)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: KEY=VALUE (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing run; start even if it won't fit."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
+    until: Optional[str] = typer.Option(None, "--until", help="Stop (and save) before this local time, HH:MM."),
+    num_processes: int = typer.Option(1, "--num-processes", help="Train on N processes via accelerate launch."),
+) -> None:
+    """Train a LoRA adapter from a recipe."""
+    from finetune.recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_)
+    if num_processes > 1:
+        from finetune.distributed import launch
+
+        raise typer.Exit(launch(recipe, loaded, num_processes, sys.argv))
+    from finetune.train import STATUS_EXIT, train as run_training
+
+    summary = run_training(
+        loaded, output_dir=output_dir, max_steps=max_steps, force=force, resume=resume, until=until,
+        say=lambda text: console.print(text, highlight=False),
+    )
+    if "steps" in summary:
+        _print_summary(summary)
+    raise typer.Exit(STATUS_EXIT.get(summary["status"], 1))
+
+
+def _print_summary(summary: dict) -> None:
+    """A few lines about a finished (or stopped) run."""
+    from finetune.telemetry import format_duration
+
+    loss = summary.get("train_loss")
+    eval_loss = summary.get("eval_loss")
+    parts = [
+        f"status {summary['status']}",
+        f"steps {summary['steps']}",
+        f"train loss {loss:.4f}" if loss is not None else "",
+        f"eval loss {eval_loss:.4f}" if eval_loss is not None else "",
+        f"wall {format_duration(summary['wall_time_s'])}",
+        f"peak {summary['peak_memory_mb']:.0f} MB",
+    ]
+    if summary.get("cost"):
+        from finetune.cost import format_money
+
+        parts.append(f"cost {format_money(summary['cost']['amount'], summary['cost']['currency'])}")
+    console.print("  ".join(p for p in parts if p), highlight=False, soft_wrap=True)
+    if summary.get("message"):
+        console.print(summary["message"], highlight=False)
+    if summary.get("adapter"):
+        console.print(f"adapter: {summary['adapter']}", highlight=False)
+
+
+@recipe_app.command("show")
+def recipe_show(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: KEY=VALUE."),
+) -> None:
+    """Print the resolved recipe, every default filled in."""
+    from finetune.recipe import load_recipe
+
+    console.print(load_recipe(recipe, set_).to_yaml(), highlight=False, end="")
+
+
+@data_app.command("check")
+def data_check(
+    file: Path = typer.Argument(..., help="JSONL dataset."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Use this recipe's tokenizer and max_length."),
+) -> None:
+    """Validate a dataset and show token-length statistics."""
+    from finetune.data import MAX_REPORTED, read_dataset
+    from finetune.data_stats import token_stats
+
+    report = read_dataset(file)
+    if report.problems:
+        for line in report.problems[:MAX_REPORTED]:
+            err_console.print(line, highlight=False, soft_wrap=True)
+        if len(report.problems) > MAX_REPORTED:
+            err_console.print(f"... and {len(report.problems) - MAX_REPORTED} more", highlight=False)
+        raise typer.Exit(2)
+    stats = token_stats(report, recipe)
+    multi = sum(1 for c in report.conversations if sum(m["role"] == "user" for m in c.messages) > 1)
+    console.print(
+        f"{file}: valid, format {report.format}, {len(report.conversations)} rows ({multi} multi-turn)",
+        highlight=False,
+    )
+    console.print(
+        f"tokens per row (tokenizer of {stats['model']}): p50 {stats['p50']}  p95 {stats['p95']}  "
+        f"max {stats['max']}  total {stats['total']}; {stats['truncated']} rows longer than max_length "
+        f"{stats['max_length']}",
+        highlight=False,
+    )
+
+
+@app.command("runs")
+def runs() -> None:
+    """List the runs in outputs/."""
+    from finetune.runs import list_runs
+    from finetune.telemetry import format_duration
+
+    table = Table("name", "status", "steps", "final loss", "wall", "peak MB", "energy Wh", "cost", "date")
+    for row in list_runs():
+        cost = row.get("cost")
+        money = ""
+        if cost:
+            from finetune.cost import format_money
+
+            money = format_money(cost["amount"], cost["currency"])
+        loss = row.get("train_loss")
+        table.add_row(
+            row["name"], row.get("status", "?"), str(row.get("steps", "")),
+            f"{loss:.4f}" if isinstance(loss, (int, float)) else "",
+            format_duration(row.get("wall_time_s")) if row.get("wall_time_s") is not None else "",
+            f"{row['peak_memory_mb']:.0f}" if row.get("peak_memory_mb") else "",
+            f"{row['energy_wh']:.1f}" if row.get("energy_wh") is not None else "-",
+            money, (row.get("finished_at") or "")[:16].replace("T", " "),
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show(run: str = typer.Argument(..., help="Run name (in outputs/) or folder.")) -> None:
+    """Print one run's summary and where its files are."""
+    import json
+
+    from finetune.runs import read_summary, resolve_run
+
+    run_dir = resolve_run(run)
+    summary = read_summary(run_dir)
+    if summary is None:
+        console.print(f"{run_dir}: no summary.json yet (running, or killed before the first save)")
+    else:
+        console.print_json(json.dumps(summary, ensure_ascii=False))
+    for item in sorted(run_dir.iterdir()):
+        console.print(f"  {item}{'/' if item.is_dir() else ''}", highlight=False)
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules, registered here so `finetune --help` lists them."""
+    from finetune import commands
+
+    commands.register(app)
+
+
+def _quiet_libraries() -> None:
+    """Library deprecation chatter is for library authors; users see our own lines."""
+    import os
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def main() -> None:
+    """Entry point: one line and exit 2 for user errors; `--debug` shows the traceback."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    else:
+        _quiet_libraries()
+    _register_optional_commands()
+    try:
+        code = app(standalone_mode=False)
+    except FinetuneError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (click.exceptions.Abort, typer.Abort):
+        sys.exit(130)
+    except (click.exceptions.ClickException, ClickException) as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,298 @@
+"""From per-item scores to the report's numbers: per-arm estimates, paired differences, drift, verdicts.
+
+Input, per arm: {"single": [row], "multi": [row], "long": [row], "ppl": {reference id: log-perplexity},
+"mc": {set name: [{"id", "correct", "correct_sum"}]}}. Rows carry `prompt_id` and the scores named
+in METRICS. No model is needed here, so every number in a report can be recomputed from samples.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+from finetune.compare import stats
+
+Scores = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-arm metric: where its per-item values come from and which direction is better."""
+
+    key: str
+    label: str
+    source: str  # single | multi | long | ppl
+    field: str | None
+    higher_is_better: bool | None  # None: neither (e.g. reply length)
+    log_scale: bool = False  # values are logs; estimates and differences are shown as exp (ratios)
+    compared: bool = True  # paired differences and verdicts are computed
+
+
+METRICS = [
+    Metric("style", "style score", "single", "style", True),
+    Metric("marker_rate", "marker rate", "single", "marker", True),
+    Metric("style_multi", "style score in conversations", "multi", "style", True),
+    Metric("marker_rate_multi", "marker rate in conversations", "multi", "marker", True),
+    Metric("style_long", "style score in long answers", "long", "style", True),
+    Metric("marker_rate_long", "marker rate in long answers", "long", "marker", True),
+    Metric("perplexity", "held-out perplexity", "ppl", None, False, log_scale=True),
+    Metric("prompt_tokens", "prompt tokens per request", "single", "prompt_tokens", False, compared=False),
+    Metric(
+        "completion_tokens", "generated tokens per reply", "single", "completion_tokens", None, compared=False
+    ),
+    Metric("latency_s", "latency per request (s)", "single", "latency_s", False, compared=False),
+    Metric("s_per_token", "seconds per generated token", "single", "s_per_token", False, compared=False),
+]
+METRIC_KEYS = [m.key for m in METRICS]
+HEADLINE = ["style", "marker_rate", "perplexity", "style_multi", "style_long"]
+
+
+def _seed(seed: int, *names: str) -> int:
+    """A reproducible seed per (metric, arms) so resamples differ between metrics but not between runs."""
+    return (seed * 1_000_003 + zlib.crc32("/".join(names).encode())) % 2**32
+
+
+def item_values(arm_scores: Scores, metric: Metric) -> dict[str, float | None]:
+    """Per-item values of a metric: one per prompt (multi-turn: one mean per conversation)."""
+    if metric.source == "ppl":
+        return dict(arm_scores.get("ppl") or {})
+    rows = arm_scores.get(metric.source) or []
+    if metric.source == "multi":
+        return stats.group_means([r.get(metric.field) for r in rows], [r["prompt_id"] for r in rows])
+    return {r["prompt_id"]: r.get(metric.field) for r in rows}
+
+
+def estimate(values: dict[str, float | None], seed: int, log_scale: bool = False) -> dict[str, Any]:
+    """Bootstrap estimate of the mean of per-item values (exp'd back for log-scale metrics)."""
+    est = stats.bootstrap_mean_ci([v for v in values.values() if v is not None], seed=seed)
+    return stats.exp_estimate(est) if log_scale else est
+
+
+def paired(
+    a: dict[str, float | None], b: dict[str, float | None], seed: int, log_scale: bool = False
+) -> dict:
+    """Paired difference a - b over items both have (a ratio a / b for log-scale metrics)."""
+    keys = [k for k in a if k in b and a[k] is not None and b[k] is not None]
+    est = stats.paired_difference([a[k] for k in keys], [b[k] for k in keys], seed=seed)
+    return stats.exp_estimate(est) if log_scale else est
+
+
+def arm_section(scores: dict[str, Scores], arms: list[str], seed: int) -> dict[str, dict[str, Any]]:
+    """Every metric per arm as {mean, ci_low, ci_high, n} (None where the arm has no such items)."""
+    out: dict[str, dict[str, Any]] = {}
+    for arm in arms:
+        out[arm] = {}
+        for metric in METRICS:
+            values = item_values(scores[arm], metric)
+            est = estimate(values, _seed(seed, metric.key, arm), metric.log_scale)
+            out[arm][metric.key] = est if est["n"] else None
+    return out
+
+
+def _mc_values(arm_scores: Scores, name: str, field: str = "correct") -> dict[str, float]:
+    """Per-question correctness (1.0 or 0.0) of one multiple-choice set."""
+    return {r["id"]: r[field] for r in (arm_scores.get("mc") or {}).get(name, [])}
+
+
+def mc_section(
+    scores: dict[str, Scores], arms: list[str], sets: dict[str, dict[str, Any]], seed: int
+) -> dict:
+    """Multiple-choice accuracy per set and arm (length-normalised; by summed log-probability too)."""
+    out = {}
+    for name, meta in sets.items():
+        per_arm = {}
+        for arm in arms:
+            per_arm[arm] = {
+                "accuracy": estimate(_mc_values(scores[arm], name), _seed(seed, "mc", name, arm)),
+                "accuracy_sum": estimate(
+                    _mc_values(scores[arm], name, "correct_sum"), _seed(seed, "mcs", name, arm)
+                ),
+            }
+        out[name] = {**meta, "arms": per_arm}
+    return out
+
+
+def _pairs(arms: list[str]) -> list[tuple[str, str]]:
+    """Every pair of arms as (later, earlier) in --arms order: adapter vs base, not base vs adapter."""
+    return [(arms[j], arms[i]) for i, j in combinations(range(len(arms)), 2)]
+
+
+def differences(
+    scores: dict[str, Scores], arms: list[str], mc_sets: list[str], seed: int
+) -> list[dict[str, Any]]:
+    """Paired differences (a - b, or a / b for perplexity) for every pair of arms and compared metric."""
+    out = []
+    specs = [(m.key, m.label, m.higher_is_better, m.log_scale, m) for m in METRICS if m.compared]
+    specs += [(f"mc:{name}", f"multiple-choice accuracy ({name})", True, False, None) for name in mc_sets]
+    for key, label, higher, log_scale, metric in specs:
+        for a, b in _pairs(arms):
+            if metric is not None:
+                va, vb = item_values(scores[a], metric), item_values(scores[b], metric)
+            else:
+                name = key.split(":", 1)[1]
+                va, vb = _mc_values(scores[a], name), _mc_values(scores[b], name)
+            est = paired(va, vb, _seed(seed, key, a, b), log_scale)
+            if not est["n"]:
+                continue
+            null = 1.0 if log_scale else 0.0
+            sig = stats.significant(est, null)
+            better = None
+            if sig:
+                a_better = (est["mean"] > null) == higher
+                better = a if a_better else b
+            out.append(
+                {
+                    "metric": key,
+                    "label": label,
+                    "a": a,
+                    "b": b,
+                    "scale": "ratio" if log_scale else "difference",
+                    **est,
+                    "significant": sig,
+                    "better": better,
+                    "higher_is_better": higher,
+                }
+            )
+    return out
+
+
+def drift_section(scores: dict[str, Scores], arms: list[str], seed: int) -> dict[str, Any]:
+    """Style by user turn in conversations, and first vs last third of long answers, per arm."""
+    multi: dict[str, Any] = {}
+    long: dict[str, Any] = {}
+    for arm in arms:
+        rows = scores[arm].get("multi") or []
+        if rows:
+            turns = sorted({r["turn"] for r in rows})
+            by_turn = []
+            for t in turns:
+                at = [r for r in rows if r["turn"] == t]
+                by_turn.append(
+                    {
+                        "turn": t,
+                        "style": estimate(
+                            {r["prompt_id"]: r.get("style") for r in at}, _seed(seed, "dm", arm, str(t))
+                        ),
+                        "marker_rate": estimate(
+                            {r["prompt_id"]: r.get("marker") for r in at}, _seed(seed, "dmm", arm, str(t))
+                        ),
+                    }
+                )
+            first = {r["prompt_id"]: r.get("style") for r in rows if r["turn"] == 0}
+            last_turn = {}
+            for r in rows:
+                if r["turn"] >= last_turn.get(r["prompt_id"], (-1, None))[0]:
+                    last_turn[r["prompt_id"]] = (r["turn"], r.get("style"))
+            last = {k: v for k, (t, v) in last_turn.items() if t > 0}
+            multi[arm] = {"by_turn": by_turn, "change": paired(last, first, _seed(seed, "dc", arm))}
+        rows = scores[arm].get("long") or []
+        if rows:
+
+            def pick(field: str, rows: list[dict] = rows) -> dict[str, float | None]:
+                return {r["prompt_id"]: r.get(field) for r in rows}
+
+            long[arm] = {
+                "first_third": {
+                    "style": estimate(pick("first_style"), _seed(seed, "lf", arm)),
+                    "marker_rate": estimate(pick("first_marker"), _seed(seed, "lfm", arm)),
+                },
+                "last_third": {
+                    "style": estimate(pick("last_style"), _seed(seed, "ll", arm)),
+                    "marker_rate": estimate(pick("last_marker"), _seed(seed, "llm", arm)),
+                },
+                "change": paired(pick("last_style"), pick("first_style"), _seed(seed, "lc", arm)),
+            }
+    return {"multi": multi, "long": long}
+
+
+def _find(diffs: list[dict[str, Any]], metric: str, a: str, b: str) -> dict[str, Any] | None:
+    """The difference a vs b on a metric, whichever order it was computed in (flipped if needed)."""
+    for d in diffs:
+        if d["metric"] != metric:
+            continue
+        if (d["a"], d["b"]) == (a, b):
+            return d
+        if (d["a"], d["b"]) == (b, a):
+            flipped = dict(d, a=a, b=b)
+            if d["scale"] == "ratio":
+                flipped.update(mean=1 / d["mean"], ci_low=1 / d["ci_high"], ci_high=1 / d["ci_low"])
+            else:
+                flipped.update(mean=-d["mean"], ci_low=-d["ci_high"], ci_high=-d["ci_low"])
+            return flipped
+    return None
+
+
+def verdict_pairs(arms: list[str]) -> list[tuple[str, str, list[str] | None]]:
+    """Which comparisons get verdict lines: (a, b, metrics or None for all headline metrics)."""
+    plain_adapters = [a for a in arms if a.startswith("adapter") and not a.endswith("+prompt")]
+    pairs: list[tuple[str, str, list[str] | None]] = []
+    for adapter in plain_adapters:
+        if "prompt" in arms:
+            pairs.append((adapter, "prompt", None))
+            if "base" in arms:
+                pairs.append((adapter, "base", ["style"]))
+        elif "base" in arms:
+            pairs.append((adapter, "base", None))
+        if f"{adapter}+prompt" in arms:
+            pairs.append((f"{adapter}+prompt", adapter, ["style"]))
+    if "prompt" in arms and "base" in arms:
+        pairs.append(("prompt", "base", ["style"] if plain_adapters else None))
+    if not pairs:
+        pairs = [(a, b, ["style"]) for a, b in _pairs(arms)]
+    return pairs
+
+
+def verdict_lines(diffs: list[dict[str, Any]], arms: list[str], mc_sets: list[str]) -> list[str]:
+    """The verdict per headline comparison and metric (metrics with no data are left out)."""
+    labels = {m.key: m.label for m in METRICS}
+    log_scale = {m.key: m.log_scale for m in METRICS}
+    lines = []
+    for a, b, metrics in verdict_pairs(arms):
+        keys = metrics or [*HEADLINE, *(f"mc:{s}" for s in mc_sets)]
+        for key in keys:
+            d = _find(diffs, key, a, b)
+            if d is None:
+                continue
+            label = labels.get(key) or f"multiple-choice accuracy ({key.split(':', 1)[1]})"
+            higher = d["higher_is_better"]
+            lines.append(
+                stats.verdict(label, a, b, d, higher_is_better=higher, ratio=log_scale.get(key, False))
+            )
+    return lines
+
+
+def drift_lines(drift: dict[str, Any]) -> list[str]:
+    """One line per arm (base excluded) on whether its voice holds over turns and over long answers."""
+    lines = []
+    for arm, section in drift["multi"].items():
+        turns = section["by_turn"]
+        if arm == "base" or len(turns) < 2:
+            continue
+        lines.append(
+            stats.drift_verdict(
+                arm,
+                "over the conversation",
+                "turn 1",
+                f"turn {turns[-1]['turn'] + 1}",
+                turns[0]["style"],
+                turns[-1]["style"],
+                section["change"],
+            )
+        )
+    for arm, section in drift["long"].items():
+        if arm == "base":
+            continue
+        lines.append(
+            stats.drift_verdict(
+                arm,
+                "in long answers",
+                "first third",
+                "last third",
+                section["first_third"]["style"],
+                section["last_third"]["style"],
+                section["change"],
+            )
+        )
+    return lines

@@ -1,0 +1,207 @@
+"""Running arms: one base model with named adapters, batched generation, the base-output cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune import atomic
+from finetune.compare.arms import Arm
+from finetune.compare.prompts import Messages, MultiTurn
+from finetune.recipe import Recipe
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GenSettings:
+    """Generation settings, recorded in the report and part of every cache key."""
+
+    max_new_tokens: int
+    long_max_new_tokens: int
+    batch_size: int
+    seed: int
+    do_sample: bool = False
+    temperature: float = 0.7
+
+
+class ArmModels:
+    """The base model loaded once; adapters attached as named PEFT adapters and switched per arm."""
+
+    def __init__(self, recipe: Recipe, adapters: dict[str, Path]) -> None:
+        from finetune.inference import attach_adapter, load_base
+
+        self.model, self.tokenizer = load_base(recipe)
+        self.peft_names: dict[str, str] = {}
+        for index, (label, folder) in enumerate(adapters.items()):
+            # PEFT adapter names become module keys, so run names (which may hold dots) are not used.
+            name = f"adapter{index}"
+            self.model = attach_adapter(self.model, folder, name)
+            self.peft_names[label] = name
+        self.model.eval()
+
+    @contextmanager
+    def use(self, arm: Arm) -> Iterator[Any]:
+        """Make the model answer as `arm`: its adapter switched on, or every adapter off for base arms."""
+        if arm.adapter is not None:
+            self.model.set_adapter(self.peft_names[arm.adapter], inference_mode=True)
+            yield self.model
+        elif self.peft_names:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            yield self.model
+
+
+def with_system(messages: Messages, arm: Arm, system_prompt: str | None) -> Messages:
+    """The messages an arm sends: the persona system prompt first for prompt arms."""
+    if arm.prompt and system_prompt:
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return list(messages)
+
+
+def generate_replies(
+    models: ArmModels,
+    arm: Arm,
+    conversations: list[Messages],
+    system_prompt: str | None,
+    settings: GenSettings,
+    max_new_tokens: int,
+) -> list[dict[str, Any]]:
+    """One reply per conversation: {text, prompt_tokens, completion_tokens, latency_s}, in input order."""
+    from finetune.inference import generate
+
+    if not conversations:
+        return []
+    sent = [with_system(c, arm, system_prompt) for c in conversations]
+    # Batch prompts of similar length together: less padding, same results per prompt order.
+    order = sorted(range(len(sent)), key=lambda i: len(json.dumps(sent[i], ensure_ascii=False)))
+    with models.use(arm) as model:
+        results = generate(
+            model,
+            models.tokenizer,
+            [sent[i] for i in order],
+            max_new_tokens=max_new_tokens,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+            do_sample=settings.do_sample,
+            temperature=settings.temperature,
+        )
+    out: list[dict[str, Any]] = [{}] * len(sent)
+    for i, result in zip(order, results, strict=True):
+        out[i] = asdict(result)
+    # Time per decoding step of each batch: its wall time over its longest reply (what streaming feels like).
+    for start in range(0, len(order), settings.batch_size):
+        chunk = order[start : start + settings.batch_size]
+        steps = max(1, max(out[i]["completion_tokens"] for i in chunk))
+        for i in chunk:
+            out[i]["s_per_token"] = out[i]["latency_s"] / steps
+    return out
+
+
+def generate_conversations(
+    models: ArmModels,
+    arm: Arm,
+    conversations: list[MultiTurn],
+    system_prompt: str | None,
+    settings: GenSettings,
+) -> list[dict[str, Any]]:
+    """Multi-turn runs: each arm's own replies are fed back; all conversations advance one turn per batch.
+
+    Returns one record per reply: {prompt_id, turn, conversation (without system), text, ...}.
+    """
+    histories: dict[str, Messages] = {c.id: [] for c in conversations}
+    records: list[dict[str, Any]] = []
+    for turn in range(max((len(c.turns) for c in conversations), default=0)):
+        active = [c for c in conversations if turn < len(c.turns)]
+        for c in active:
+            histories[c.id].append({"role": "user", "content": c.turns[turn]})
+        replies = generate_replies(
+            models, arm, [histories[c.id] for c in active], system_prompt, settings, settings.max_new_tokens
+        )
+        for c, reply in zip(active, replies, strict=True):
+            records.append({"prompt_id": c.id, "turn": turn, "conversation": list(histories[c.id]), **reply})
+            histories[c.id].append({"role": "assistant", "content": reply["text"]})
+    return records
+
+
+class OutputCache:
+    """Results of arms without an adapter (base and prompt), kept across compare runs.
+
+    Key: base model identity + what is computed + arm (its system prompt) + prompt-set hash + settings.
+    Adapter arms are never cached: an adapter can be retrained under the same name.
+    """
+
+    def __init__(self, folder: Path | None, identity: dict[str, Any]) -> None:
+        self.folder = folder
+        self.identity = identity
+        self.hits: list[str] = []
+
+    def key(
+        self, what: str, arm: Arm, system_prompt: str | None, items_hash: str, settings: dict[str, Any]
+    ) -> str:
+        """The cache key of one computation."""
+        payload = {
+            "version": CACHE_VERSION,
+            "identity": self.identity,
+            "what": what,
+            "arm": arm.name,
+            "system_prompt": system_prompt if arm.prompt else None,
+            "items": items_hash,
+            "settings": settings,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[
+            :32
+        ]
+
+    def get_or_compute(
+        self,
+        what: str,
+        arm: Arm,
+        system_prompt: str | None,
+        items_hash: str,
+        settings: dict[str, Any],
+        compute: Callable[[], Any],
+    ) -> Any:
+        """A cached result for base-model arms, else compute it (and store it atomically)."""
+        if self.folder is None or arm.uses_adapter:
+            return compute()
+        path = self.folder / f"{self.key(what, arm, system_prompt, items_hash, settings)}.json"
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                self.hits.append(f"{what}/{arm.name}")
+                return data["result"]
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged entry is recomputed and overwritten
+        result = compute()
+        atomic.write_json(path, {"what": what, "arm": arm.name, "result": result})
+        return result
+
+
+def model_identity(recipe: Recipe) -> dict[str, Any]:
+    """What identifies the base model's outputs: its spec, its config and weights file, library versions."""
+    from importlib.metadata import version
+
+    from finetune.models import resolve_base_model
+
+    source = resolve_base_model(recipe.base_model)
+    identity: dict[str, Any] = {
+        "base_model": recipe.base_model,
+        "source": source,
+        "torch": version("torch"),
+        "transformers": version("transformers"),
+    }
+    folder = Path(source)
+    for name in ("config.json", "model.safetensors"):
+        path = folder / name
+        if path.is_file():
+            stat = path.stat()
+            identity[name] = f"{stat.st_size}-{int(stat.st_mtime)}"
+    identity["chat_template"] = recipe.tokenizer.chat_template
+    return identity

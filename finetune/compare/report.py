@@ -1,0 +1,289 @@
+"""Writing a comparison: samples.jsonl, report.json, report.md, a self-contained report.html, the table."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from finetune import atomic
+from finetune.compare.analysis import METRICS
+from finetune.compare.charts import drift_chart, metric_chart
+
+TABLE_METRICS = [
+    "style",
+    "marker_rate",
+    "perplexity",
+    "style_multi",
+    "style_long",
+    "prompt_tokens",
+    "latency_s",
+    "s_per_token",
+]
+_DIGITS = {"prompt_tokens": 1, "latency_s": 2, "s_per_token": 3, "perplexity": 2, "completion_tokens": 1}
+
+
+def fmt_estimate(est: dict[str, Any] | None, digits: int = 2) -> str:
+    """'0.85 [0.78, 0.91]', or '-' when there is no estimate."""
+    if not est or est.get("mean") is None:
+        return "-"
+    if est.get("ci_low") is None:
+        return f"{est['mean']:.{digits}f}"
+    return f"{est['mean']:.{digits}f} [{est['ci_low']:.{digits}f}, {est['ci_high']:.{digits}f}]"
+
+
+def metric_rows(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """Rows of (metric label, one formatted estimate per arm) for every metric with data."""
+    arms = report["settings"]["arms"]
+    labels = {m.key: m.label for m in METRICS}
+    rows = []
+    for key in TABLE_METRICS:
+        cells = [fmt_estimate(report["arms"][a].get(key), _DIGITS.get(key, 2)) for a in arms]
+        if any(c != "-" for c in cells):
+            rows.append((labels[key], cells))
+    for name, section in report["multiple_choice"].items():
+        rows.append((f"MC accuracy ({name})", [fmt_estimate(section["arms"][a]["accuracy"]) for a in arms]))
+    return rows
+
+
+def console_table(report: dict[str, Any]) -> Table:
+    """The rich table the terminal shows: metrics down, arms across, mean [95% CI]."""
+    table = Table(title=f"compare {report['run']}: mean [95% CI]", title_justify="left")
+    table.add_column("metric")
+    for arm in report["settings"]["arms"]:
+        table.add_column(arm, justify="right")
+    for label, cells in metric_rows(report):
+        table.add_row(label, *cells)
+    return table
+
+
+def _sets_line(report: dict[str, Any]) -> str:
+    """'16 single, 3 multi, ...' for the header."""
+    sets = report["settings"]["prompt_sets"]
+    return ", ".join(f"{info['n']} {name}" for name, info in sets.items() if info["n"])
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """report.md: verdicts, metrics, multiple choice, drift, cost, classifier, differences, settings."""
+    s = report["settings"]
+    arms = s["arms"]
+    out = [
+        f"# Compare: {report['run']}",
+        "",
+        f"{report['created_at']} · model `{s['model']}` · arms {', '.join(arms)} · seed {s['seed']} · "
+        f"{'sampling' if s['do_sample'] else 'greedy'}, max_new_tokens {s['max_new_tokens']} "
+        f"(long {s['long_max_new_tokens']})",
+        "",
+        f"Prompt sets: {_sets_line(report)}.",
+        "",
+    ]
+    if s["system_prompt"]:
+        out += [
+            f"System prompt ({s['system_prompt_source']}):",
+            "",
+            "> " + s["system_prompt"].replace("\n", "\n> "),
+            "",
+        ]
+    out += ["## Verdicts", ""] + [f"- {v}" for v in report["verdicts"]] + [""]
+    out += [
+        "## Metrics per arm (mean [95% CI])",
+        "",
+        "| metric | " + " | ".join(arms) + " |",
+        "|---|" + "---:|" * len(arms),
+    ]
+    out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in metric_rows(report)]
+    out.append("")
+    if report["multiple_choice"]:
+        out += ["## Multiple choice", ""]
+        for section in report["multiple_choice"].values():
+            out += [
+                f"`{section['file']}`, {section['n']} questions; scoring: {section['scoring']}.",
+                "",
+                "| arm | accuracy | accuracy (sum) |",
+                "|---|---:|---:|",
+            ]
+            out += [
+                f"| {a} | {fmt_estimate(v['accuracy'])} | {fmt_estimate(v['accuracy_sum'])} |"
+                for a, v in section["arms"].items()
+            ]
+            out.append("")
+    drift = report["drift"]
+    if drift["multi"]:
+        turns = max(len(v["by_turn"]) for v in drift["multi"].values())
+        out += [
+            "## Drift over a conversation (style score by user turn)",
+            "",
+            "| arm | " + " | ".join(f"turn {t + 1}" for t in range(turns)) + " | change |",
+            "|---|" + "---:|" * (turns + 1),
+        ]
+        for arm, section in drift["multi"].items():
+            cells = [fmt_estimate(t["style"]) for t in section["by_turn"]]
+            cells += ["-"] * (turns - len(cells))
+            out.append(f"| {arm} | " + " | ".join(cells) + f" | {fmt_estimate(section['change'])} |")
+        out.append("")
+    if drift["long"]:
+        out += [
+            "## Drift within long answers (style score)",
+            "",
+            "| arm | first third | last third | change |",
+            "|---|---:|---:|---:|",
+        ]
+        out += [
+            f"| {a} | {fmt_estimate(v['first_third']['style'])} | {fmt_estimate(v['last_third']['style'])} | "
+            f"{fmt_estimate(v['change'])} |"
+            for a, v in drift["long"].items()
+        ]
+        out.append("")
+    out += _cost_markdown(report)
+    c = report["classifier"]
+    out += [
+        "## Style classifier",
+        "",
+        (
+            f"Logistic regression on all-MiniLM-L6-v2 embeddings, persona training replies vs the base "
+            f"model's "
+            f"replies to the same prompts: held-out accuracy {c['accuracy']:.2f} ({c['n_train']} train, "
+            f"{c['n_test']} test)."
+            if c["available"]
+            else f"Not trained: {c['reason']}."
+        ),
+        "",
+    ]
+    out += [
+        "## Paired differences (a vs b; ratio a/b for perplexity)",
+        "",
+        "| metric | a | b | difference [95% CI] | n | significant |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    out += [
+        f"| {d['label']} | {d['a']} | {d['b']} | {fmt_estimate(d)} | {d['n']} | "
+        f"{'yes: ' + d['better'] if d['significant'] else 'no'} |"
+        for d in report["differences"]
+    ]
+    out.append("")
+    if report["warnings"]:
+        out += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+    out += ["## Settings", "", "```json", json.dumps(s, indent=2, ensure_ascii=False), "```", ""]
+    return "\n".join(out)
+
+
+def _cost_markdown(report: dict[str, Any]) -> list[str]:
+    """The cost section of report.md."""
+    cost = report["cost"]
+    out = ["## Cost", ""]
+    if cost["price"]:
+        p = cost["price"]
+        out.append(f"- Input price: {p['per_mtok']:g} {p['currency']} per million tokens ({p['source']}).")
+    if cost["system_prompt_tokens"] is not None:
+        out.append(
+            f"- The system prompt adds {cost['system_prompt_tokens']:.1f} input tokens to every request."
+        )
+    for arm, entry in cost["adapters"].items():
+        if entry["text"]:
+            out.append(f"- {entry['text'] if entry['text'].startswith(arm) else arm + ': ' + entry['text']}")
+    out.append("")
+    return out
+
+
+_CSS = (
+    "body{font-family:system-ui,'Noto Sans CJK JP','Hiragino Sans',sans-serif;max-width:1100px;"
+    "margin:2em auto;"
+    "padding:0 1em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}"
+    "td,th{border:1px solid #ccc;padding:.25em .6em;font-size:.9em}"
+    "td.n{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}"
+    "blockquote{color:#555;border-left:3px solid #ccc;margin:0;padding-left:1em}li{margin:.2em 0}"
+)
+
+
+def _table_html(header: list[str], rows: list[list[str]]) -> str:
+    """An escaped HTML table; every column after the first is numeric."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{' class=n' if i else ''}>{html.escape(c)}</td>" for i, c in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def to_html(report: dict[str, Any], charts: dict[str, str | None]) -> str:
+    """report.html: one file, verdicts, tables and charts embedded as base64 PNGs (all text escaped)."""
+    s = report["settings"]
+    arms = s["arms"]
+    e = html.escape
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Compare {e(report['run'])}</title>"
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Compare: {e(report['run'])}</h1>",
+        f"<p>{e(report['created_at'])} · model <code>{e(s['model'])}</code> · seed {s['seed']} · "
+        f"prompt sets: {e(_sets_line(report))}</p>",
+    ]
+    if s["system_prompt"]:
+        parts.append(
+            f"<p>System prompt ({e(s['system_prompt_source'])}):</p><blockquote>{e(s['system_prompt'])}"
+            "</blockquote>"
+        )
+    parts.append("<h2>Verdicts</h2><ul>" + "".join(f"<li>{e(v)}</li>" for v in report["verdicts"]) + "</ul>")
+    parts.append("<h2>Metrics per arm (mean [95% CI])</h2>")
+    parts.append(_table_html(["metric", *arms], [[label, *cells] for label, cells in metric_rows(report)]))
+    if charts.get("metrics"):
+        parts.append(f"<img alt='metrics with 95% CI' src='data:image/png;base64,{charts['metrics']}'>")
+    if charts.get("drift"):
+        parts.append("<h2>Drift</h2>")
+        parts.append(f"<img alt='style drift' src='data:image/png;base64,{charts['drift']}'>")
+    cost = _cost_markdown(report)[2:]
+    parts.append("<h2>Cost</h2><ul>" + "".join(f"<li>{e(line[2:])}</li>" for line in cost if line) + "</ul>")
+    c = report["classifier"]
+    parts.append(
+        "<h2>Style classifier</h2><p>"
+        + e(
+            f"held-out accuracy {c['accuracy']:.2f} ({c['n_train']} train, {c['n_test']} test replies)"
+            if c["available"]
+            else f"not trained: {c['reason']}"
+        )
+        + "</p>"
+    )
+    parts.append("<h2>Paired differences</h2>")
+    parts.append(
+        _table_html(
+            ["metric", "a", "b", "difference [95% CI]", "n", "significant"],
+            [
+                [
+                    d["label"],
+                    d["a"],
+                    d["b"],
+                    fmt_estimate(d),
+                    str(d["n"]),
+                    ("yes: " + d["better"]) if d["significant"] else "no",
+                ]
+                for d in report["differences"]
+            ],
+        )
+    )
+    if report["warnings"]:
+        parts.append(
+            "<h2>Warnings</h2><ul>" + "".join(f"<li>{e(w)}</li>" for w in report["warnings"]) + "</ul>"
+        )
+    parts.append(
+        f"<h2>Settings</h2><pre>{e(json.dumps(s, indent=2, ensure_ascii=False))}</pre></body></html>"
+    )
+    return "\n".join(parts)
+
+
+def write_outputs(out_dir: Path, report: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+    """Write samples.jsonl, report.json, report.md and report.html atomically into `out_dir`."""
+    try:
+        charts = {"metrics": metric_chart(report), "drift": drift_chart(report)}
+    except Exception as exc:  # a chart must never cost the user the report
+        charts = {}
+        report["warnings"].append(f"charts not drawn: {exc}")
+    atomic.write_text(
+        out_dir / "samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
+    )
+    atomic.write_json(out_dir / "report.json", report)
+    atomic.write_text(out_dir / "report.md", markdown(report))
+    atomic.write_text(out_dir / "report.html", to_html(report, charts))

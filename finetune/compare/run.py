@@ -1,0 +1,623 @@
+"""The compare path, top to bottom: runs, arms, prompt sets, generate, score, statistics, reports."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from finetune.compare import CompareError, analysis, breakeven, prompts, stats
+from finetune.compare.arms import Arm, parse_arms
+from finetune.compare.classifier import StyleClassifier, embedder_path
+from finetune.compare.generation import (
+    ArmModels,
+    GenSettings,
+    OutputCache,
+    generate_conversations,
+    generate_replies,
+    model_identity,
+    with_system,
+)
+from finetune.compare.likelihood import MC_SCORING, mc_results, reference_log_perplexities
+from finetune.compare.metrics import compile_markers, first_last_thirds, marker_hit
+from finetune.compare.schema import SCHEMA_VERSION, validate_report
+from finetune.errors import ModelError, RunError
+from finetune.paths import finetune_home, outputs_dir
+from finetune.recipe import Recipe, load_recipe
+from finetune.runs import library_versions, read_summary, resolve_run
+
+DEFAULT_MC = ("datasets/eval/commonsense_en.jsonl", "datasets/eval/commonsense_ja.jsonl")
+PERPLEXITY = "exp(mean negative log-likelihood per assistant token) of each reference; mean over references"
+
+
+@dataclass
+class CompareOptions:
+    """Everything `finetune compare` accepts (the CLI fills it; tests build it directly)."""
+
+    recipe_path: Path
+    adapters: list[str] = field(default_factory=list)
+    arms: str | None = None
+    system_prompt: str | None = None  # text, or @FILE
+    eval_file: Path | None = None
+    samples: int | None = None
+    conversations: Path | None = None
+    turns: int | None = None
+    max_conversations: int | None = None
+    long_file: Path | None = None
+    max_long: int | None = None
+    max_new_tokens: int = 64
+    long_max_new_tokens: int = 192
+    mc_files: list[Path] | None = None  # None: the bundled commonsense sets when present; []: none
+    mc_samples: int | None = 100
+    classifier_samples: int = 96
+    price: str | None = None
+    price_per_mtok: float | None = None
+    price_currency: str = "USD"
+    out: Path | None = None
+    seed: int = 0
+    batch_size: int = 16
+    do_sample: bool = False
+    temperature: float = 0.7
+    use_cache: bool = True
+    cache_dir: Path | None = None  # default $FINETUNE_HOME/compare-cache
+
+
+@dataclass
+class Adapter:
+    """One adapter run: its label (run folder name), folder and summary."""
+
+    label: str
+    run_dir: Path
+    summary: dict[str, Any] | None
+
+
+def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
+    """Compare the arms and write report.json/md/html and samples.jsonl; returns (folder, report)."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+
+    # 1. Recipe, adapters, arms, system prompt.
+    recipe = load_recipe(opts.recipe_path)
+    adapters = _resolve_adapters(opts, recipe, warnings)
+    arms = parse_arms(opts.arms, [a.label for a in adapters])
+    used = {arm.adapter for arm in arms if arm.adapter}
+    adapters = [a for a in adapters if a.label in used]
+    system_prompt, prompt_source = _system_prompt(opts.system_prompt, recipe)
+    if any(arm.prompt for arm in arms) and not system_prompt:
+        raise CompareError(
+            f"{opts.recipe_path}: no system_prompt for the prompt arms; add one or pass --system-prompt"
+        )
+    markers = compile_markers(recipe.style.markers)
+    if not markers:
+        warnings.append("the recipe has no style.markers: marker rates are not measured")
+
+    # 2. Prompt sets: held-out rows (exactly those training never saw) or --eval, plus the optional sets.
+    train_rows, held_out = prompts.heldout_split(recipe)
+    if opts.eval_file:
+        singles = prompts.eval_file_prompts(opts.eval_file, opts.samples)
+        single_source = str(opts.eval_file)
+    else:
+        singles = prompts.heldout_prompts(held_out, opts.samples, recipe.dataset.path)
+        single_source = f"{recipe.dataset.path} (held-out rows)"
+    multi = (
+        prompts.load_multiturn(opts.conversations, opts.turns, opts.max_conversations)
+        if opts.conversations
+        else []
+    )
+    longs = prompts.load_long(opts.long_file, opts.max_long) if opts.long_file else []
+    mc_sets = {path.stem: (path, prompts.load_mc(path, opts.mc_samples)) for path in _mc_files(opts.mc_files)}
+    pairs = prompts.classifier_pairs(train_rows, opts.classifier_samples, opts.seed)
+    _check_unique_ids(singles, multi, longs)
+    run_name = adapters[0].label if adapters else recipe.name
+    out_dir = opts.out or outputs_dir() / run_name / "compare" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say(
+        f"compare {', '.join(a.name for a in arms)}: {len(singles)} prompts, {len(multi)} conversations, "
+        f"{len(longs)} long prompts, {sum(len(q) for _, q in mc_sets.values())} multiple-choice questions"
+    )
+
+    # 3. One base model, every adapter attached by name.
+    t0 = time.perf_counter()
+    models = ArmModels(recipe, {a.label: a.run_dir / "adapter" for a in adapters})
+    tokenizer = models.tokenizer
+    settings = GenSettings(
+        opts.max_new_tokens,
+        opts.long_max_new_tokens,
+        opts.batch_size,
+        opts.seed,
+        opts.do_sample,
+        opts.temperature,
+    )
+    gen_key = {
+        "max_new_tokens": settings.max_new_tokens,
+        "long_max_new_tokens": settings.long_max_new_tokens,
+        "batch_size": settings.batch_size,
+        "seed": settings.seed,
+        "do_sample": settings.do_sample,
+        "temperature": settings.temperature if settings.do_sample else None,
+    }
+    cache_dir = (opts.cache_dir or finetune_home() / "compare-cache") if opts.use_cache else None
+    cache = OutputCache(cache_dir, model_identity(recipe))
+    timings["load_s"] = time.perf_counter() - t0
+
+    # 4. Generate: single prompts, conversations (own replies fed back), long answers.
+    replies: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    single_hash, multi_hash, long_hash = (prompts.content_hash(x) for x in (singles, multi, longs))
+    single_msgs = [p.messages for p in singles]
+    long_msgs = [[{"role": "user", "content": p.prompt}] for p in longs]
+    max_new, long_max_new = settings.max_new_tokens, settings.long_max_new_tokens
+    for arm in arms:
+        t0 = time.perf_counter()
+        run = partial(cache.get_or_compute, arm=arm, system_prompt=system_prompt, settings=gen_key)
+        single = partial(generate_replies, models, arm, single_msgs, system_prompt, settings, max_new)
+        conversations = partial(generate_conversations, models, arm, multi, system_prompt, settings)
+        long = partial(generate_replies, models, arm, long_msgs, system_prompt, settings, long_max_new)
+        replies[arm.name] = {
+            "single": run("single", items_hash=single_hash, compute=single),
+            "multi": run("multi", items_hash=multi_hash, compute=conversations),
+            "long": run("long", items_hash=long_hash, compute=long),
+        }
+        timings[f"generate_{arm.name}_s"] = time.perf_counter() - t0
+        say(f"  {arm.name}: generated in {timings[f'generate_{arm.name}_s']:.0f} s")
+
+    # 5. Style classifier: persona training replies against the base model's replies to the same prompts.
+    t0 = time.perf_counter()
+    base_arm = Arm("base", None, False)
+    base_train = cache.get_or_compute(
+        "classifier-base",
+        base_arm,
+        None,
+        prompts.content_hash(pairs),
+        gen_key,
+        lambda: generate_replies(
+            models, base_arm, [p.messages for p in pairs], None, settings, settings.max_new_tokens
+        ),
+    )
+    classifier = StyleClassifier(opts.seed)
+    # Cut the persona's replies to the generation budget so length and truncation do not give the voice away.
+    persona = [_truncate(tokenizer, p.reply, settings.max_new_tokens) for p in pairs]
+    info = classifier.fit(persona, [r["text"] for r in base_train])
+    timings["classifier_s"] = time.perf_counter() - t0
+    say(
+        f"  style classifier: held-out accuracy {stats.format_number(info['accuracy'])} "
+        f"({info['n_train']} train / {info['n_test']} test replies)"
+    )
+    if not info["available"]:
+        warnings.append(f"style classifier not trained: {info['reason']}")
+
+    # 6. Score every reply; perplexity of held-out references and multiple choice per arm.
+    t0 = time.perf_counter()
+    scores: dict[str, dict[str, Any]] = {}
+    samples: list[dict[str, Any]] = []
+    references = [(p.id, p.reference) for p in singles if p.reference]
+    ref_hash = prompts.content_hash(references)
+    for arm in arms:
+        scores[arm.name] = _score_arm(arm, replies[arm.name], singles, longs, classifier, markers)
+        samples.extend(_samples(run_name, arm, replies[arm.name], singles, longs, scores[arm.name]))
+        sent_refs = [with_system(ref, arm, system_prompt) for _, ref in references]
+        arm_prompt = system_prompt if arm.prompt else None
+        run = partial(cache.get_or_compute, arm=arm, system_prompt=system_prompt)
+        with models.use(arm) as model:
+            ppl = run("perplexity", items_hash=ref_hash, settings={"max_length": recipe.dataset.max_length},
+                      compute=partial(reference_log_perplexities, model, tokenizer, sent_refs,
+                                      recipe.dataset.max_length, settings.batch_size))
+            scores[arm.name]["ppl"] = {rid: value for (rid, _), value in zip(references, ppl, strict=True)}
+            scores[arm.name]["mc"] = {
+                name: run(
+                    f"mc-{name}",
+                    items_hash=prompts.content_hash(questions),
+                    settings={"scoring": MC_SCORING},
+                    compute=partial(mc_results, model, tokenizer, questions, arm_prompt, settings.batch_size),
+                )
+                for name, (_, questions) in mc_sets.items()
+            }
+    timings["score_s"] = time.perf_counter() - t0
+
+    # 7. Statistics: per-arm estimates, paired differences, drift, multiple choice, verdicts.
+    names = [a.name for a in arms]
+    mc_meta = {
+        name: {"file": str(path), "n": len(qs), "scoring": MC_SCORING} for name, (path, qs) in mc_sets.items()
+    }
+    diffs = analysis.differences(scores, names, list(mc_sets), opts.seed)
+    drift = analysis.drift_section(scores, names, opts.seed)
+    cost, cost_lines = _cost_section(opts, arms, adapters, singles, tokenizer, system_prompt, warnings)
+    verdicts = analysis.verdict_lines(diffs, names, list(mc_sets)) + analysis.drift_lines(drift) + cost_lines
+    timings["total_s"] = time.perf_counter() - started
+
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "run": run_name,
+        "created_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "settings": {
+            "arms": names,
+            "adapters": {a.label: str(a.run_dir) for a in adapters},
+            "model": recipe.base_model,
+            "recipe": str(opts.recipe_path),
+            "system_prompt": system_prompt,
+            "system_prompt_source": prompt_source,
+            "seed": opts.seed,
+            "do_sample": opts.do_sample,
+            "temperature": opts.temperature if opts.do_sample else None,
+            "max_new_tokens": opts.max_new_tokens,
+            "long_max_new_tokens": opts.long_max_new_tokens,
+            "batch_size": opts.batch_size,
+            "turns": opts.turns,
+            "prompt_sets": {
+                "single": {"source": single_source, "n": len(singles), "hash": single_hash},
+                "multi": {
+                    "source": _str(opts.conversations),
+                    "n": len(multi),
+                    "hash": multi_hash if multi else None,
+                },
+                "long": {
+                    "source": _str(opts.long_file),
+                    "n": len(longs),
+                    "hash": long_hash if longs else None,
+                },
+                "classifier": {
+                    "source": f"{recipe.dataset.path} (training rows)",
+                    "n": len(pairs),
+                    "hash": prompts.content_hash(pairs),
+                },
+                **{
+                    f"mc:{name}": {"source": str(path), "n": len(qs), "hash": prompts.content_hash(qs)}
+                    for name, (path, qs) in mc_sets.items()
+                },
+            },
+            "perplexity": PERPLEXITY,
+            "bootstrap": {
+                "resamples": stats.N_BOOT,
+                "level": stats.LEVEL,
+                "method": "percentile",
+                "unit": "prompt (multi-turn: conversation)",
+            },
+            "cache": {"folder": str(cache.folder) if cache.folder else None, "hits": cache.hits},
+            "device": str(getattr(models.model, "device", "cpu")),
+            "versions": library_versions(),
+        },
+        "arms": analysis.arm_section(scores, names, opts.seed),
+        "differences": diffs,
+        "drift": drift,
+        "multiple_choice": analysis.mc_section(scores, names, mc_meta, opts.seed),
+        "cost": cost,
+        "classifier": {**info, "embedder": str(embedder_path())},
+        "verdicts": verdicts,
+        "warnings": warnings,
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
+    validate_report(report)  # a schema slip is our bug: fail here, not in a reader later
+
+    # 8. Write the folder: samples.jsonl (the arena reads it), report.json, report.md, report.html.
+    from finetune.compare.report import write_outputs
+
+    write_outputs(out_dir, report, samples)
+    return out_dir, report
+
+
+def _str(path: Path | None) -> str | None:
+    """A path as text, or None."""
+    return str(path) if path else None
+
+
+def _resolve_adapters(opts: CompareOptions, recipe: Recipe, warnings: list[str]) -> list[Adapter]:
+    """The adapter runs: --adapter values, else outputs/<recipe name> when adapter arms are asked for."""
+    wanted = list(opts.adapters)
+    needs_adapter = opts.arms is None or "adapter" in opts.arms
+    if not wanted and needs_adapter:
+        default = outputs_dir() / recipe.name
+        if (default / "adapter").is_dir():
+            wanted = [str(default)]
+        elif opts.arms is not None:
+            raise CompareError(f"--arms {opts.arms}: adapter arms need --adapter RUN (no run at {default})")
+        else:
+            raise CompareError(
+                f"no adapter: pass --adapter RUN (none at {default}), or --arms base,prompt for prompts only"
+            )
+    adapters: list[Adapter] = []
+    for spec in wanted:
+        run_dir = resolve_run(spec)
+        if not (run_dir / "adapter" / "adapter_config.json").is_file():
+            raise RunError(f"{run_dir}: no adapter/ (did the run finish?)")
+        label = run_dir.name
+        if any(a.label == label for a in adapters):
+            raise CompareError(f"--adapter {spec}: two adapters named {label!r}; rename one run folder")
+        run_recipe = run_dir / "recipe.yaml"
+        if run_recipe.is_file():
+            trained = load_recipe(run_recipe)
+            if trained.base_model != recipe.base_model:
+                raise ModelError(
+                    f"{run_recipe}: adapter trained on {trained.base_model}, but {opts.recipe_path} uses "
+                    f"{recipe.base_model}"
+                )
+            same_split = (trained.dataset.path, trained.dataset.eval_fraction, trained.training.seed) == (
+                recipe.dataset.path,
+                recipe.dataset.eval_fraction,
+                recipe.training.seed,
+            )
+            if not same_split and opts.eval_file is None:
+                warnings.append(
+                    f"{label} was trained with another dataset split (dataset.path, eval_fraction or seed) "
+                    f"than {opts.recipe_path}: its held-out rows may include rows it was trained on"
+                )
+        adapters.append(Adapter(label, run_dir, read_summary(run_dir)))
+    return adapters
+
+
+def _system_prompt(flag: str | None, recipe: Recipe) -> tuple[str | None, str]:
+    """The persona system prompt: --system-prompt TEXT or @FILE, else the recipe's."""
+    if flag is None:
+        return recipe.system_prompt, "recipe"
+    if flag.startswith("@"):
+        path = Path(flag[1:])
+        try:
+            return path.read_text(encoding="utf-8").strip(), f"file:{path}"
+        except OSError as exc:
+            raise CompareError(f"--system-prompt {flag}: cannot read {path} ({exc.strerror})") from None
+    return flag, "flag"
+
+
+def _mc_files(files: list[Path] | None) -> list[Path]:
+    """--mc files, or the bundled commonsense sets (from the working folder) when present."""
+    if files is not None:
+        for path in files:
+            if not path.is_file():
+                raise CompareError(f"--mc {path}: file not found")
+        return files
+    return [Path(p) for p in DEFAULT_MC if Path(p).is_file()]
+
+
+def _check_unique_ids(singles: list, multi: list, longs: list) -> None:
+    """Prompt ids must not repeat across sets: the arena pairs replies by (prompt_id, turn)."""
+    from finetune.errors import DataError
+
+    seen: dict[str, str] = {}
+    for kind, items in (("single", singles), ("multi", multi), ("long", longs)):
+        for item in items:
+            if item.id in seen:
+                raise DataError(
+                    f"prompt id {item.id!r} is used by both the {seen[item.id]} and the {kind} prompts"
+                )
+            seen[item.id] = kind
+
+
+def _truncate(tokenizer: Any, text: str, max_tokens: int) -> str:
+    """The first `max_tokens` tokens of a text."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return (
+        text
+        if len(ids) <= max_tokens
+        else tokenizer.decode(ids[:max_tokens], skip_special_tokens=True).strip()
+    )
+
+
+def _score_arm(
+    arm: Arm,
+    replies: dict[str, list[dict[str, Any]]],
+    singles: list,
+    longs: list,
+    classifier: StyleClassifier,
+    markers: list,
+) -> dict[str, Any]:
+    """Per-item scores of one arm: marker hit and style probability per reply, thirds of long answers."""
+    single_texts = [r["text"] for r in replies["single"]]
+    multi_texts = [r["text"] for r in replies["multi"]]
+    long_texts = [r["text"] for r in replies["long"]]
+    thirds = [first_last_thirds(t) for t in long_texts]
+    styles = classifier.score(single_texts + multi_texts + long_texts + [x for pair in thirds for x in pair])
+    n1, n2, n3 = len(single_texts), len(multi_texts), len(long_texts)
+    single_style, multi_style = styles[:n1], styles[n1 : n1 + n2]
+    long_style, third_style = styles[n1 + n2 : n1 + n2 + n3], styles[n1 + n2 + n3 :]
+    single = []
+    for prompt, reply, style in zip(singles, replies["single"], single_style, strict=True):
+        single.append(
+            {
+                "prompt_id": prompt.id,
+                "marker": marker_hit(reply["text"], markers),
+                "style": style,
+                "prompt_tokens": reply["prompt_tokens"],
+                "completion_tokens": reply["completion_tokens"],
+                "latency_s": reply["latency_s"],
+                "s_per_token": reply.get("s_per_token"),
+            }
+        )
+    multi = [
+        {"prompt_id": r["prompt_id"], "turn": r["turn"], "marker": marker_hit(r["text"], markers), "style": s}
+        for r, s in zip(replies["multi"], multi_style, strict=True)
+    ]
+    long = []
+    for i, (prompt, reply, style) in enumerate(zip(longs, replies["long"], long_style, strict=True)):
+        first, last = thirds[i]
+        long.append(
+            {
+                "prompt_id": prompt.id,
+                "marker": marker_hit(reply["text"], markers),
+                "style": style,
+                "first_style": third_style[2 * i],
+                "last_style": third_style[2 * i + 1],
+                "first_marker": marker_hit(first, markers),
+                "last_marker": marker_hit(last, markers),
+            }
+        )
+    return {"single": single, "multi": multi, "long": long}
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    """Rounded for samples.jsonl (None stays None)."""
+    return None if value is None else round(value, digits)
+
+
+def _samples(
+    run: str,
+    arm: Arm,
+    replies: dict[str, list[dict[str, Any]]],
+    singles: list,
+    longs: list,
+    scores: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """samples.jsonl lines of one arm (the arena's contract): every reply with what the arm saw."""
+    lines = []
+
+    def line(
+        prompt_id: str, kind: str, turn: int, conversation: list, reply: dict, extra: dict
+    ) -> dict[str, Any]:
+        return {
+            "run": run,
+            "arm": arm.name,
+            "prompt_id": prompt_id,
+            "kind": kind,
+            "turn": turn,
+            "conversation": [m for m in conversation if m["role"] != "system"],
+            "text": reply["text"],
+            "prompt_tokens": reply["prompt_tokens"],
+            "completion_tokens": reply["completion_tokens"],
+            "latency_s": round(reply["latency_s"], 3),
+            "scores": extra,
+        }
+
+    for prompt, reply, s in zip(singles, replies["single"], scores["single"], strict=True):
+        turn = sum(1 for m in prompt.messages if m["role"] == "user") - 1
+        lines.append(
+            line(
+                prompt.id,
+                "single",
+                turn,
+                prompt.messages,
+                reply,
+                {"marker": s["marker"], "style": _round(s["style"])},
+            )
+        )
+    for reply, s in zip(replies["multi"], scores["multi"], strict=True):
+        lines.append(
+            line(
+                reply["prompt_id"],
+                "multi",
+                reply["turn"],
+                reply["conversation"],
+                reply,
+                {"marker": s["marker"], "style": _round(s["style"])},
+            )
+        )
+    for prompt, reply, s in zip(longs, replies["long"], scores["long"], strict=True):
+        lines.append(
+            line(
+                prompt.id,
+                "long",
+                0,
+                [{"role": "user", "content": prompt.prompt}],
+                reply,
+                {
+                    "marker": s["marker"],
+                    "style": _round(s["style"]),
+                    "style_first_third": _round(s["first_style"]),
+                    "style_last_third": _round(s["last_style"]),
+                },
+            )
+        )
+    return lines
+
+
+def _system_prompt_tokens(tokenizer: Any, singles: list, system_prompt: str | None) -> float | None:
+    """Mean extra input tokens per request that the persona system prompt adds (it replaces any default)."""
+    if not system_prompt or not singles:
+        return None
+    extra = []
+    for prompt in singles:
+        plain = tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+        with_sp = tokenizer.apply_chat_template(
+            [{"role": "system", "content": system_prompt}, *prompt.messages],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        count = len(tokenizer(with_sp, add_special_tokens=False)["input_ids"])
+        extra.append(count - len(tokenizer(plain, add_special_tokens=False)["input_ids"]))
+    return sum(extra) / len(extra)
+
+
+def _finetune_cost(adapter: Adapter) -> dict[str, Any]:
+    """The fine-tune's cost from summary.json, else an electricity estimate from the stated local figures."""
+    from finetune.compare.prices import PRICES_FILE, local_figures
+
+    summary = adapter.summary or {}
+    cost = summary.get("cost") or {}
+    if cost.get("amount") is not None:
+        return {
+            "amount": float(cost["amount"]),
+            "currency": cost["currency"],
+            "source": "summary",
+            "note": None,
+        }
+    wall = summary.get("wall_time_s")
+    if wall is None:
+        return {
+            "amount": None,
+            "currency": None,
+            "source": "none",
+            "note": f"{adapter.run_dir}/summary.json has no cost and no wall time: break-even skipped",
+        }
+    local = local_figures()
+    amount = breakeven.local_energy_cost(wall, local["power_w"], local["price_per_kwh"])
+    note = (
+        f"summary.json has no cost (the recipe has no cost section); estimated as wall time {wall:.0f} s x "
+        f"{local['power_w']} W x {local['price_per_kwh']} {local['currency']}/kWh "
+        f"(local entry of {PRICES_FILE.name})"
+    )
+    return {"amount": amount, "currency": local["currency"], "source": "estimated-local", "note": note}
+
+
+def _cost_section(
+    opts: CompareOptions,
+    arms: list[Arm],
+    adapters: list[Adapter],
+    singles: list,
+    tokenizer: Any,
+    system_prompt: str | None,
+    warnings: list[str],
+) -> tuple[dict[str, Any], list[str]]:
+    """Price, the system prompt's extra tokens, and the break-even point of each adapter arm."""
+    from finetune.compare.prices import resolve_price
+    from finetune.cost import convert, format_money
+
+    price = resolve_price(opts.price, opts.price_per_mtok, opts.price_currency)
+    extra = _system_prompt_tokens(tokenizer, singles, system_prompt)
+    section: dict[str, Any] = {"price": price, "system_prompt_tokens": extra, "adapters": {}}
+    lines = []
+    price_text = f"{format_money(price['per_mtok'], price['currency'])} per million input tokens"
+    by_label = {a.label: a for a in adapters}
+    for arm in arms:
+        if arm.adapter is None or arm.prompt:
+            continue  # break-even is about replacing the prompt by the adapter
+        adapter = by_label[arm.adapter]
+        spent = _finetune_cost(adapter)
+        result, text = None, spent["note"] or ""
+        if spent["amount"] is not None and extra is not None:
+            try:
+                amount = convert(spent["amount"], spent["currency"], price["currency"])
+            except Exception as exc:  # an unknown currency loses the break-even line, not the report
+                warnings.append(f"{arm.name}: break-even skipped: {exc}")
+                amount = None
+            if amount is not None:
+                result = {
+                    **breakeven.break_even(amount, extra, price["per_mtok"]),
+                    "currency": price["currency"],
+                }
+                cost_text = format_money(spent["amount"], spent["currency"])
+                if spent["source"] == "estimated-local":
+                    cost_text += " estimated from wall time"
+                text = breakeven.describe(result, arm.name, cost_text, price_text, extra)
+                lines.append(text)
+        elif extra is None:
+            text = "no system prompt to compare against: break-even not computed"
+        if spent["note"]:
+            warnings.append(f"{arm.name}: {spent['note']}")
+        section["adapters"][arm.name] = {
+            "run": adapter.label,
+            "finetune_cost": spent,
+            "break_even": result,
+            "text": text,
+        }
+    return section, lines

@@ -1,0 +1,33 @@
+"""Token statistics of a dataset under a recipe's tokenizer (for `finetune data check`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from finetune.data import DataReport, end_of_turn_token, length_stats, tokenize_conversation
+from finetune.recipe import BUNDLED_DEFAULT, Recipe, load_recipe
+
+
+def token_stats(report: DataReport, recipe_path: Path | None) -> dict[str, Any]:
+    """p50/p95/max token lengths, the total, and how many rows max_length truncates."""
+    from finetune.models import load_tokenizer
+
+    if recipe_path is not None:
+        recipe = load_recipe(recipe_path)
+    else:
+        recipe = Recipe.model_validate({"name": "check", "dataset": {"path": str(report.path)}})
+    tokenizer = load_tokenizer(recipe)
+    terminator = end_of_turn_token(tokenizer)
+    rows = [
+        tokenize_conversation(tokenizer, c.messages, 10**9, terminator) for c in report.conversations
+    ]
+    lengths = [r["length"] for r in rows]
+    max_length = recipe.dataset.max_length
+    return {
+        **length_stats(lengths),
+        "total": sum(lengths),
+        "truncated": sum(1 for n in lengths if n > max_length),
+        "max_length": max_length,
+        "model": recipe.base_model if recipe_path else BUNDLED_DEFAULT,
+    }

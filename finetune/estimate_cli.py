@@ -1,0 +1,149 @@
+"""`finetune estimate`: parse options, call the planner, print tables (or JSON). No arithmetic lives here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from finetune.cost import format_money
+
+console = Console()
+
+
+def estimate(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="A GPU from the catalogue (e.g. 4090, A100 80GB), or 'all'."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="Number of GPUs (multi-GPU memory and time)."),
+    strategy: Optional[str] = typer.Option(
+        None, "--strategy", help="ddp, fsdp, zero2 or zero3 (default: the recipe's distributed.strategy, else ddp)."
+    ),
+    probe: bool = typer.Option(False, "--probe", help="Run a few real steps here and calibrate the speed."),
+    json_out: bool = typer.Option(False, "--json", help="Print the estimate as JSON (schema: docs/estimate.md)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: KEY=VALUE (repeatable)."),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="Your own GPU/model catalogue YAML file."),
+) -> None:
+    """Will the recipe fit, how long will it take, what will it cost (no weights are loaded)."""
+    from finetune.estimate import estimate as plan
+    from finetune.recipe import load_recipe
+
+    loaded = load_recipe(recipe, set_)
+    result = plan(loaded, gpu=gpu, num_gpus=gpus, strategy=strategy, probe=probe, catalog_file=catalog,
+                  recipe_dir=recipe.parent)
+    if json_out:
+        typer.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+        return
+    render(result)
+
+
+def render(result: object) -> None:
+    """Print an Estimate as a few rich tables."""
+    from finetune.estimate import Estimate, hours_text
+
+    assert isinstance(result, Estimate)
+    shape, setup, tokens = result.model, result.setup, result.tokens
+    quant = {4: "4-bit (QLoRA)", 8: "8-bit", None: "16-bit" if setup.precision != "fp32" else "fp32"}[setup.bits]
+    console.print(
+        f"[bold]{result.recipe_name}[/bold]: {shape.name} ({shape.params / 1e9:.2f}B params, "
+        f"{shape.architecture}, {shape.source}), LoRA r={setup.lora_r} -> {result.trainable_params / 1e6:.1f}M "
+        f"trainable; base {quant}",
+        highlight=False,
+    )
+    console.print(
+        f"data: {tokens.rows_train} training rows, {tokens.per_epoch:,} tokens/epoch "
+        f"({'counted with the tokenizer' if tokens.method == 'tokenizer' else 'estimated from characters'}"
+        f"{f'; {tokens.truncated_rows} rows truncated' if tokens.truncated_rows else ''}), "
+        f"x {result.epochs:g} epochs = {result.steps} optimizer steps",
+        highlight=False,
+    )
+    _memory_table(result)
+    _gpu_table(result)
+    primary = next((r for r in result.rows if r.name == result.memory_target), result.rows[0])
+    if not primary.fits and primary.suggestions:
+        console.print(f"[yellow]does not fit on {primary.name}[/yellow]; changes that fit:", highlight=False)
+        for line in primary.suggestions:
+            console.print(f"  - {line}", highlight=False)
+    if result.hosted:
+        hosted = ", ".join(f"{h['name']} {format_money(h['amount'], h['currency'])}" for h in result.hosted)
+        console.print(f"hosted fine-tuning of the same {int(tokens.per_epoch * result.epochs):,} tokens: {hosted} "
+                      f"(prices as of {result.hosted[0]['as_of']})", highlight=False)
+    if result.probe:
+        p = result.probe
+        m, q = p["measured"], p["predicted"]
+        console.print(
+            f"probe on {p['device']}: {m['seconds_per_step']:.2f} s/step measured vs {q['seconds_per_step']:.2f} "
+            f"predicted; peak {m['peak_memory_mb']:.0f} MB measured vs {q['peak_memory_mb']:.0f} MB predicted; "
+            f"utilisation {p['utilisation_assumed']:.2f} -> {p['utilisation_calibrated']:.3f} (used for this machine)",
+            highlight=False,
+        )
+    console.print(f"time assumes {result.assumptions['utilisation']:.0%} of a GPU's dense peak "
+                  f"({hours_text(primary.hours)} on {primary.name}); see docs/estimate.md", style="dim")
+
+
+def _memory_table(result: object) -> None:
+    """The memory breakdown for the primary target."""
+    mem, setup = result.memory, result.setup  # type: ignore[attr-defined]
+    table = Table(title=f"peak memory per device on {result.memory_target} "  # type: ignore[attr-defined]
+                  f"(batch {setup.batch} x {setup.seq} tokens, {setup.precision}, "
+                  f"checkpointing {'on' if setup.checkpointing else 'off'})", title_justify="left")
+    table.add_column("component")
+    table.add_column("GB", justify="right")
+    rows = [
+        ("base weights", mem.weights_gb),
+        ("LoRA weights", mem.lora_gb),
+        ("LoRA gradients + AdamW states", mem.optimizer_gb),
+        (f"activations (checkpointing {'on' if setup.checkpointing else 'off'})", mem.activations_gb),
+        ("logits (fp32 loss)", mem.logits_gb),
+        ("CUDA context / process, allocator margin", mem.overhead_gb),
+    ]
+    for name, value in rows:
+        table.add_row(name, f"{value:.2f}")
+    other = mem.activations_no_checkpointing_gb if setup.checkpointing else mem.activations_checkpointing_gb
+    table.add_row(f"[dim](activations with checkpointing {'off' if setup.checkpointing else 'on'})[/dim]",
+                  f"[dim]{other:.2f}[/dim]")
+    table.add_row("[bold]total[/bold]", f"[bold]{mem.total_gb:.2f}[/bold]")
+    console.print(table)
+
+
+def _gpu_table(result: object) -> None:
+    """One row per target: fits, largest batch and sequence, hours, cost."""
+    from finetune.estimate import hours_text
+
+    rows = result.rows  # type: ignore[attr-defined]
+    multi = any(r.num_gpus > 1 for r in rows)
+    table = Table(title_justify="left")
+    table.add_column("GPU")
+    table.add_column("memory", justify="right")
+    table.add_column("fits")
+    table.add_column("peak", justify="right")
+    table.add_column("max batch", justify="right")
+    table.add_column("max seq", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("cost", justify="right")
+    table.add_column("basis")
+    for row in rows:
+        name = f"{row.num_gpus} x {row.name} ({row.strategy})" if multi and row.num_gpus > 1 else row.name
+        table.add_row(
+            name,
+            f"{row.memory_gb:.0f} GB" if row.memory_gb >= 10 else f"{row.memory_gb:.1f} GB",
+            "[green]yes[/green]" if row.fits else "[red]no[/red]",
+            f"{row.total_gb:.1f} GB",
+            str(row.max_batch_size),
+            str(row.max_seq_len),
+            hours_text(row.hours),
+            format_money(row.cost.get("amount"), row.cost.get("currency", "USD")),
+            _basis(row.cost),
+        )
+    console.print(table)
+
+
+def _basis(cost: dict) -> str:
+    """A short label for how a cost was priced."""
+    basis = cost.get("basis", "none")
+    if basis == "rental" and cost.get("price_as_of"):
+        return f"rental ({cost['price_as_of']})"
+    return {"none": "no price", "electricity-estimated": "electricity"}.get(basis, basis)

@@ -1,0 +1,396 @@
+"""`finetune export`: a run's adapter as a clean PEFT folder, merged into its base, or as GGUF; every export checks itself.
+
+Each export runs fixed prompts through the exported artefact and through the unquantised base model with the
+run's adapter applied by peft, and fails when the largest logit difference exceeds the dtype's tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from finetune import atomic
+from finetune.errors import ModelError, RunError
+from finetune.recipe import Recipe
+
+# Largest |logit difference| allowed between the artefact and base + adapter, both computed in fp32.
+# fp32 differs only by summation order; fp16/bf16 add the rounding of every stored weight (bf16 keeps
+# 8 mantissa bits, fp16 11), which moves logits of a 30-layer model by a few hundredths to tenths.
+TOLERANCES = {"fp32": 1e-3, "fp16": 0.25, "bf16": 1.5}
+DTYPES = ("fp32", "fp16", "bf16")
+FORMATS = ("safetensors", "gguf")
+VERIFY_PROMPTS = (
+    "Tell me about yourself in two sentences.",
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                    "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.json")
+
+
+# --- small pure helpers ---------------------------------------------------------------------------------
+
+
+def default_dtype(merge: bool) -> str:
+    """fp32 for adapters (they are small and stay exact), fp16 for merged models (half the size)."""
+    return "fp16" if merge else "fp32"
+
+
+def default_out_dir(run_dir: Path, merge: bool) -> Path:
+    """outputs/<run>/export or outputs/<run>/export-merged."""
+    return run_dir / ("export-merged" if merge else "export")
+
+
+def base_hub_id(spec: str) -> str:
+    """The base model as others can find it: the hub id of a bundled model, else the recipe's value."""
+    from finetune.models import BUNDLED
+
+    if spec.startswith("bundled:"):
+        return BUNDLED.get(spec.split(":", 1)[1], {}).get("hub_id", spec)
+    return spec
+
+
+def max_abs_diff(left: list[Any], right: list[Any]) -> float:
+    """The largest absolute difference over matching lists of tensors."""
+    return max(float((a.float() - b.float()).abs().max()) for a, b in zip(left, right, strict=True))
+
+
+# --- folders ---------------------------------------------------------------------------------------------
+
+
+def check_target(out_dir: Path, force: bool) -> None:
+    """Refuse a non-empty export folder without --force, and never let --force delete a run folder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise RunError(f"{out_dir}: folder is not empty; use --force to replace it")
+        if (out_dir / "recipe.yaml").is_file() or (out_dir / "summary.json").is_file():
+            raise RunError(f"{out_dir}: is a run folder; --force will not replace it (choose another --out)")
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """A fresh temporary folder beside the target, renamed into place when the export is whole."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish(tmp: Path, out_dir: Path) -> None:
+    """Replace the target folder with the finished staging folder."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+# --- models and logits -------------------------------------------------------------------------------------
+
+
+def verify_inputs(tokenizer: Any) -> list[Any]:
+    """Token ids of the fixed verification prompts, rendered with the chat template."""
+    ids = []
+    for prompt in VERIFY_PROMPTS:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids.append(tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"])
+    return ids
+
+
+def logits_of(model: Any, inputs: list[Any]) -> list[Any]:
+    """Logits of every position of each prompt (one prompt at a time: no padding to get wrong)."""
+    import torch
+
+    with torch.inference_mode():
+        return [model(input_ids=ids.to(model.device)).logits[0].float().cpu() for ids in inputs]
+
+
+def adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    """A saved adapter's adapter_config.json."""
+    path = adapter_dir / "adapter_config.json"
+    if not path.is_file():
+        raise RunError(f"{path}: missing (did the run finish and save its adapter?)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def adapter_state(adapter_dir: Path) -> dict[str, Any]:
+    """A saved adapter's weights."""
+    from safetensors.torch import load_file
+
+    path = adapter_dir / "adapter_model.safetensors"
+    if not path.is_file():
+        raise RunError(f"{path}: missing (only safetensors adapters can be exported)")
+    return load_file(str(path))
+
+
+def write_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """Save the tokenizer (with its chat template) into a folder."""
+    tokenizer.save_pretrained(str(folder))
+
+
+def _gguf_pre(recipe: Recipe, say: Callable[[str], None]) -> str:
+    """llama.cpp's pre-tokenizer name: the bundled model's own GGUF says it; other bases get 'default'."""
+    import importlib.util
+
+    from finetune.models import BUNDLED
+
+    if recipe.base_model.startswith("bundled:"):
+        info = BUNDLED.get(recipe.base_model.split(":", 1)[1])
+        spec = importlib.util.find_spec(info["package"]) if info else None
+        if spec and spec.submodule_search_locations:
+            path = Path(list(spec.submodule_search_locations)[0]) / info["file"]
+            if path.is_file():
+                import gguf
+
+                field = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.pre")
+                if field is not None:
+                    return str(field.contents())
+    say("note: tokenizer.ggml.pre set to 'default'; llama.cpp may split text differently from this tokenizer")
+    return "default"
+
+
+def _gguf_tokenizer_dir(tokenizer: Any, config: dict[str, Any], parent: Path) -> Path:
+    """A scratch folder holding the tokenizer files and config.json that the GGUF vocab writer reads."""
+    folder = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=parent))
+    write_tokenizer(tokenizer, folder)
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+# --- the export -------------------------------------------------------------------------------------------
+
+
+class Exporter:
+    """One export of one run: loads the base once, writes the artefact, verifies it, writes the card."""
+
+    def __init__(self, run: str | Path, *, merge: bool, dtype: str | None, fmt: str, ollama: bool,
+                 out: str | Path | None, force: bool, say: Callable[[str], None]) -> None:
+        from finetune.inference import load_run
+
+        if fmt not in FORMATS:
+            raise RunError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+        if ollama and fmt != "gguf":
+            say("--ollama: writing GGUF (Ollama reads GGUF files)")
+            fmt = "gguf"
+        self.dtype = dtype or default_dtype(merge)
+        if self.dtype not in DTYPES:
+            raise RunError(f"--dtype {self.dtype}: expected one of {', '.join(DTYPES)}")
+        if fmt == "gguf" and self.dtype == "bf16":
+            raise RunError("--dtype bf16: GGUF export writes f16 or f32 (use --dtype fp16 or fp32)")
+        self.run_dir, self.recipe = load_run(run)
+        self.adapter_dir = self.run_dir / "adapter"
+        self.lora_config = adapter_config(self.adapter_dir)
+        self.merge, self.fmt, self.ollama, self.say = merge, fmt, ollama, say
+        self.out_dir = Path(out) if out else default_out_dir(self.run_dir, merge)
+        check_target(self.out_dir, force)
+        self.hub_id = base_hub_id(self.recipe.base_model)
+        self.files: list[str] = []
+
+    def run(self) -> dict[str, Any]:
+        """Write, verify and publish the export; raise ModelError (after writing the report) if it fails."""
+        from finetune.inference import attach_adapter, load_base
+
+        bits = self.recipe.quantization.bits
+        base, self.tokenizer = load_base(self.recipe, "fp32")
+        self.config = base.config.to_dict()
+        self.config["architectures"] = [type(base).__name__]
+        if self.merge and bits is not None:
+            self.say(f"QLoRA run (trained on a {bits}-bit base): reloaded the base unquantised in fp32 and merging "
+                     "into those weights, never into de-quantised 4-bit weights")
+        model = attach_adapter(base, self.adapter_dir, name="run")
+        inputs = verify_inputs(self.tokenizer)
+        reference = logits_of(model, inputs)
+        tmp = staging_dir(self.out_dir)
+        try:
+            report = self._write(model, inputs, tmp)
+            report.update({
+                "run": str(self.run_dir), "base_model": self.recipe.base_model, "base_hub_id": self.hub_id,
+                "trained_quantization": bits, "dtype": self.dtype, "format": self.fmt, "compute_dtype": "fp32",
+                "prompts": len(inputs), "positions": sum(int(i.shape[1]) for i in inputs),
+                "tolerance": TOLERANCES[self.dtype],
+            })
+            report["max_abs_logit_diff"] = max_abs_diff(report.pop("_logits"), reference)
+            report["passed"] = report["max_abs_logit_diff"] <= report["tolerance"]
+            atomic.write_json(tmp / "verification.json", report)
+            self.files.append("verification.json")
+            self._card(tmp, report)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        publish(tmp, self.out_dir)
+        report["out_dir"] = str(self.out_dir)
+        if not report["passed"]:
+            raise ModelError(
+                f"{self.out_dir / 'verification.json'}: largest logit difference {report['max_abs_logit_diff']:.3g} "
+                f"exceeds the {self.dtype} tolerance {report['tolerance']:g}; the export is not faithful"
+            )
+        return report
+
+    # Each writer returns the report fields plus "_logits": the artefact's logits on the verify prompts.
+
+    def _write(self, model: Any, inputs: list[Any], tmp: Path) -> dict[str, Any]:
+        """Dispatch on --merge and --format."""
+        if self.fmt == "gguf":
+            return self._merged_gguf(model, inputs, tmp) if self.merge else self._lora_gguf(model, inputs, tmp)
+        return self._merged(model, inputs, tmp) if self.merge else self._adapter(model, inputs, tmp)
+
+    def _merge_fields(self) -> dict[str, Any]:
+        """What the merge did, for verification.json and the printed line."""
+        bits = self.recipe.quantization.bits
+        return {"merge": {"base_reloaded": "unquantised fp32", "trained_on": f"{bits}-bit" if bits else "unquantised",
+                          "merged_dtype": self.dtype}}
+
+    def _adapter(self, model: Any, inputs: list[Any], tmp: Path) -> dict[str, Any]:
+        """A clean PEFT folder: weights in the chosen dtype, a config naming the hub base, the tokenizer."""
+        from safetensors.torch import save_file
+
+        from finetune.inference import attach_adapter
+        from finetune.models import torch_dtype
+
+        target = torch_dtype(self.dtype)
+        state = {k: (v.to(target) if v.is_floating_point() else v).contiguous()
+                 for k, v in adapter_state(self.adapter_dir).items()}
+        save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = dict(self.lora_config)
+        config["base_model_name_or_path"] = self.hub_id
+        config["inference_mode"] = True
+        atomic.write_json(tmp / "adapter_config.json", config)
+        write_tokenizer(self.tokenizer, tmp)
+        self.files += sorted(p.name for p in tmp.iterdir())
+        model = attach_adapter(model, tmp, name="export")
+        model.set_adapter("export")
+        logits = logits_of(model, inputs)
+        self.say(f"adapter written ({self.dtype}); checked by loading it with peft onto the base")
+        return {"export": "adapter", "artefact": "adapter_model.safetensors", "_logits": logits,
+                "method": "the exported folder loaded with PeftModel onto the fp32 base"}
+
+    def _merged_model(self, model: Any) -> Any:
+        """Merge the adapter into the fp32 base weights, then cast to the export dtype."""
+        from finetune.models import torch_dtype
+
+        merged = model.merge_and_unload()
+        return merged.to(torch_dtype(self.dtype))
+
+    def _merged(self, model: Any, inputs: list[Any], tmp: Path) -> dict[str, Any]:
+        """A standard transformers folder (safetensors) with the adapter merged into the weights."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        merged = self._merged_model(model)
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        write_tokenizer(self.tokenizer, tmp)
+        del merged
+        self.files += sorted(p.name for p in tmp.iterdir())
+        reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32).eval()
+        logits = logits_of(reloaded, inputs)
+        self.say(f"merged into the base and saved in {self.dtype} (safetensors)")
+        return {"export": "merged", "artefact": "model.safetensors", "_logits": logits,
+                "method": "the saved folder reloaded with AutoModelForCausalLM in fp32", **self._merge_fields()}
+
+    def _merged_gguf(self, model: Any, inputs: list[Any], tmp: Path) -> dict[str, Any]:
+        """The merged model as one llama.cpp GGUF (weights f16/f32, tokenizer and chat template inside)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from finetune.gguf_export import GGUF_SUFFIX, read_gguf
+
+        merged = self._merged_model(model)
+        name = f"{self.recipe.name}-{GGUF_SUFFIX[self.dtype]}.gguf"
+        self._write_model_gguf(tmp / name, merged.state_dict(), self.dtype)
+        del merged
+        self.files.append(name)
+        if self.ollama:
+            self._modelfile(tmp, model_file=name)
+        reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), gguf_file=name, dtype=torch.float32).eval()
+        logits = logits_of(reloaded, inputs)
+        info = read_gguf(tmp / name)
+        self.say(f"merged into the base and written as GGUF ({GGUF_SUFFIX[self.dtype]}): {name}, "
+                 f"{len(info['tensors'])} tensors")
+        return {"export": "merged-gguf", "artefact": name, "_logits": logits, "tensors": len(info["tensors"]),
+                "method": "the GGUF reloaded with AutoModelForCausalLM(gguf_file=...) in fp32",
+                **self._merge_fields()}
+
+    def _write_model_gguf(self, path: Path, state: dict[str, Any], dtype: str) -> None:
+        """Write a whole-model GGUF with the run's tokenizer and metadata."""
+        from finetune.card import resolve_license
+        from finetune.gguf_export import write_model_gguf
+        from finetune.models import model_license
+
+        licence = resolve_license(model_license(self.recipe.base_model), self.hub_id)
+        scratch = _gguf_tokenizer_dir(self.tokenizer, self.config, path.parent)
+        try:
+            meta = {"name": path.stem, "license": licence["id"] if licence else None, "base_model": self.hub_id}
+            write_model_gguf(path, state, self.config, scratch, dtype, meta, pre=_gguf_pre(self.recipe, self.say))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _lora_gguf(self, model: Any, inputs: list[Any], tmp: Path) -> dict[str, Any]:
+        """The adapter as a llama.cpp LoRA GGUF; checked by rebuilding B @ A from the file onto the base."""
+        import torch
+
+        from finetune.gguf_export import GGUF_SUFFIX, lora_deltas_from_gguf, read_gguf, write_lora_gguf
+
+        name = f"{self.recipe.name}-lora-{GGUF_SUFFIX[self.dtype]}.gguf"
+        written = write_lora_gguf(tmp / name, adapter_state(self.adapter_dir), self.lora_config, self.config,
+                                  self.dtype, {"name": f"{self.recipe.name}-lora", "base_model": self.hub_id})
+        self.files.append(name)
+        base = model.unload()  # the untouched base: peft's layers removed, nothing merged
+        if self.ollama:
+            base_name = f"{self.hub_id.rstrip('/').split('/')[-1]}-f16.gguf"
+            self._write_model_gguf(tmp / base_name, base.state_dict(), "fp16")
+            self.files.append(base_name)
+            self._modelfile(tmp, model_file=base_name, adapter_file=name)
+        deltas = lora_deltas_from_gguf(tmp / name, self.config)
+        params = dict(base.named_parameters())
+        with torch.no_grad():
+            for hf_name, delta in deltas.items():
+                params[hf_name].add_(delta.to(params[hf_name].dtype))
+        logits = logits_of(base, inputs)
+        info = read_gguf(tmp / name)
+        self.say(f"adapter written as llama.cpp LoRA GGUF ({GGUF_SUFFIX[self.dtype]}): {name}, "
+                 f"{len(written)} tensors")
+        return {"export": "lora-gguf", "artefact": name, "_logits": logits, "tensors": len(info["tensors"]),
+                "lora_alpha": info["metadata"].get("adapter.lora.alpha"),
+                "method": "B @ A read back from the GGUF (rows un-permuted, scaled alpha/r) added to the fp32 base"}
+
+    def _modelfile(self, tmp: Path, model_file: str, adapter_file: str | None = None) -> None:
+        """An Ollama Modelfile beside the GGUF files."""
+        from finetune.gguf_export import modelfile_text
+
+        text = modelfile_text(self.tokenizer, model_file, adapter_file, self.recipe.system_prompt)
+        atomic.write_text(tmp / "Modelfile", text)
+        self.files.append("Modelfile")
+        self.say("Modelfile written: ollama create NAME -f Modelfile")
+
+    def _card(self, tmp: Path, report: dict[str, Any]) -> None:
+        """README.md: the model card with the run's figures."""
+        from finetune.card import CardInputs, latest_compare, render_card, resolve_license
+        from finetune.models import model_license, resolve_base_model
+        from finetune.runs import read_summary
+
+        compare = latest_compare(self.run_dir)
+        local = resolve_base_model(self.recipe.base_model)
+        inputs = CardInputs(
+            title=self.recipe.name + ("-merged" if self.merge else ""),
+            kind="merged" if self.merge else "adapter",
+            base_model=self.recipe.base_model, base_hub_id=self.hub_id,
+            base_local=local if local != self.hub_id else None,
+            recipe_yaml=self.recipe.to_yaml(), system_prompt=self.recipe.system_prompt,
+            dataset=Path(self.recipe.dataset.path).name, summary=read_summary(self.run_dir),
+            compare=compare[0] if compare else None, compare_path=str(compare[1]) if compare else None,
+            formats=[self.fmt], files=sorted(set(self.files) | {"README.md"}), verification=report,
+        )
+        licence = resolve_license(model_license(self.recipe.base_model), self.hub_id)
+        atomic.write_text(tmp / "README.md", render_card(inputs, licence))
+
+
+def export_run(
+    run: str | Path, *, merge: bool = False, dtype: str | None = None, fmt: str = "safetensors",
+    ollama: bool = False, out: str | Path | None = None, force: bool = False, say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Export a run's adapter (or merged model) and verify it; returns verification.json's content."""
+    return Exporter(run, merge=merge, dtype=dtype, fmt=fmt, ollama=ollama, out=out, force=force, say=say).run()

@@ -1,0 +1,142 @@
+"""What the machine can do: device, CPU features, measured matmul speed, and the choices that follow."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from finetune.paths import finetune_home
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """The device a run trains on and the facts its automatic choices are made from."""
+
+    device: str  # "cuda" or "cpu"
+    name: str  # GPU or CPU model
+    features: tuple[str, ...]  # CPU flags that matter (amx_bf16, avx512_bf16, avx2) or GPU capability
+    memory_gb: float  # GPU memory, or system RAM on a CPU
+    bf16_fast: bool  # bf16 matmuls beat fp32 here (measured on a CPU)
+    gflops: dict[str, float]  # measured matmul peak per precision ("fp32", "bf16"), where measured
+
+    def to_dict(self) -> dict:
+        """A JSON-ready view, for summaries and benchmarks."""
+        return asdict(self)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or platform as a fallback)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_features() -> tuple[str, ...]:
+    """The CPU flags that decide precision: amx_bf16, avx512_bf16, avx512f, avx2."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return tuple(f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2") if f in flags)
+
+
+def measure_matmul_gflops(dtype_name: str, size: int = 512, seconds: float = 0.25) -> float:
+    """Measured GFLOP/s of a square matmul in fp32 or bf16 on the CPU."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    for _ in range(2):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def _cpu_speed_cache() -> dict[str, float]:
+    """Measure fp32 and bf16 matmul speed once per CPU model and torch version (cached on disk)."""
+    import torch
+
+    key = f"{cpu_model()}|{torch.__version__}|{torch.get_num_threads()}"
+    path = finetune_home() / "hardware.json"
+    try:
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["gflops"]
+    except (OSError, ValueError, KeyError):
+        pass
+    gflops = {"fp32": measure_matmul_gflops("fp32")}
+    # bf16 on a CPU without native support is emulated and can be 25x slower: measure, never assume.
+    gflops["bf16"] = measure_matmul_gflops("bf16")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "gflops": gflops}))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return gflops
+
+
+@lru_cache(maxsize=1)
+def detect() -> Hardware:
+    """Inspect the machine once: CUDA GPU if present, otherwise the CPU with measured matmul speeds."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return Hardware(
+            device="cuda",
+            name=props.name,
+            features=(f"sm_{props.major}{props.minor}",),
+            memory_gb=props.total_memory / 1024**3,
+            bf16_fast=torch.cuda.is_bf16_supported(),
+            gflops={},
+        )
+    gflops = _cpu_speed_cache()
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    except (ValueError, OSError):
+        ram = 0.0
+    # bf16 must clearly beat fp32 to be worth autocast's casts (AMX/avx512_bf16: 4-7x; AVX2: 0.04x).
+    return Hardware(
+        device="cpu",
+        name=cpu_model(),
+        features=cpu_features(),
+        memory_gb=ram,
+        bf16_fast=gflops["bf16"] > 1.5 * gflops["fp32"],
+        gflops=gflops,
+    )
+
+
+def choose_precision(requested: str, hw: Hardware) -> str:
+    """Resolve `precision: auto` to fp32, bf16 or fp16 for this hardware."""
+    if requested != "auto":
+        return requested
+    if hw.device == "cuda":
+        return "bf16" if hw.bf16_fast else "fp16"
+    return "bf16" if hw.bf16_fast else "fp32"
+
+
+def choose_checkpointing(requested: str | bool, hw: Hardware) -> bool:
+    """Resolve `gradient_checkpointing: auto`: on for CUDA (memory-bound), off on a CPU (compute-bound)."""
+    if requested != "auto":
+        return bool(requested)
+    return hw.device == "cuda"

@@ -1,0 +1,119 @@
+"""Loading a run (base plus adapter) for inference, and batched, deterministic generation."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import ModelError
+from finetune.recipe import Recipe, load_recipe
+from finetune.runs import resolve_run
+
+
+@dataclass
+class Generation:
+    """One generated reply with its cost figures."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+
+
+def load_run(run: str | Path) -> tuple[Path, Recipe]:
+    """A run folder and its resolved recipe."""
+    run_dir = resolve_run(str(run))
+    return run_dir, load_recipe(run_dir / "recipe.yaml")
+
+
+def load_base(recipe: Recipe, dtype: str = "fp32") -> tuple[Any, Any]:
+    """The unquantised base model and tokenizer of a recipe, in eval mode."""
+    from finetune.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(recipe)
+    model = load_model(recipe, dtype, "cpu", quantize=False, weights_dtype=dtype)
+    model.eval()
+    return model, tokenizer
+
+
+def attach_adapter(model: Any, adapter_dir: Path, name: str = "default") -> Any:
+    """Wrap a base model with a saved PEFT adapter (or add it as another named adapter)."""
+    from peft import PeftModel
+
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir}: no adapter_config.json (did the run finish?)")
+    if isinstance(model, PeftModel):
+        model.load_adapter(str(adapter_dir), adapter_name=name)
+        return model
+    return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name).eval()
+
+
+def load_run_model(run: str | Path, adapter: bool = True, dtype: str = "fp32") -> tuple[Any, Any, Recipe]:
+    """Base model plus the run's adapter (or the bare base with adapter=False), tokenizer, recipe."""
+    run_dir, recipe = load_run(run)
+    model, tokenizer = load_base(recipe, dtype)
+    if adapter:
+        model = attach_adapter(model, run_dir / "adapter")
+    return model, tokenizer, recipe
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict[str, str]]],
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    seed: int = 0,
+    do_sample: bool = False,
+    temperature: float = 0.7,
+) -> list[Generation]:
+    """Batched generation with left padding and the KV cache; greedy unless `do_sample` (seeded)."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    results: list[Generation] = []
+    for start in range(0, len(conversations), batch_size):
+        chunk = conversations[start : start + batch_size]
+        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = {k: v.to(model.device) for k, v in encoded.items()}
+        torch.manual_seed(seed + start)
+        began = time.perf_counter()
+        with torch.inference_mode():
+            output = model.generate(
+                **encoded,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                temperature=temperature if do_sample else None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+                use_cache=True,
+            )
+        elapsed = time.perf_counter() - began
+        width = encoded["input_ids"].shape[1]
+        for row, mask in zip(output, encoded["attention_mask"]):
+            new = row[width:]
+            stop = [i for i, t in enumerate(new.tolist()) if t in _stop_ids(tokenizer)]
+            new = new[: stop[0]] if stop else new
+            results.append(
+                Generation(
+                    text=tokenizer.decode(new, skip_special_tokens=True).strip(),
+                    prompt_tokens=int(mask.sum()),
+                    completion_tokens=len(new),
+                    latency_s=elapsed,  # one batch's wall time: every request in it waited this long
+                )
+            )
+    return results
+
+
+def _stop_ids(tokenizer: Any) -> set[int]:
+    """Token ids that end a reply (eos, pad and the chat template's end-of-turn)."""
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return {i for i in ids if i is not None}

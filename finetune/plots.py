@@ -1,0 +1,42 @@
+"""Plots of a run: loss and eval loss, learning rate and throughput over steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finetune.atomic import read_jsonl
+
+
+def plot_curves(metrics_path: Path, out_path: Path) -> None:
+    """Write curves.png from metrics.jsonl (three panels sharing the step axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_jsonl(metrics_path)
+    if not records:
+        return
+    fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
+    train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
+    evals = [(r["step"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None]
+    if train:
+        axes[0].plot(*zip(*train), label="train loss")
+    if evals:
+        axes[0].plot(*zip(*evals), "o-", label="eval loss")
+    axes[0].set_ylabel("loss")
+    axes[0].legend()
+    lrs = [(r["step"], r["learning_rate"]) for r in records if r.get("learning_rate") is not None]
+    if lrs:
+        axes[1].plot(*zip(*lrs))
+    axes[1].set_ylabel("learning rate")
+    speed = [(r["step"], r["tokens_per_s"]) for r in records if r.get("tokens_per_s")]
+    if speed:
+        axes[2].plot(*zip(*speed))
+    axes[2].set_ylabel("tokens/s")
+    axes[2].set_xlabel("step")
+    fig.tight_layout()
+    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(out_path)

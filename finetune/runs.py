@@ -1,0 +1,188 @@
+"""Run folders: creating them safely, checkpoints, the summary.json schema, and listing runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from finetune import atomic
+from finetune.distributed import effective_strategy
+from finetune.errors import RunError
+from finetune.paths import outputs_dir
+from finetune.recipe import Recipe
+
+CHECKPOINTS = "checkpoints"
+LEDGER_FILE = "finetune_ledger.json"
+SUMMARY_SCHEMA_VERSION = 1
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def run_dir_for(recipe: Recipe, output_dir: str | Path | None = None) -> Path:
+    """The run folder: --output-dir, else outputs/<name>."""
+    return Path(output_dir) if output_dir else outputs_dir() / recipe.name
+
+
+def prepare_run_dir(
+    recipe: Recipe, output_dir: str | Path | None, *, force: bool, resume: bool, is_main: bool = True
+) -> Path:
+    """Create (or reuse for --resume) the run folder; never clobber an earlier run without --force."""
+    run_dir = run_dir_for(recipe, output_dir)
+    if resume:
+        if not run_dir.is_dir():
+            raise RunError(f"{run_dir}: no such run to resume")
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            summary = read_summary(run_dir)
+            what = f"a {summary['status']} run" if summary else "an earlier run"
+            hint = "--resume to continue it, or " if (run_dir / CHECKPOINTS).is_dir() else ""
+            raise RunError(f"{run_dir}: holds {what}; use {hint}--force to overwrite it")
+        if is_main:
+            shutil.rmtree(run_dir)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _check_writable(run_dir)
+        atomic.write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+    return run_dir
+
+
+def _check_writable(run_dir: Path, needed_bytes: int = 200 * 2**20) -> None:
+    """Fail now, not hours later, if the folder is not writable or the disk is nearly full."""
+    probe = run_dir / ".write-test"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"{run_dir}: not writable ({exc.strerror})") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < needed_bytes:
+        raise RunError(f"{run_dir}: only {free / 2**20:.0f} MB free; checkpoints need about "
+                       f"{needed_bytes / 2**20:.0f} MB")
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints in a folder, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and _CHECKPOINT_RE.match(p.name)]
+    return sorted(found, key=lambda p: int(_CHECKPOINT_RE.match(p.name).group(1)))
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint (checkpoints are renamed into place only when whole)."""
+    found = checkpoints(folder)
+    return found[-1] if found else None
+
+
+def remove_incomplete_checkpoints(folder: Path) -> None:
+    """Drop the staging area a killed run may have left behind."""
+    shutil.rmtree(folder / ".staging", ignore_errors=True)
+
+
+def trim_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop metrics lines past the checkpoint: those steps are trained again."""
+    if not path.exists():
+        return
+    kept = [r for r in atomic.read_jsonl(path) if r.get("step", 0) <= last_step]
+    atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("finetune", "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def build_summary(
+    recipe: Recipe, run_dir: Path, run_state: Any, telemetry: Any, trainer_state: Any, hw: Any,
+    precision: str, checkpointing: bool, num_processes: int, eval_loss: float | None,
+    started: datetime, dataset_sha256: str, train_rows: int, eval_rows: int,
+) -> dict[str, Any]:
+    """The fixed summary.json schema (docs/summary.md documents every field)."""
+    losses = [h["loss"] for h in trainer_state.log_history if "loss" in h]
+    last = telemetry.last_line
+    wall = telemetry.elapsed()
+    energy = last.get("energy_wh")
+    utilisation = (last.get("gpu_util") or 0) / 100 if last.get("gpu_util") is not None else None
+    cost = telemetry.cost(wall, energy, utilisation)
+    peak = max(telemetry.ledger.peak_memory_mb, last.get("peak_memory_mb") or 0)
+    return {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "name": recipe.name,
+        "status": run_state.status,
+        "message": run_state.message,
+        "steps": trainer_state.global_step,
+        "max_steps": trainer_state.max_steps,
+        "epochs": round(trainer_state.epoch or 0.0, 4),
+        "examples": {"train": train_rows, "eval": eval_rows},
+        "tokens": int(getattr(trainer_state, "num_input_tokens_seen", 0) or 0),
+        "train_loss": losses[-1] if losses else None,
+        "eval_loss": eval_loss,
+        "wall_time_s": round(wall, 2),
+        "seconds_per_step": last.get("seconds_per_step"),
+        "tokens_per_s": last.get("tokens_per_s"),
+        "time_to_first_step_s": None if run_state.first_step_s is None else round(run_state.first_step_s, 2),
+        "peak_memory_mb": round(peak, 1),
+        "energy_wh": energy,
+        "cost": cost,
+        "hardware": {"device": hw.device, "name": hw.name, "features": list(hw.features)},
+        "precision": precision,
+        "gradient_checkpointing": checkpointing,
+        "quantization": recipe.quantization.bits,
+        "num_processes": num_processes,
+        "strategy": effective_strategy(recipe.distributed.strategy, num_processes),
+        "versions": library_versions(),
+        "recipe_sha256": recipe.sha256(),
+        "dataset_sha256": dataset_sha256,
+        "base_model": recipe.base_model,
+        "adapter": str(run_dir / "adapter") if (run_dir / "adapter").is_dir() else None,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """A run's summary.json, or None."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_run(name_or_path: str) -> Path:
+    """A run folder from a name in outputs/ or a path."""
+    path = Path(name_or_path)
+    for candidate in (path, outputs_dir() / name_or_path):
+        if candidate.is_dir() and ((candidate / "recipe.yaml").is_file() or (candidate / "adapter").is_dir()):
+            return candidate
+    raise RunError(f"{name_or_path}: no such run (looked in . and {outputs_dir()})")
+
+
+def list_runs(root: Path | None = None) -> list[dict[str, Any]]:
+    """Summaries of every run in outputs/, newest first (runs without a summary show as 'running?')."""
+    root = root or outputs_dir()
+    rows = []
+    if not root.is_dir():
+        return rows
+    for run_dir in root.iterdir():
+        if not run_dir.is_dir() or not (run_dir / "recipe.yaml").is_file():
+            continue
+        summary = read_summary(run_dir) or {"name": run_dir.name, "status": "running?"}
+        summary.setdefault("name", run_dir.name)
+        summary["_dir"] = str(run_dir)
+        summary["_mtime"] = os.path.getmtime(run_dir)
+        rows.append(summary)
+    return sorted(rows, key=lambda r: r["_mtime"], reverse=True)

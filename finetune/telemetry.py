@@ -1,0 +1,277 @@
+"""Run telemetry: metrics lines, memory, NVML power and energy, cost so far, progress display."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from finetune.recipe import Recipe
+
+
+def peak_memory_mb(device: str) -> dict[str, float]:
+    """Peak memory so far: CUDA allocated and reserved, or the process's peak RSS on a CPU."""
+    if device == "cuda":
+        import torch
+
+        return {
+            "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20,
+            "peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20,
+        }
+    # ru_maxrss is in KiB on Linux.
+    return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+class NvmlMonitor:
+    """Power, energy and utilisation of the GPUs a process uses, via NVML; silent where there is none."""
+
+    def __init__(self, device_index: int | None = None) -> None:
+        self.handle: Any = None
+        self._nvml: Any = None
+        self._start_mj: float | None = None
+        self._last: tuple[float, float] | None = None  # (time, watts) for integration without a counter
+        self._energy_j = 0.0
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            index = device_index if device_index is not None else int(os.environ.get("LOCAL_RANK", 0))
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self._nvml = pynvml
+        except Exception:  # no NVIDIA driver, no pynvml, no GPU: CPU runs simply omit these fields
+            self.handle = None
+            return
+        try:
+            self._start_mj = float(pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
+        except Exception:  # older GPUs have no energy counter: integrate power samples instead
+            self._start_mj = None
+
+    @property
+    def available(self) -> bool:
+        """Whether NVML answers for this process's GPU."""
+        return self.handle is not None
+
+    def sample(self) -> dict[str, float]:
+        """Power (W), energy since start (Wh) and utilisation (%); {} where NVML is absent."""
+        if not self.available:
+            return {}
+        nvml = self._nvml
+        out: dict[str, float] = {}
+        now = time.monotonic()
+        try:
+            watts = nvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0
+            out["power_w"] = watts
+            if self._last is not None:
+                self._energy_j += (now - self._last[0]) * (watts + self._last[1]) / 2
+            self._last = (now, watts)
+        except Exception:
+            pass
+        try:
+            if self._start_mj is not None:
+                used_mj = float(nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)) - self._start_mj
+                out["energy_wh"] = used_mj / 3.6e6
+            elif self._last is not None:
+                out["energy_wh"] = self._energy_j / 3600.0
+        except Exception:
+            pass
+        try:
+            out["gpu_util"] = float(nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
+        except Exception:
+            pass
+        return out
+
+
+def eta_seconds(step: int, max_steps: int, seconds_per_step: float) -> float | None:
+    """Seconds left at the current pace (None before the pace is known)."""
+    if step <= 0 or max_steps <= 0 or seconds_per_step <= 0:
+        return None
+    return max(0, max_steps - step) * seconds_per_step
+
+
+def format_duration(seconds: float | None) -> str:
+    """'1h02m', '4m05s', '12s' or '?'."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+@dataclass
+class Ledger:
+    """Running totals of a run, carried across resumes through each checkpoint."""
+
+    elapsed_before_s: float = 0.0  # wall time spent in earlier (interrupted) sessions of this run
+    energy_before_wh: float = 0.0
+    peak_memory_mb: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Serialise for a checkpoint."""
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def load(cls, path: Path) -> Ledger:
+        """Read a ledger written into a checkpoint (empty if absent)."""
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return cls()
+
+
+class Telemetry:
+    """Builds each metrics line (tokens/s, ETA, memory, energy, cost) and shows progress."""
+
+    def __init__(
+        self, recipe: Recipe, run_dir: Path, device: str, hardware_name: str, num_processes: int = 1,
+        is_main: bool = True, stream: TextIO | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.device = device
+        self.hardware_name = hardware_name
+        self.num_processes = num_processes
+        self.is_main = is_main
+        self.stream = stream or sys.stderr
+        self.nvml = NvmlMonitor() if device == "cuda" else NvmlMonitor.__new__(NvmlMonitor)
+        if device != "cuda":
+            self.nvml.handle = None
+        self.ledger = Ledger()
+        self.start = time.monotonic()
+        self.first_step_at: float | None = None
+        self.last_log: tuple[float, int, int] | None = None  # (time, step, tokens)
+        self.max_steps = 0
+        self.last_line: dict[str, Any] = {}
+        self.last_eval_loss: float | None = None
+        self._progress: Any = None
+        self._task: Any = None
+        self._last_plain = 0.0
+
+    # --- figures -----------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        """Wall time of the whole run so far, earlier sessions included."""
+        return self.ledger.elapsed_before_s + time.monotonic() - self.start
+
+    def energy_wh(self, sample: dict[str, float]) -> float | None:
+        """Energy of the whole run so far over all processes, where measured."""
+        if "energy_wh" not in sample:
+            return None
+        return self.ledger.energy_before_wh + sample["energy_wh"] * self.num_processes
+
+    def cost(self, seconds: float, energy_wh: float | None, utilisation: float | None) -> dict[str, Any] | None:
+        """Cost for `seconds` of this run from the recipe's cost section (None when it has none)."""
+        section = self.recipe.cost
+        if section.hourly_rate is None and section.electricity is None:
+            return None
+        from finetune import cost as cost_mod
+
+        power = section.power_w
+        if power is None and section.gpu:
+            from finetune.catalog import find_gpu, load_gpus
+
+            power = find_gpu(section.gpu, load_gpus()).power_w
+        return cost_mod.run_cost(
+            section, seconds, energy_wh, power, utilisation, section.currency, num_gpus=self.num_processes
+        )
+
+    def line(self, step: int, epoch: float, tokens: int, logs: dict[str, Any], max_steps: int) -> dict[str, Any]:
+        """One metrics.jsonl record from the trainer's logs plus our own figures."""
+        now = time.monotonic()
+        self.max_steps = max_steps
+        if self.last_log is None:
+            self.last_log = (self.start, 0, 0)
+        t0, s0, k0 = self.last_log
+        steps = max(1, step - s0)
+        sec_per_step = (now - t0) / steps
+        tokens_per_s = (tokens - k0) / max(1e-9, now - t0)
+        self.last_log = (now, step, tokens)
+        memory = peak_memory_mb(self.device)
+        self.ledger.peak_memory_mb = max(self.ledger.peak_memory_mb, memory["peak_memory_mb"])
+        sample = self.nvml.sample() if self.nvml.available else {}
+        elapsed = self.elapsed()
+        eta = eta_seconds(step, max_steps, sec_per_step)
+        record: dict[str, Any] = {
+            "step": step,
+            "epoch": round(epoch, 4),
+            "loss": logs.get("loss"),
+            "eval_loss": logs.get("eval_loss"),
+            "learning_rate": logs.get("learning_rate"),
+            "grad_norm": logs.get("grad_norm"),
+            "tokens": tokens,
+            "tokens_per_s": round(tokens_per_s, 2),
+            "seconds_per_step": round(sec_per_step, 4),
+            "elapsed_s": round(elapsed, 2),
+            "eta_s": None if eta is None else round(eta, 1),
+            **{k: round(v, 1) for k, v in memory.items()},
+        }
+        if sample:
+            record["power_w"] = round(sample.get("power_w", 0.0), 1)
+            record["gpu_util"] = sample.get("gpu_util")
+            record["energy_wh"] = self.energy_wh(sample)
+        utilisation = (sample.get("gpu_util") or 0) / 100 if sample else None
+        so_far = self.cost(elapsed, record.get("energy_wh"), utilisation)
+        if so_far is not None:
+            record["cost"] = so_far
+            if eta is not None and elapsed > 0:
+                projected_energy = None if record.get("energy_wh") is None else (
+                    record["energy_wh"] * (elapsed + eta) / elapsed
+                )
+                record["cost_projected"] = self.cost(elapsed + eta, projected_energy, utilisation)
+        self.last_line = record
+        return record
+
+    # --- display -----------------------------------------------------------------------------
+
+    def start_progress(self, max_steps: int, initial_step: int = 0) -> None:
+        """A rich progress bar on a terminal; plain periodic lines elsewhere (CI, nohup, logs)."""
+        self.max_steps = max_steps
+        if not self.is_main or not self.stream.isatty():
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=max_steps, completed=initial_step, info="")
+
+    def show(self, record: dict[str, Any]) -> None:
+        """Update the bar, or print a plain line at most every 10 seconds (and at the end)."""
+        if not self.is_main:
+            return
+        parts = [f"loss {record['loss']:.4f}" if record.get("loss") is not None else ""]
+        if record.get("eval_loss") is not None:
+            parts.append(f"eval {record['eval_loss']:.4f}")
+        parts += [f"{record['tokens_per_s']:.0f} tok/s", f"peak {record['peak_memory_mb']:.0f} MB"]
+        if record.get("cost"):
+            from finetune.cost import format_money
+
+            parts.append(format_money(record["cost"]["amount"], record["cost"]["currency"]))
+        info = "  ".join(p for p in parts if p)
+        if self._progress is not None:
+            self._progress.update(self._task, completed=record["step"], info=info)
+            return
+        now = time.monotonic()
+        if now - self._last_plain >= 10 or record["step"] >= self.max_steps:
+            self._last_plain = now
+            print(
+                f"step {record['step']}/{self.max_steps}  {info}  eta {format_duration(record.get('eta_s'))}",
+                file=self.stream, flush=True,
+            )
+
+    def stop_progress(self) -> None:
+        """Close the progress bar."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,154 @@
+"""Overnight safety for real: files and fields, time budgets, SIGTERM and SIGKILL with resume, wandb offline."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import make_tiny_model, recipe_dict
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def small_llama(tmp_path_factory, bundled_dir):
+    """A random llama big enough that a step takes a measurable moment (so signals land mid-run)."""
+    return make_tiny_model(tmp_path_factory.mktemp("small-llama"), "llama", bundled_dir,
+                           hidden_size=128, num_hidden_layers=4, intermediate_size=256)
+
+
+def write_recipe(tmp_path, model, data, **training):
+    spec = recipe_dict(str(model), data, **training)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def start(recipe, run_dir, *extra):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "finetune", "train", str(recipe), "--output-dir", str(run_dir),
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=ROOT)
+
+
+def metrics(run_dir):
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for(predicate, timeout=180.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_short_run_writes_every_file_with_documented_fields(small_llama, pirate_rows, tmp_path):
+    from finetune.recipe import parse_recipe
+    from finetune.train import train
+
+    spec = recipe_dict(str(small_llama), pirate_rows, max_steps=6, save_steps=3, eval_steps=3)
+    spec["tracking"] = {"wandb": "offline", "project": "finetune-tests"}
+    spec["cost"] = {"hourly_rate": {"amount": 0.39, "currency": "USD"}, "currency": "JPY"}
+    run = tmp_path / "run"
+    summary = train(parse_recipe(spec), output_dir=run, say=lambda *_: None)
+    for name in ("adapter", "recipe.yaml", "metrics.jsonl", "summary.json", "curves.png", "checkpoints", "wandb"):
+        assert (run / name).exists(), name
+    lines = metrics(run)
+    steps = [r for r in lines if r.get("loss") is not None]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    for field in ("epoch", "loss", "learning_rate", "grad_norm", "tokens", "tokens_per_s", "seconds_per_step",
+                  "elapsed_s", "eta_s", "peak_memory_mb", "cost"):
+        assert field in steps[-1], field
+    assert steps[-1]["tokens"] > steps[0]["tokens"] > 0
+    assert "power_w" not in steps[-1], "CPU runs omit NVML fields"
+    assert any(r.get("eval_loss") is not None for r in lines)
+    assert steps[-1]["cost"]["currency"] == "JPY" and steps[-1]["cost"]["amount"] > 0
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary, default=str))
+    for field in ("status", "steps", "tokens", "train_loss", "eval_loss", "wall_time_s", "peak_memory_mb",
+                  "energy_wh", "cost", "hardware", "versions", "recipe_sha256", "dataset_sha256"):
+        assert field in on_disk, field
+    assert on_disk["status"] == "completed" and on_disk["energy_wh"] is None
+    assert on_disk["cost"]["currency"] == "JPY" and on_disk["versions"]["transformers"]
+    assert len(on_disk["dataset_sha256"]) == 64
+    # wandb ran offline through the trainer's integration and logged our fields too.
+    runs = list((run / "wandb").glob("wandb/offline-run-*")) + list((run / "wandb").glob("offline-run-*"))
+    assert runs, list((run / "wandb").rglob("*"))[:10]
+    logged = json.loads(next(runs[0].rglob("wandb-summary.json")).read_text())
+    for key in ("train/loss", "train/tokens_per_s", "train/peak_memory_mb", "train/cost"):
+        assert key in logged, (key, sorted(logged))
+
+
+def test_max_time_stops_with_time_budget_and_a_usable_adapter(small_llama, pirate_rows, tmp_path):
+    from finetune.recipe import parse_recipe
+    from finetune.train import train
+
+    spec = recipe_dict(str(small_llama), pirate_rows, max_steps=100000, max_time="12s", save_steps=100000)
+    began = time.monotonic()
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", say=lambda *_: None)
+    took = time.monotonic() - began
+    assert summary["status"] == "time_budget"
+    assert took < 12 + 3, f"the budget is 12 s; the run took {took:.1f} s"
+    assert 0 < summary["steps"] < 100000
+    assert (tmp_path / "run/checkpoints" / f"checkpoint-{summary['steps']}").is_dir()
+    from peft import PeftConfig
+
+    assert PeftConfig.from_pretrained(tmp_path / "run/adapter").r == 8
+
+
+def test_sigterm_saves_reports_interrupted_and_resumes_to_completion(small_llama, pirate_rows, tmp_path):
+    recipe = write_recipe(tmp_path, small_llama, pirate_rows, max_steps=300, save_steps=100000)
+    run = tmp_path / "run"
+    proc = start(recipe, run)
+    assert wait_for(lambda: len(metrics(run)) >= 3), proc.stdout.read() if proc.poll() is not None else "no steps"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 0 < summary["steps"] < 300
+    assert (run / "checkpoints" / f"checkpoint-{summary['steps']}").is_dir(), "a checkpoint at the stop step"
+    assert (run / "adapter/adapter_model.safetensors").is_file()
+
+    resumed = start(recipe, run, "--resume")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    final = json.loads((run / "summary.json").read_text())
+    assert final["status"] == "completed" and final["steps"] == 300
+    steps = [r["step"] for r in metrics(run) if r.get("loss") is not None]
+    assert steps == sorted(set(steps)) and steps[-1] == 300, "metrics continue without duplicates"
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(small_llama, pirate_rows, tmp_path):
+    recipe = write_recipe(tmp_path, small_llama, pirate_rows, max_steps=60, save_steps=10, save_total_limit=2)
+    reference = start(recipe, tmp_path / "reference")
+    out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, out
+
+    run = tmp_path / "killed"
+    proc = start(recipe, run)
+    assert wait_for(lambda: (run / "checkpoints/checkpoint-20").is_dir() or proc.poll() is not None)
+    proc.kill()  # SIGKILL: no handler runs, nothing is flushed
+    proc.communicate()
+    assert not (run / "summary.json").exists() or json.loads((run / "summary.json").read_text())["steps"] < 60
+    resumed = start(recipe, run, "--resume")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+    want = {r["step"]: r["loss"] for r in metrics(tmp_path / "reference") if r.get("loss") is not None}
+    got = {r["step"]: r["loss"] for r in metrics(run) if r.get("loss") is not None}
+    assert sorted(got) == list(range(1, 61))
+    for step in range(1, 61):
+        assert abs(got[step] - want[step]) <= 1e-3 * max(1.0, abs(want[step])), (step, got[step], want[step])

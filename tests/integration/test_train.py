@@ -1,0 +1,75 @@
+"""The spine, for real: recipe → training on the bundled model → adapter that reproduces the trained logits."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from finetune.recipe import parse_recipe
+from finetune.train import train
+from tests.conftest import make_tiny_model, recipe_dict
+
+pytestmark = pytest.mark.slow
+
+
+def test_loss_falls_over_30_steps_and_adapter_reloads_exactly(bundled_dir, pirate_rows, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = recipe_dict("bundled:smollm2-135m-instruct", pirate_rows, max_steps=30, batch_size=4,
+                       learning_rate=5e-4, lr_scheduler="constant", warmup_ratio=0.0)
+    spec["dataset"]["eval_fraction"] = 0.0
+    recipe = parse_recipe(spec)
+    summary, trained = train(recipe, output_dir=tmp_path / "run", return_model=True, say=lambda *_: None)
+    assert summary["status"] == "completed" and summary["steps"] == 30
+
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "run/metrics.jsonl").read_text().splitlines())
+              if r.get("loss") is not None]
+    assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, f"loss should fall clearly: first five {first:.3f}, last five {last:.3f}"
+
+    # The saved adapter, loaded with plain PEFT onto a fresh base, gives the trained model's logits.
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run/adapter")
+    batch = tokenizer(["Ahoy, how do I bake bread?"], return_tensors="pt")
+    trained.eval()
+    with torch.no_grad():
+        expected = trained(**batch).logits.float()
+    base = AutoModelForCausalLM.from_pretrained(bundled_dir, dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "run/adapter").eval()
+    with torch.no_grad():
+        got = reloaded(**batch).logits.float()
+        plain = base.get_base_model()(**batch).logits.float() if hasattr(base, "get_base_model") else None
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+    with reloaded.disable_adapter(), torch.no_grad():
+        plain = reloaded(**batch).logits.float()
+    assert (plain - expected).abs().max() > 1e-2, "the adapter must actually change the model"
+    assert (tmp_path / "run/adapter/adapter_model.safetensors").is_file()
+    assert (tmp_path / "run/recipe.yaml").read_text().startswith("name: t")
+
+
+ARCHITECTURES = ["llama", "mistral", "qwen2", "gemma2", "phi3", "gpt2", "gpt_neox", "gpt_neox_japanese"]
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_each_architecture_trains_two_lora_steps(model_type, bundled_dir, pirate_rows, tmp_path):
+    folder = make_tiny_model(tmp_path / model_type, model_type, bundled_dir)
+    spec = recipe_dict(str(folder), pirate_rows, max_steps=2, batch_size=2)
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", say=lambda *_: None)
+    assert summary["status"] == "completed" and summary["steps"] == 2
+    config = json.loads((tmp_path / "run/adapter/adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["target_modules"]
+    assert (tmp_path / "run/adapter/adapter_model.safetensors").stat().st_size > 0
+
+
+def test_qlora_4bit_trains_on_this_machine(tiny_llama, pirate_rows, tmp_path):
+    spec = recipe_dict(str(tiny_llama), pirate_rows, max_steps=2, batch_size=2)
+    spec["quantization"] = {"bits": 4, "quant_type": "nf4", "double_quant": True}
+    summary, model = train(parse_recipe(spec), output_dir=tmp_path / "run", return_model=True, say=lambda *_: None)
+    assert summary["status"] == "completed" and summary["quantization"] == 4
+    import bitsandbytes as bnb
+
+    quantised = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantised, "the base linears must be 4-bit NF4"
+    assert quantised[0].weight.quant_type == "nf4"

@@ -1,0 +1,118 @@
+"""Bad input ends with one line naming file and line or key, exit code 2, no traceback, nothing written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from finetune.cli import main
+
+GOOD_ROW = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Arr!"}]}
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["finetune", *args])
+    with pytest.raises(SystemExit) as info:
+        main()
+    captured = capsys.readouterr()
+    return info.value.code, captured.err.strip()
+
+
+def recipe(tmp_path, body="", data_rows=None, data_raw=None, name="demo"):
+    data = tmp_path / "data.jsonl"
+    if data_raw is not None:
+        data.write_bytes(data_raw)
+    elif data_rows is not None:
+        data.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in data_rows) + "\n")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"name: {name}\ndataset:\n  path: {data}\ntracking: none\n{body}", encoding="utf-8")
+    return path
+
+
+CASES = {
+    "unparsable yaml": dict(body="lora: {r: [\n", expect=["recipe.yaml: line", "invalid YAML"]),
+    "unknown key": dict(body="lora:\n  rr: 8\n", expect=["recipe.yaml: line 6", "lora.rr", "did you mean 'r'"]),
+    "wrong type": dict(body="training:\n  epochs: lots\n", expect=["training.epochs"]),
+    "out of range": dict(body="lora:\n  dropout: 1.5\n", expect=["lora.dropout"]),
+    "yaml tag": dict(body="x: !!python/object/apply:os.system ['true']\n", expect=["recipe.yaml"]),
+    "path in name": dict(name="'../escape'", expect=["name", "path separators"]),
+    "missing dataset": dict(rows=None, expect=["data.jsonl", "not found"]),
+    "empty dataset": dict(raw=b"\n\n", expect=["data.jsonl", "empty"]),
+    "invalid json": dict(rows=[GOOD_ROW, "{oops"], expect=["data.jsonl:2:", "invalid JSON"]),
+    "no assistant": dict(rows=[{"messages": [{"role": "user", "content": "q"}]}],
+                         expect=["data.jsonl:1:", "no assistant turn"]),
+    "empty reply": dict(rows=[{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}],
+                        expect=["data.jsonl:1:", "empty assistant reply"]),
+    "unknown role": dict(rows=[{"messages": [{"role": "bot", "content": "q"}, {"role": "assistant", "content": "a"}]}],
+                         expect=["data.jsonl:1:", "unknown role"]),
+    "non-string content": dict(rows=[{"messages": [{"role": "user", "content": ["q"]},
+                                                   {"role": "assistant", "content": "a"}]}],
+                               expect=["data.jsonl:1:", "must be a string"]),
+    "non-utf8": dict(raw=json.dumps(GOOD_ROW).encode() + b"\n\xff\xfe\n", expect=["data.jsonl:2:", "UTF-8"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, monkeypatch, capsys):
+    spec = CASES[case]
+    rows = spec.get("rows", [GOOD_ROW]) if "raw" not in spec else None
+    path = recipe(tmp_path, spec.get("body", ""), rows, spec.get("raw"), spec.get("name", "demo"))
+    outputs = tmp_path / "outputs"
+    monkeypatch.setenv("FINETUNE_OUTPUTS", str(outputs))
+    code, err = run_cli(monkeypatch, capsys, "train", str(path))
+    assert code == 2
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in spec["expect"]:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert not outputs.exists() or not any(outputs.iterdir()), "nothing may be written on bad input"
+
+
+def test_remote_code_model_needs_opt_in(tmp_path, monkeypatch, capsys):
+    model = tmp_path / "custom-model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "model_type": "my-custom-arch", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"},
+    }))
+    path = recipe(tmp_path, f"base_model: {model}\n", [GOOD_ROW])
+    monkeypatch.setenv("FINETUNE_OUTPUTS", str(tmp_path / "outputs"))
+    code, err = run_cli(monkeypatch, capsys, "train", str(path))
+    assert code == 2 and "trust_remote_code: true" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_data_check_lists_bad_lines_and_exits_2(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps(GOOD_ROW) + "\n{x\n" + json.dumps({"messages": []}) + "\n")
+    code, err = run_cli(monkeypatch, capsys, "data", "check", str(data))
+    assert code == 2
+    assert err.splitlines() == [f"{data}:2: invalid JSON: Expecting property name enclosed in double quotes "
+                                f"(column 2)", f"{data}:3: 'messages' must be a non-empty list"]
+
+
+def test_real_process_prints_no_traceback(tmp_path):
+    path = recipe(tmp_path, "lora:\n  alpah: 8\n", [GOOD_ROW])
+    done = subprocess.run([sys.executable, "-m", "finetune", "train", str(path)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("lora.alpah: unknown key (did you mean 'alpha'?)")
+    assert "Traceback" not in done.stderr
+    debug = subprocess.run([sys.executable, "-m", "finetune", "--debug", "train", str(path)],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_existing_run_is_not_overwritten_without_force(tmp_path, monkeypatch, capsys):
+    path = recipe(tmp_path, "", [GOOD_ROW] * 3)
+    outputs = tmp_path / "outputs"
+    run = outputs / "demo"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"status": "completed"}))
+    monkeypatch.setenv("FINETUNE_OUTPUTS", str(outputs))
+    code, err = run_cli(monkeypatch, capsys, "train", str(path))
+    assert code == 2 and "completed run" in err and "--force" in err
+    assert json.loads((run / "summary.json").read_text()) == {"status": "completed"}
+    assert Path(run / "summary.json").exists()

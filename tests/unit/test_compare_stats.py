@@ -1,0 +1,319 @@
+"""compare's statistics, text metrics and analysis: pure functions, no model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from finetune.compare import analysis, stats
+from finetune.compare.arms import parse_arms
+from finetune.compare.metrics import compile_markers, first_last_thirds, marker_hit, split_sentences
+from finetune.errors import FinetuneError
+
+# --- bootstrap CI of a mean ---------------------------------------------------------------------
+
+
+def test_bootstrap_mean_and_interval_bracket_the_sample_mean():
+    values = [0.1, 0.4, 0.35, 0.8, 0.5, 0.45, 0.9, 0.2]
+    est = stats.bootstrap_mean_ci(values, seed=1)
+    assert est["n"] == 8
+    assert est["mean"] == pytest.approx(np.mean(values))
+    assert est["ci_low"] < est["mean"] < est["ci_high"]
+    assert est == stats.bootstrap_mean_ci(values, seed=1)  # reproducible
+    assert stats.bootstrap_mean_ci([], seed=1) == {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
+    assert stats.bootstrap_mean_ci([0.7]) == {"mean": 0.7, "ci_low": 0.7, "ci_high": 0.7, "n": 1}
+    assert stats.bootstrap_mean_ci([1.0, None, float("nan"), 0.0])["n"] == 2  # missing scores are skipped
+
+
+def test_interval_narrows_with_more_data():
+    rng = np.random.default_rng(0)
+    small = stats.bootstrap_mean_ci(rng.normal(size=20).tolist(), seed=0)
+    large = stats.bootstrap_mean_ci(rng.normal(size=500).tolist(), seed=0)
+    assert large["ci_high"] - large["ci_low"] < (small["ci_high"] - small["ci_low"]) / 2
+
+
+@pytest.mark.parametrize("draw", ["normal", "bernoulli"])
+def test_bootstrap_ci_covers_the_true_mean_about_95_percent_of_the_time(draw):
+    # Simulation: many samples from a known distribution; the 95% CI should contain the true mean in
+    # roughly 95% of them (percentile bootstrap runs a little narrow at small n, so allow 0.88-0.99).
+    rng = np.random.default_rng(123)
+    trials, n, covered = 300, 40, 0
+    true_mean = 0.3
+    for trial in range(trials):
+        if draw == "normal":
+            sample = rng.normal(true_mean, 1.0, size=n)
+        else:
+            sample = (rng.random(n) < true_mean).astype(float)
+        est = stats.bootstrap_mean_ci(sample.tolist(), seed=trial, n_boot=1000)
+        covered += est["ci_low"] <= true_mean <= est["ci_high"]
+    coverage = covered / trials
+    assert 0.88 <= coverage <= 0.99, coverage
+
+
+def test_a_90_percent_interval_is_narrower_and_covers_less():
+    values = np.random.default_rng(5).normal(size=60).tolist()
+    wide = stats.bootstrap_mean_ci(values, seed=0, level=0.95)
+    narrow = stats.bootstrap_mean_ci(values, seed=0, level=0.90)
+    assert wide["ci_low"] < narrow["ci_low"] < narrow["ci_high"] < wide["ci_high"]
+
+
+# --- paired differences ---------------------------------------------------------------------------
+
+
+def test_paired_difference_sees_a_small_consistent_shift_that_unpaired_intervals_miss():
+    # Prompts vary a lot in difficulty; arm a is better by 0.05 on every prompt.
+    rng = np.random.default_rng(7)
+    base = rng.uniform(0, 1, size=40)
+    a = (base + 0.05 + rng.normal(0, 0.01, size=40)).tolist()
+    b = base.tolist()
+    diff = stats.paired_difference(a, b, seed=0)
+    assert diff["mean"] == pytest.approx(np.mean(np.array(a) - np.array(b)))
+    assert stats.significant(diff)
+    # Separately, the two arms' intervals overlap: only pairing reveals the difference.
+    assert stats.intervals_overlap(stats.bootstrap_mean_ci(a), stats.bootstrap_mean_ci(b))
+
+
+def test_paired_difference_of_identical_arms_is_zero_and_not_significant():
+    values = [0.2, 0.9, 0.4, 0.6]
+    diff = stats.paired_difference(values, values)
+    assert diff["mean"] == 0 and diff["ci_low"] == 0 and diff["ci_high"] == 0
+    assert not stats.significant(diff)
+
+
+def test_paired_difference_requires_pairs():
+    with pytest.raises(ValueError, match="equal lengths"):
+        stats.paired_difference([1.0, 2.0], [1.0])
+    assert stats.paired_difference([1.0, None, 3.0], [0.0, 1.0, 1.0])["n"] == 2  # unpaired items dropped
+
+
+def test_significance_and_overlap_rules():
+    assert stats.significant({"mean": 0.3, "ci_low": 0.1, "ci_high": 0.5, "n": 10})
+    assert stats.significant({"mean": -0.3, "ci_low": -0.5, "ci_high": -0.1, "n": 10})
+    assert not stats.significant({"mean": 0.1, "ci_low": -0.1, "ci_high": 0.3, "n": 10})
+    assert not stats.significant(
+        {"mean": 0.3, "ci_low": 0.3, "ci_high": 0.3, "n": 1}
+    )  # one item proves nothing
+    assert stats.significant({"mean": 0.6, "ci_low": 0.5, "ci_high": 0.7, "n": 9}, null=1.0)
+    assert not stats.intervals_overlap({"ci_low": 0.6, "ci_high": 0.9}, {"ci_low": 0.1, "ci_high": 0.5})
+    assert stats.intervals_overlap({"ci_low": 0.4, "ci_high": 0.9}, {"ci_low": 0.1, "ci_high": 0.5})
+
+
+def test_exp_estimate_maps_log_scale_interval_to_ratios():
+    est = stats.exp_estimate({"mean": math.log(2), "ci_low": math.log(1.5), "ci_high": math.log(3), "n": 5})
+    assert est["mean"] == pytest.approx(2) and est["ci_low"] == pytest.approx(1.5)
+    assert est["ci_high"] == pytest.approx(3) and est["n"] == 5
+
+
+def test_group_means_average_within_each_conversation():
+    means = stats.group_means([1.0, 0.0, 1.0, None, 0.5], ["c1", "c1", "c2", "c2", "c3"])
+    assert means == {"c1": 0.5, "c2": 1.0, "c3": 0.5}
+
+
+# --- verdict wording ------------------------------------------------------------------------------
+
+
+def est(mean, low, high, n=40):
+    return {"mean": mean, "ci_low": low, "ci_high": high, "n": n}
+
+
+def test_verdict_names_the_winner_with_a_positive_margin():
+    assert stats.verdict("style", "adapter", "prompt", est(0.41, 0.30, 0.52)) == (
+        "adapter beats prompt on style by 0.41 [0.30, 0.52], n=40"
+    )
+    # a is worse: the sentence names b first and the margin stays positive.
+    assert stats.verdict("style", "adapter", "prompt", est(-0.2, -0.3, -0.1)) == (
+        "prompt beats adapter on style by 0.20 [0.10, 0.30], n=40"
+    )
+
+
+def test_verdict_for_lower_is_better_metrics():
+    # Latency-like difference: a is lower, so a wins.
+    line = stats.verdict("latency", "adapter", "prompt", est(-0.5, -0.7, -0.3), higher_is_better=False)
+    assert line == "adapter beats prompt on latency by 0.50 [0.30, 0.70], n=40"
+    line = stats.verdict("latency", "adapter", "prompt", est(0.5, 0.3, 0.7), higher_is_better=False)
+    assert line == "prompt beats adapter on latency by 0.50 [0.30, 0.70], n=40"
+
+
+def test_verdict_for_ratios_either_way():
+    line = stats.verdict(
+        "perplexity", "adapter", "prompt", est(0.62, 0.55, 0.70), higher_is_better=False, ratio=True
+    )
+    assert line == "adapter beats prompt on perplexity: 0.62x of prompt's [0.55, 0.70], n=40"
+    line = stats.verdict(
+        "perplexity", "adapter", "prompt", est(1.25, 1.10, 1.40), higher_is_better=False, ratio=True
+    )
+    assert line == "prompt beats adapter on perplexity: 0.80x of adapter's [0.71, 0.91], n=40"
+    line = stats.verdict(
+        "perplexity", "adapter", "prompt", est(0.95, 0.85, 1.05), higher_is_better=False, ratio=True
+    )
+    assert line.startswith("no significant difference between adapter and prompt in perplexity (")
+    assert "0.95x [0.85, 1.05]" in line
+
+
+def test_verdict_when_not_significant_or_no_data():
+    line = stats.verdict("multiple-choice accuracy", "adapter", "prompt", est(0.03, -0.05, 0.10, n=20))
+    assert line == (
+        "no significant difference between adapter and prompt in multiple-choice accuracy "
+        "(adapter vs prompt: +0.03 [-0.05, 0.10], n=20)"
+    )
+    line = stats.verdict("style", "adapter", "prompt", est(-0.03, -0.10, 0.05, n=20))
+    assert "no significant difference" in line and "-0.03 [-0.10, 0.05]" in line
+    assert stats.verdict("style", "a", "b", est(None, None, None, 0)) == "style: no data to compare a and b"
+
+
+def test_drift_verdict_holds_falls_rises():
+    first, last = est(0.9, 0.8, 1.0, 10), est(0.5, 0.3, 0.7, 10)
+    line = stats.drift_verdict(
+        "prompt", "over the conversation", "turn 1", "turn 6", first, last, est(-0.4, -0.6, -0.2, 10)
+    )
+    assert line == (
+        "prompt: style over the conversation 0.90 at turn 1 -> 0.50 at turn 6: "
+        "falls by 0.40 ([-0.60, -0.20], n=10)"
+    )
+    line = stats.drift_verdict(
+        "adapter", "in long answers", "first third", "last third", last, first, est(0.4, 0.2, 0.6, 10)
+    )
+    assert "rises by 0.40" in line
+    line = stats.drift_verdict(
+        "adapter", "in long answers", "first third", "last third", first, first, est(0.01, -0.05, 0.07, 10)
+    )
+    assert line.endswith("holds (change +0.01 [-0.05, 0.07], n=10)")
+
+
+# --- text metrics ---------------------------------------------------------------------------------
+
+PIRATE = [r"\barr+\b", r"\bmatey\b", r"\bye\b", r"shiver me timbers", r"\byo-?ho"]
+
+
+def test_marker_hits_are_case_insensitive_and_respect_word_boundaries():
+    markers = compile_markers(PIRATE)
+    assert marker_hit("ARRR, the tide be turnin'", markers) == 1.0
+    assert marker_hit("Yo-ho, off we go", markers) == 1.0
+    assert marker_hit("Yes, yesterday the yellow barrel arrived.", markers) == 0.0  # no whole-word hit
+    assert marker_hit("anything", []) is None
+    assert marker_hit("ですわ", compile_markers(["ですわ"])) == 1.0
+
+
+def test_sentences_and_thirds_in_english_and_japanese():
+    assert split_sentences("One. Two! Three?\nFour") == ["One.", "Two!", "Three?", "Four"]
+    assert split_sentences("今日は晴れです。明日は雨ですわ。") == ["今日は晴れです。", "明日は雨ですわ。"]
+    first, last = first_last_thirds("A one. B two. C three. D four. E five. F six.")
+    assert first == "A one. B two." and last == "E five. F six."
+    assert first_last_thirds("Only one sentence") == ("Only one sentence", "Only one sentence")
+    assert first_last_thirds("") == ("", "")
+
+
+# --- arms -----------------------------------------------------------------------------------------
+
+
+def test_arms_parse_single_and_several_adapters():
+    assert [a.name for a in parse_arms(None, ["pirate"])] == ["base", "prompt", "adapter", "adapter+prompt"]
+    names = [a.name for a in parse_arms("base,adapter,adapter:b+prompt", ["a", "b"])]
+    assert names == ["base", "adapter:a", "adapter:b", "adapter:b+prompt"]
+    with pytest.raises(FinetuneError, match="unknown arm"):
+        parse_arms("base,promt", ["a"])
+    with pytest.raises(FinetuneError, match="needs --adapter"):
+        parse_arms("adapter", [])
+    with pytest.raises(FinetuneError, match="no adapter named 'c'"):
+        parse_arms("adapter:c", ["a", "b"])
+
+
+# --- analysis: from per-item scores to report sections --------------------------------------------
+
+
+def _scores(
+    style: list[float], ppl: list[float], mc: list[float], multi: list[tuple[str, int, float]]
+) -> dict:
+    return {
+        "single": [
+            {
+                "prompt_id": f"p{i}",
+                "style": s,
+                "marker": float(s > 0.5),
+                "prompt_tokens": 30,
+                "completion_tokens": 40,
+                "latency_s": 1.0,
+                "s_per_token": 0.02,
+            }
+            for i, s in enumerate(style)
+        ],
+        "multi": [{"prompt_id": c, "turn": t, "style": s, "marker": float(s > 0.5)} for c, t, s in multi],
+        "long": [],
+        "ppl": {f"p{i}": v for i, v in enumerate(ppl)},
+        "mc": {"quiz": [{"id": str(i), "correct": c, "correct_sum": c} for i, c in enumerate(mc)]},
+    }
+
+
+def _fixture() -> dict:
+    rng = np.random.default_rng(0)
+    n = 30
+    return {
+        "base": _scores(
+            rng.uniform(0.0, 0.2, n).tolist(),
+            rng.normal(2.0, 0.1, n).tolist(),
+            [1.0, 0.0] * 15,
+            [(f"c{c}", t, 0.1) for c in range(4) for t in range(3)],
+        ),
+        "prompt": _scores(
+            rng.uniform(0.4, 0.6, n).tolist(),
+            rng.normal(2.0, 0.1, n).tolist(),
+            [1.0, 0.0] * 15,
+            [(f"c{c}", t, 0.8 - 0.3 * t) for c in range(4) for t in range(3)],
+        ),
+        "adapter": _scores(
+            rng.uniform(0.8, 1.0, n).tolist(),
+            rng.normal(1.5, 0.1, n).tolist(),
+            [1.0, 0.0] * 15,
+            [(f"c{c}", t, 0.9) for c in range(4) for t in range(3)],
+        ),
+    }
+
+
+def test_analysis_estimates_differences_and_verdicts():
+    scores, arms = _fixture(), ["base", "prompt", "adapter"]
+    section = analysis.arm_section(scores, arms, seed=0)
+    assert section["adapter"]["style"]["n"] == 30
+    assert section["adapter"]["style_multi"]["n"] == 4  # clustered: one value per conversation
+    assert section["base"]["style_long"] is None  # no long prompts
+    assert section["adapter"]["perplexity"]["mean"] == pytest.approx(math.exp(1.5), rel=0.05)
+    diffs = analysis.differences(scores, arms, ["quiz"], seed=0)
+    style = next(d for d in diffs if d["metric"] == "style" and d["a"] == "adapter" and d["b"] == "prompt")
+    assert style["significant"] and style["better"] == "adapter" and 0.3 < style["mean"] < 0.5
+    ppl = next(d for d in diffs if d["metric"] == "perplexity" and d["a"] == "adapter" and d["b"] == "base")
+    assert ppl["scale"] == "ratio" and ppl["mean"] < 1 and ppl["better"] == "adapter"
+    quiz = next(d for d in diffs if d["metric"] == "mc:quiz" and d["a"] == "adapter" and d["b"] == "prompt")
+    assert not quiz["significant"] and quiz["mean"] == 0
+    lines = analysis.verdict_lines(diffs, arms, ["quiz"])
+    assert lines[0].startswith("adapter beats prompt on style score by ")
+    assert any(line.startswith("adapter beats prompt on held-out perplexity: ") for line in lines)
+    assert any(
+        "no significant difference between adapter and prompt in multiple-choice accuracy (quiz)" in line
+        for line in lines
+    )
+    assert any(line.startswith("adapter beats base on style score") for line in lines)
+
+
+def test_drift_by_turn_and_change():
+    drift = analysis.drift_section(_fixture(), ["base", "prompt", "adapter"], seed=0)
+    turns = drift["multi"]["prompt"]["by_turn"]
+    assert [t["turn"] for t in turns] == [0, 1, 2]
+    assert turns[0]["style"]["mean"] == pytest.approx(0.8) and turns[2]["style"]["mean"] == pytest.approx(0.2)
+    assert drift["multi"]["prompt"]["change"]["mean"] == pytest.approx(-0.6)
+    assert drift["multi"]["adapter"]["change"]["mean"] == pytest.approx(0.0)
+    lines = analysis.drift_lines(drift)
+    assert any(
+        line.startswith("prompt: style over the conversation 0.80 at turn 1 -> 0.20 at turn 3: falls")
+        for line in lines
+    )
+    assert any(line.startswith("adapter: style over the conversation") and "holds" in line for line in lines)
+    assert not any(line.startswith("base:") for line in lines)
+
+
+def test_verdict_pairs_follow_the_arms_given():
+    assert analysis.verdict_pairs(["base", "prompt"]) == [("prompt", "base", None)]
+    pairs = analysis.verdict_pairs(["base", "prompt", "adapter", "adapter+prompt"])
+    assert pairs[0] == ("adapter", "prompt", None)
+    assert ("adapter+prompt", "adapter", ["style"]) in pairs
+    assert analysis.verdict_pairs(["base", "adapter"]) == [("adapter", "base", None)]

@@ -1,0 +1,124 @@
+"""Dataset formats, validation with line numbers, and the assistant-only loss mask."""
+
+import json
+
+import pytest
+
+from finetune.data import (
+    IGNORE_INDEX,
+    end_of_turn_token,
+    load_conversations,
+    read_dataset,
+    split_train_eval,
+    tokenize_conversation,
+)
+from finetune.errors import DataError
+
+
+def write(tmp_path, rows, raw=None):
+    path = tmp_path / "d.jsonl"
+    if raw is not None:
+        path.write_bytes(raw)
+    else:
+        path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Arr!"}]}
+
+
+def test_three_formats_detected(tmp_path):
+    assert read_dataset(write(tmp_path, [CHAT])).format == "messages"
+    alpaca = read_dataset(write(tmp_path, [{"instruction": "Add", "input": "1 2", "output": "3"}]))
+    assert alpaca.format == "alpaca" and "1 2" in alpaca.conversations[0].messages[0]["content"]
+    pc = read_dataset(write(tmp_path, [{"prompt": "p", "completion": "c"}]))
+    assert pc.format == "prompt_completion" and pc.conversations[0].messages[1]["content"] == "c"
+
+
+def test_bom_and_blank_lines_are_fine(tmp_path):
+    raw = b"\xef\xbb\xbf" + json.dumps(CHAT).encode() + b"\n\n   \n" + json.dumps(CHAT).encode() + b"\n"
+    report = read_dataset(write(tmp_path, None, raw))
+    assert not report.problems and len(report.conversations) == 2
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        ("{not json", "invalid JSON"),
+        ({"messages": [{"role": "user", "content": "q"}]}, "no assistant turn"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}, "empty assistant"),
+        ({"messages": [{"role": "wizard", "content": "q"}, {"role": "assistant", "content": "a"}]}, "unknown role"),
+        ({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]}, "must be a string"),
+        ({"text": "free text"}, "unknown row format"),
+        ([1, 2], "expected a JSON object"),
+    ],
+)
+def test_bad_rows_name_file_and_line(tmp_path, row, expected):
+    path = write(tmp_path, [CHAT, row])
+    report = read_dataset(path)
+    assert report.problems and report.problems[0].startswith(f"{path}:2: ")
+    assert expected in report.problems[0]
+    with pytest.raises(DataError, match=f"{path}:2: "):
+        load_conversations(path)
+
+
+def test_non_utf8_and_mixed_formats(tmp_path):
+    raw = json.dumps(CHAT).encode() + b"\n" + b'{"prompt": "\xff\xfe", "completion": "c"}\n'
+    assert "not valid UTF-8" in read_dataset(write(tmp_path, None, raw)).problems[0]
+    mixed = read_dataset(write(tmp_path, [CHAT, {"prompt": "p", "completion": "c"}]))
+    assert "mixed formats" in mixed.problems[0]
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_conversations(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="empty"):
+        load_conversations(write(tmp_path, None, b"\n\n"))
+
+
+def test_split_is_deterministic_and_disjoint():
+    from finetune.data import Conversation
+
+    rows = [Conversation([{"role": "user", "content": str(i)}], i) for i in range(100)]
+    train, held = split_train_eval(rows, 0.1, seed=42)
+    train2, held2 = split_train_eval(rows, 0.1, seed=42)
+    assert [c.line for c in held] == [c.line for c in held2] and len(held) == 10
+    assert not {c.line for c in train} & {c.line for c in held} and len(train) == 90
+
+
+def test_label_mask_covers_exactly_assistant_content_in_multi_turn(bundled_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_dir)
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Arr, blue as the sea."},
+        {"role": "user", "content": "Another?"},
+        {"role": "assistant", "content": "Green, matey.", "weight": 0},
+        {"role": "user", "content": "Last one?"},
+        {"role": "assistant", "content": "Red like a parrot!"},
+    ]
+    terminator = end_of_turn_token(tokenizer)
+    assert terminator == "<|im_end|>"
+    row = tokenize_conversation(tokenizer, messages, 512, terminator)
+    labelled = [tok for tok in row["labels"] if tok != IGNORE_INDEX]
+    # Exactly the trained replies' tokens, each followed by its end-of-turn token, in order.
+    expected = []
+    for reply in ("Arr, blue as the sea.", "Red like a parrot!"):
+        expected += tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert labelled == expected
+    assert tokenizer.decode(labelled).count("Green") == 0
+    # Labels sit where the tokens are (same positions as input_ids).
+    for i, tok in enumerate(row["labels"]):
+        if tok != IGNORE_INDEX:
+            assert row["input_ids"][i] == tok
+
+
+def test_truncation_reports_and_keeps_labels_aligned(bundled_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_dir)
+    messages = [{"role": "user", "content": "word " * 50}, {"role": "assistant", "content": "Arr " * 50}]
+    row = tokenize_conversation(tokenizer, messages, 40, "<|im_end|>")
+    assert row["truncated"] and len(row["input_ids"]) == len(row["labels"]) == 40
