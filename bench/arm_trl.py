@@ -29,7 +29,8 @@ def _step_logger(path: Path) -> Any:
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
             with open(path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": state.global_step, "tokens": int(state.num_input_tokens_seen)}) + "\n")
+                record = {"step": state.global_step, "tokens": int(state.num_input_tokens_seen)}
+                handle.write(json.dumps(record) + "\n")
             return control
 
     return StepLog()
@@ -37,7 +38,7 @@ def _step_logger(path: Path) -> Any:
 
 def sft_config(settings: BenchSettings, out: Path, mode: str, precision: str | None, max_steps: int | None,
                use_cpu: bool) -> Any:
-    """SFTConfig: TRL's defaults plus the shared hyperparameters; `tuned` fixes precision and checkpointing."""
+    """SFTConfig: TRL's defaults plus the shared hyperparameters; `tuned` sets precision, no checkpointing."""
     from trl import SFTConfig
 
     t = settings.training

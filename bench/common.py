@@ -1,4 +1,4 @@
-"""What every arm of `make bench` shares: the rows, the settings, the held-out loss, matmul peaks, the table."""
+"""What every arm of `make bench` shares: rows, settings, the held-out loss, matmul peaks, the table."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class BenchSettings:
     def with_finetune_defaults(
         cls, base_model: str, train_path: str, heldout_path: str, batch_size: int = 8, max_length: int = 512
     ) -> BenchSettings:
-        """Settings whose LoRA and optimisation values are finetune's recipe defaults (r16, alpha 32, lr 2e-4)."""
+        """Settings whose LoRA and optimisation values are finetune's recipe defaults (r16, alpha 32)."""
         from finetune.recipe import LoraConfigSection, TrainingConfig
 
         t = TrainingConfig()
@@ -52,11 +52,13 @@ class BenchSettings:
         return cls(**json.loads(Path(path).read_text()))
 
     def recipe_data(self, name: str, bits: int | None, data_path: str | None = None) -> dict[str, Any]:
-        """A finetune recipe (raw data) for these settings: one epoch, automatic precision, no mid-run saves."""
+        """A finetune recipe (raw data) for these settings: one epoch, automatic precision, no saves."""
         return {
             "name": name,
             "base_model": self.base_model,
-            "dataset": {"path": data_path or self.train_path, "eval_fraction": 0.0, "max_length": self.max_length},
+            "dataset": {
+                "path": data_path or self.train_path, "eval_fraction": 0.0, "max_length": self.max_length,
+            },
             "lora": dict(self.lora),
             "quantization": {"bits": bits},
             "training": {
@@ -85,12 +87,12 @@ def write_rows(source: str | Path, rows: int, heldout: int, seed: int, folder: P
     conversations = load_conversations(source)
     if rows + heldout > len(conversations):
         raise DataError(
-            f"{source}: {len(conversations)} rows, but the bench needs {rows} training + {heldout} held-out rows "
-            "(lower --rows or --heldout)"
+            f"{source}: {len(conversations)} rows, but the bench needs {rows} training + {heldout} "
+            "held-out rows (lower --rows or --heldout)"
         )
     train_idx, held_idx = split_rows(len(conversations), rows, heldout, seed)
     paths = folder / "train.jsonl", folder / "heldout.jsonl"
-    for path, indices in zip(paths, (train_idx, held_idx)):
+    for path, indices in zip(paths, (train_idx, held_idx), strict=True):
         lines = [json.dumps({"messages": conversations[i].messages}, ensure_ascii=False) for i in indices]
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return paths
@@ -144,7 +146,7 @@ def heldout_loss(model: Any, dataset: Any, pad_id: int, batch_size: int) -> floa
 
 
 def step_rates(points: list[tuple[float, int, int]]) -> dict[str, float | None]:
-    """Steady-state figures from (seconds since process start, step, cumulative non-padding tokens) per step end.
+    """Steady-state rates from (seconds since start, step, cumulative non-padding tokens) at step ends.
 
     The first step carries one-time costs (allocator growth, first kernels), so the rates start after it;
     the time to the first step keeps them.
@@ -155,7 +157,10 @@ def step_rates(points: list[tuple[float, int, int]]) -> dict[str, float | None]:
     (t0, s0, k0), (t1, s1, k1) = points[0], points[-1]
     if s1 == s0 or t1 <= t0:
         return {"time_to_first_step_s": t0, "seconds_per_step": None, "tokens_per_s": None}
-    return {"time_to_first_step_s": t0, "seconds_per_step": (t1 - t0) / (s1 - s0), "tokens_per_s": (k1 - k0) / (t1 - t0)}
+    return {
+        "time_to_first_step_s": t0, "seconds_per_step": (t1 - t0) / (s1 - s0),
+        "tokens_per_s": (k1 - k0) / (t1 - t0),
+    }
 
 
 # --- figures and table ---------------------------------------------------------------------------
@@ -188,7 +193,9 @@ def _fmt(value: Any, spec: str) -> str:
 def format_table(results: list[dict[str, Any]], cuda: bool) -> str:
     """The results as an aligned text table, one row per arm."""
     memory = ["peak alloc MB", "peak reserved MB"] if cuda else ["peak RSS MB"]
-    header = ["arm", "precision", "ckpt", "tokens/s", "s/step", "first step s", "wall s", *memory, "held-out loss"]
+    header = [
+        "arm", "precision", "ckpt", "tokens/s", "s/step", "first step s", "wall s", *memory, "held-out loss",
+    ]
     rows = [header]
     for r in results:
         mem = [_fmt(r.get("peak_allocated_mb"), ".0f"), _fmt(r.get("peak_reserved_mb"), ".0f")] if cuda else [
@@ -200,8 +207,10 @@ def format_table(results: list[dict[str, Any]], cuda: bool) -> str:
             _fmt(r.get("heldout_loss"), ".4f"),
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in rows]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -241,7 +250,8 @@ def feature_line(summary: dict[str, Any]) -> str:
     """'AMX: no  avx512_bf16: yes  AVX2: yes' for a CPU; the compute capability for a GPU."""
     features = set(summary["features"])
     if summary["device"] == "cuda":
-        return f"compute capability {', '.join(sorted(features))}  bf16: {'yes' if summary.get('bf16') else 'no'}"
+        bf16 = "yes" if summary.get("bf16") else "no"
+        return f"compute capability {', '.join(sorted(features))}  bf16: {bf16}"
     yes = {True: "yes", False: "no"}
     return (f"AMX: {yes['amx_bf16' in features]}  avx512_bf16: {yes['avx512_bf16' in features]}  "
             f"AVX2: {yes['avx2' in features]}  threads: {summary.get('threads')}")

@@ -65,7 +65,7 @@ def _read_new_lines(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]
 
 
 def run_process(cmd: list[str], env: dict[str, str], steps_file: Path, log_file: Path) -> dict[str, Any]:
-    """Run one arm; time each step line as it appears; return exit code, wall time, peak RSS and step times."""
+    """Run one arm; time each step line as it appears; return exit code, wall, peak RSS and step rates."""
     start = time.monotonic()
     with open(log_file, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -115,11 +115,13 @@ class Bench:
         }
 
     def finetune_arm(self, name: str, bits: int | None) -> dict[str, Any]:
-        """finetune through its real CLI (`python -m finetune train`), automatic precision and checkpointing."""
+        """finetune through its real CLI (`python -m finetune train`), automatic precision and the rest."""
         recipe_path = self.work / f"{name}.yaml"
-        recipe_path.write_text(yaml.safe_dump(self.settings.recipe_data(f"bench-{name}", bits), sort_keys=False))
+        recipe = self.settings.recipe_data(f"bench-{name}", bits)
+        recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         run_dir = self.work / "runs" / name
-        cmd = [sys.executable, "-m", "finetune", "train", str(recipe_path), "--output-dir", str(run_dir), "--force"]
+        cmd = [sys.executable, "-m", "finetune", "train", str(recipe_path), "--output-dir", str(run_dir)]
+        cmd.append("--force")
         result = run_process(cmd, self.env, run_dir / "metrics.jsonl", self.work / f"{name}.log")
         summary = _read_json(run_dir / "summary.json")
         result.update(precision=summary.get("precision"), checkpointing=summary.get("gradient_checkpointing"),
@@ -130,7 +132,9 @@ class Bench:
             result["peak_reserved_mb"] = max((r.get("peak_reserved_mb") or 0 for r in lines), default=None)
         return result
 
-    def trl_arm(self, name: str, mode: str, precision: str | None = None, max_steps: int | None = None) -> dict:
+    def trl_arm(
+        self, name: str, mode: str, precision: str | None = None, max_steps: int | None = None
+    ) -> dict[str, Any]:
         """TRL's SFTTrainer in its own process (bench.arm_trl)."""
         out = self.work / "runs" / name
         shutil.rmtree(out, ignore_errors=True)
@@ -142,11 +146,11 @@ class Bench:
         result.update(precision=arm.get("precision"), checkpointing=arm.get("checkpointing"),
                       adapter=str(out / "adapter"), bits=None)
         if self.cuda:
-            result.update(peak_allocated_mb=arm.get("peak_allocated_mb"), peak_reserved_mb=arm.get("peak_reserved_mb"))
+            result.update({k: arm.get(k) for k in ("peak_allocated_mb", "peak_reserved_mb")})
         return result
 
     def trl_tuned(self, probe_steps: int) -> dict[str, Any]:
-        """Measure fp32 and bf16 autocast for a few steps each (no checkpointing), then train with the faster."""
+        """Measure fp32 and bf16 autocast for a few steps each (no checkpointing); train with the faster."""
         probes = {}
         for precision in ("fp32", "bf16"):
             probe = self.trl_arm(f"trl-probe-{precision}", "tuned", precision, max_steps=probe_steps)
@@ -164,10 +168,12 @@ class Bench:
         arms_path, out_path = self.work / "heldout-arms.json", self.work / "heldout.json"
         arms_path.write_text(json.dumps(arms))
         cmd = [sys.executable, "-m", "bench.heldout", str(self.settings_path), str(arms_path), str(out_path)]
-        with open(self.work / "heldout.log", "w") as log:
-            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT).returncode
+        log_path = self.work / "heldout.log"
+        with open(log_path, "w") as log:
+            done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        code = done.returncode
         if code != 0:
-            print(f"held-out evaluation failed (exit {code}):\n{_log_tail(self.work / 'heldout.log')}", flush=True)
+            print(f"held-out evaluation failed (exit {code}):\n{_log_tail(log_path)}", flush=True)
             return {}
         return _read_json(out_path)
 
@@ -183,7 +189,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run every arm, print the device, peaks, table and the three summary lines; save the JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(ROOT / "datasets" / "pirate.jsonl"), help="JSONL rows to train on")
+    parser.add_argument("--data", default=str(ROOT / "datasets" / "pirate.jsonl"), help="JSONL rows")
     parser.add_argument("--rows", type=int, default=160, help="training rows (one epoch)")
     parser.add_argument("--heldout", type=int, default=32, help="held-out rows for the final loss")
     parser.add_argument("--model", default="bundled:smollm2-135m-instruct", help="base model (recipe syntax)")
@@ -226,8 +232,8 @@ def _bench(args: argparse.Namespace) -> int:
         bench = Bench(settings, work, cuda)
         order = list(arms)
         random.Random(args.seed).shuffle(order)
-        print(f"rows: {args.rows} training + {args.heldout} held-out from {args.data}; batch {args.batch_size}; "
-              f"model {args.model} ({parameters / 1e6:.0f}M parameters)", flush=True)
+        print(f"rows: {args.rows} training + {args.heldout} held-out from {args.data}; "
+              f"batch {args.batch_size}; model {args.model} ({parameters / 1e6:.0f}M parameters)", flush=True)
         print(f"order (seed {args.seed}): {', '.join(order)}", flush=True)
         results = []
         for name in order:
@@ -280,8 +286,9 @@ def _save(args: argparse.Namespace, device: dict, peaks: dict, parameters: int, 
     stamp = datetime.now().astimezone()
     record = {
         "finished_at": stamp.isoformat(timespec="seconds"), "device": device, "matmul_peak_gflops": peaks,
-        "parameters": parameters, "order": order, "seed": args.seed, "rows": args.rows, "heldout": args.heldout,
-        "data": args.data, "settings": {k: v for k, v in settings.__dict__.items() if not k.endswith("_path")},
+        "parameters": parameters, "order": order, "seed": args.seed, "rows": args.rows,
+        "heldout": args.heldout, "data": args.data,
+        "settings": {k: v for k, v in settings.__dict__.items() if not k.endswith("_path")},
         "results": results, "summary_lines": lines, "versions": library_versions(),
     }
     path = folder / f"{stamp.strftime('%Y%m%d-%H%M%S')}.json"

@@ -1,4 +1,4 @@
-"""Model cards: a Hugging Face README.md for every export, with the run's real figures and the base licence."""
+"""Model cards: a Hugging Face README.md for every export, with the run's real figures and base licence."""
 
 from __future__ import annotations
 
@@ -39,17 +39,24 @@ def load_licenses() -> dict[str, Any]:
     return yaml.safe_load((_CATALOG / "licenses.yaml").read_text(encoding="utf-8"))
 
 
-def resolve_license(license_id: str | None, hub_id: str, table: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The base model's licence: the id finetune knows for it, else a hub-id pattern match; None if unknown."""
+def resolve_license(
+    license_id: str | None, hub_id: str, table: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The base model's licence: the id finetune knows, else a hub-id pattern match; None if unknown."""
     table = table or load_licenses()
     if not license_id:
-        license_id = next((lic for pattern, lic in table["models"].items() if fnmatch.fnmatchcase(hub_id, pattern)),
-                          None)
+        license_id = next(
+            (lic for pattern, lic in table["models"].items() if fnmatch.fnmatchcase(hub_id, pattern)), None
+        )
     if not license_id:
         return None
     known = table["licenses"].get(license_id, {})
-    return {"id": license_id, "name": known.get("name", license_id), "url": known.get("url"),
-            "notes": known.get("notes")}
+    return {
+        "id": license_id,
+        "name": known.get("name", license_id),
+        "url": known.get("url"),
+        "notes": known.get("notes"),
+    }
 
 
 def latest_compare(run_dir: Path) -> tuple[dict[str, Any], Path] | None:
@@ -152,8 +159,10 @@ def _license_lines(inputs: CardInputs, license: dict[str, Any] | None, what: str
             "",
         ]
     where = f" ({license['url']})" if license.get("url") else ""
-    lines.append(f"The base model `{inputs.base_hub_id}` is released under the {license['name']}{where}. "
-                 f"This {what} is a derivative of it and is distributed under the same terms.")
+    lines.append(
+        f"The base model `{inputs.base_hub_id}` is released under the {license['name']}{where}. "
+        f"This {what} is a derivative of it and is distributed under the same terms."
+    )
     if license.get("notes"):
         lines += ["", license["notes"].strip()]
     return lines + [""]
@@ -174,14 +183,21 @@ def _usage(inputs: CardInputs) -> list[str]:
             lines.append(f"ollama create {inputs.title} -f Modelfile && ollama run {inputs.title}")
         return lines + ["```", ""]
     if inputs.kind == "merged":
-        code = ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                'model = AutoModelForCausalLM.from_pretrained("PATH/TO/THIS/FOLDER")',
-                'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/FOLDER")']
+        code = [
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            'model = AutoModelForCausalLM.from_pretrained("PATH/TO/THIS/FOLDER")',
+            'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/FOLDER")',
+        ]
     else:
-        code = ["from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                f'base = AutoModelForCausalLM.from_pretrained("{inputs.base_hub_id}")',
-                'model = PeftModel.from_pretrained(base, "PATH/TO/THIS/FOLDER")',
-                'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/FOLDER")']
+        code = [
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'base = AutoModelForCausalLM.from_pretrained("{inputs.base_hub_id}")',
+            'model = PeftModel.from_pretrained(base, "PATH/TO/THIS/FOLDER")',
+            'tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/FOLDER")',
+        ]
     return ["## How to use", "", "```python", *code, "```", ""]
 
 
@@ -194,43 +210,64 @@ def render_card(inputs: CardInputs, license: dict[str, Any] | None) -> str:
         purpose = f"`{inputs.base_hub_id}` with a LoRA adapter trained with finetune merged into its weights"
     lines.append(purpose + ".")
     if inputs.system_prompt:
-        lines += ["", "It was trained to answer in the persona this system prompt describes (the prompt itself is "
-                  "not needed at inference time):", "", *[f"> {line}" for line in inputs.system_prompt.splitlines()]]
+        quoted = [f"> {line}" for line in inputs.system_prompt.splitlines()]
+        lines += [
+            "",
+            "The recipe describes the persona it was trained towards with this system prompt:",
+            "",
+            *quoted,
+        ]
     lines.append("")
     if inputs.base_local:
-        lines += [f"Trained against the local copy of the base model at `{inputs.base_local}` "
-                  f"(recipe `base_model: {inputs.base_model}`).", ""]
+        lines += [
+            f"Trained against the local copy of the base model at `{inputs.base_local}` "
+            f"(recipe `base_model: {inputs.base_model}`).",
+            "",
+        ]
     if inputs.files:
         lines += ["Files: " + ", ".join(f"`{f}`" for f in inputs.files) + ".", ""]
     if inputs.sources:
-        lines += ["## Merged from", "", "| Run | Weight | Steps | Final train loss | Final eval loss |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "## Merged from",
+            "",
+            "| Run | Weight | Steps | Final train loss | Final eval loss |",
+            "|---|---|---|---|---|",
+        ]
         for src in inputs.sources:
             s = src.get("summary") or {}
-            lines.append(f"| {src['run']} | {_fig(src.get('weight'))} | {_fig(s.get('steps'))} | "
-                         f"{_fig(s.get('train_loss'))} | {_fig(s.get('eval_loss'))} |")
+            lines.append(
+                f"| {src['run']} | {_fig(src.get('weight'))} | {_fig(s.get('steps'))} | "
+                f"{_fig(s.get('train_loss'))} | {_fig(s.get('eval_loss'))} |"
+            )
         lines.append("")
     if inputs.recipe_yaml:
         lines += ["## Recipe", "", "```yaml", inputs.recipe_yaml.rstrip(), "```", ""]
-    lines += ["## Training figures", ""]
-    if inputs.summary:
-        lines += ["From the run's `summary.json`.", "", *_figures(inputs.summary), ""]
-    else:
-        lines += ["No `summary.json` was found for this run.", ""]
-    lines += _comparison(inputs)
+    if not inputs.sources:  # a merge of several runs shows their figures in "Merged from"
+        lines += ["## Training figures", ""]
+        if inputs.summary:
+            lines += ["From the run's `summary.json`.", "", *_figures(inputs.summary), ""]
+        else:
+            lines += ["No `summary.json` was found for this run.", ""]
+        lines += _comparison(inputs)
     if inputs.verification:
         v = inputs.verification
-        lines += ["## Export check", "",
-                  f"Fixed prompts were run through this artefact and through the base model with the adapter "
-                  f"applied by peft: largest logit difference {_fig(v.get('max_abs_logit_diff'))} "
-                  f"(tolerance {_fig(v.get('tolerance'))}, {v.get('dtype')}).", ""]
+        lines += [
+            "## Export check",
+            "",
+            f"Fixed prompts were run through this artefact and through the base model with the adapter "
+            f"applied by peft: largest logit difference {_fig(v.get('max_abs_logit_diff'))} "
+            f"(tolerance {_fig(v.get('tolerance'))}, {v.get('dtype')}).",
+            "",
+        ]
     lines += _usage(inputs)
     lines += [
-        "## Intended use and limitations", "",
+        "## Intended use and limitations",
+        "",
         f"Intended for experiments and demos in the style the training data shows. This {what} inherits the "
         "base model's knowledge, biases and failure modes; a few steps of LoRA training change its voice far "
         "more than its facts. It was evaluated only as the figures above say: check it on your own prompts "
-        "before relying on it, and do not use it for medical, legal, financial or safety decisions.", "",
+        "before relying on it, and do not use it for medical, legal, financial or safety decisions.",
+        "",
     ]
     lines += _license_lines(inputs, license, what)
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The data catalogues under finetune/catalog/ (GPUs, known models, exchange rates, hosted APIs), with user overrides."""
+"""The data catalogues under finetune/catalog/: GPUs, models, exchange rates, hosted APIs, with overrides."""
 
 from __future__ import annotations
 
@@ -181,12 +181,14 @@ def load_gpus(extra: Path | str | None = None) -> list[GPU]:
 
 
 def find_gpu(name: str, gpus: list[GPU]) -> GPU:
-    """The catalogue GPU a user means by `name` (name, alias or unique fragment), else a did-you-mean error."""
+    """The catalogue GPU a user means by `name` (name, alias or unique fragment), else a did-you-mean."""
     wanted = normalise_gpu_name(name)
     for gpu in gpus:
         if wanted in (normalise_gpu_name(n) for n in [gpu.name, *gpu.aliases]):
             return gpu
-    partial = [g for g in gpus if wanted and any(wanted in normalise_gpu_name(n) for n in [g.name, *g.aliases])]
+    partial = [
+        g for g in gpus if wanted and any(wanted in normalise_gpu_name(n) for n in [g.name, *g.aliases])
+    ]
     if len(partial) == 1:
         return partial[0]
     names = [g.name for g in gpus]
@@ -220,7 +222,7 @@ def load_models(extra: Path | str | None = None) -> dict[str, KnownModel]:
         if entries is None and path != CATALOG_DIR / "models.yaml":
             continue
         if not isinstance(entries, dict):
-            raise CatalogError(f"{path}: expected a top-level 'models:' mapping of hub id to config essentials")
+            raise CatalogError(f"{path}: expected a top-level 'models:' mapping of hub id to config fields")
         for model_id, entry in entries.items():
             models[str(model_id)] = _validate(KnownModel, entry, f"{path}: models.{model_id}")
     return models
@@ -247,7 +249,7 @@ def load_rates() -> Rates:
             raise CatalogError(f"{path}: expected a 'usd_per_unit:' mapping like {{JPY: 0.0067}}")
         for code, value in table.items():
             if not re.fullmatch(r"[A-Z]{3}", str(code)) or not isinstance(value, (int, float)) or value <= 0:
-                raise CatalogError(f"{path}: usd_per_unit.{code}: expected a 3-letter code and a positive rate")
+                raise CatalogError(f"{path}: usd_per_unit.{code}: expected a 3-letter code, a positive rate")
             rates[str(code)] = float(value)
         files.append(path)
         as_of = str(data.get("as_of", as_of)) if data.get("as_of") else as_of
@@ -282,7 +284,7 @@ def load_hosted_apis() -> list[HostedAPI]:
 
 
 def load_assumptions() -> dict[str, Any]:
-    """The estimator's stated assumptions (utilisation, scaling efficiency, overheads, activation coefficients)."""
+    """The estimator's stated assumptions (utilisation, scaling, overheads, activation coefficients)."""
     path = CATALOG_DIR / "estimate_assumptions.yaml"
     data = _read_yaml(path)
     if not isinstance(data, dict):

@@ -13,3 +13,9 @@ def register(app: typer.Typer) -> None:
     from finetune.compare.cli import compare
 
     app.command("compare")(compare)
+    from finetune.export_cli import chat, export, generate, merge_adapters
+
+    app.command("export")(export)
+    app.command("merge-adapters")(merge_adapters)
+    app.command("chat")(chat)
+    app.command("generate")(generate)

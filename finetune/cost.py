@@ -1,4 +1,4 @@
-"""Money arithmetic: currency conversion, rental and electricity costs, and printing amounts (pure functions)."""
+"""Money arithmetic: currency conversion, rental and electricity costs, printing amounts (pure functions)."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def run_cost(
     num_gpus: int = 1,
     rates: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The cost of a run from the recipe's cost section: rental, measured or estimated electricity, or none."""
+    """A run's cost from the recipe's cost section: rental, measured or estimated electricity, or none."""
     section = _section(cost_section)
     target = to_currency or display_currency(section)
     rate, power = section.get("hourly_rate"), section.get("electricity")

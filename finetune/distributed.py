@@ -207,7 +207,8 @@ def launch(recipe_path: str | Path, recipe: Recipe, num_processes: int, argv: li
     args = train_args(argv)
     _check_run_folder(recipe, args)
     cmd = launch_command(strategy_config(recipe.distributed.strategy), num_processes, args)
-    env = child_env(dict(os.environ), num_processes, len(os.sched_getaffinity(0)), has_cuda)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env = child_env(dict(os.environ), num_processes, cores, has_cuda)
     return run_launcher(cmd, env)
 
 
@@ -260,6 +261,7 @@ def save_sharded_adapter(trainer: Any, adapter_dir: Path) -> bool:
     trainer.save_model(str(tmp))
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; one-process adapters have none
         if adapter_dir.exists():
             shutil.rmtree(adapter_dir)
         os.replace(tmp, adapter_dir)

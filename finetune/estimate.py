@@ -55,6 +55,7 @@ class ModelShape:
     head_params: int  # the output head when not tied, else 0
     lora_modules: tuple[tuple[str, int, int], ...]  # (name in a layer, in, out) of each linear in one layer
     eager_attention: bool = False  # attention that materialises the s x s scores (e.g. Gemma 2 softcapping)
+    checkpoint_bytes: int = 2  # bytes per weight in the checkpoint (16-bit on the hub, fp32 if converted)
     licence: str | None = None
     source: str = "config"  # "catalogue" or "config"
 
@@ -98,7 +99,9 @@ def config_from_catalogue(entry: cat.KnownModel) -> Any:
     return CONFIG_MAPPING[entry.architecture](**_config_kwargs(entry))
 
 
-def shape_from_config(config: Any, name: str, source: str = "config", licence: str | None = None) -> ModelShape:
+def shape_from_config(
+    config: Any, name: str, source: str = "config", licence: str | None = None
+) -> ModelShape:
     """Count a model's parameters and shapes by building it on the meta device (no memory, no weights)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -108,9 +111,11 @@ def shape_from_config(config: Any, name: str, source: str = "config", licence: s
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"{name}: cannot build the model from its config: {str(exc).splitlines()[0]}") from None
+        first = str(exc).splitlines()[0]
+        raise ModelError(f"{name}: cannot build the model from its config: {first}") from None
     params = sum(p.numel() for p in model.parameters())  # parameters() yields tied weights once
-    layer_list = max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=None)
+    lists = (m for m in model.modules() if isinstance(m, torch.nn.ModuleList))
+    layer_list = max(lists, key=len, default=None)
     if layer_list is None or len(layer_list) == 0:
         raise ModelError(f"{name}: cannot find the decoder layers in {type(model).__name__}")
     modules: list[tuple[str, int, int]] = []
@@ -125,13 +130,14 @@ def shape_from_config(config: Any, name: str, source: str = "config", licence: s
     tied = head_module is None or head_module.weight is model.get_input_embeddings().weight
     head = 0 if tied else head_module.weight.numel()
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    hidden = int(getattr(text, "hidden_size", None) or getattr(text, "n_embd"))
-    heads = int(getattr(text, "num_attention_heads", None) or getattr(text, "n_head"))
+    hidden = int(getattr(text, "hidden_size", None) or text.n_embd)
+    heads = int(getattr(text, "num_attention_heads", None) or text.n_head)
     head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
     kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
     names = {n.rsplit(".", 1)[-1] for n, _, _ in modules}
     gated = bool(names & {"gate_proj", "gate_up_proj", "w1", "w3", "gate"})
-    intermediate = max((out for n, _, out in modules if "up" in n or "fc" in n or "h_to_4h" in n), default=4 * hidden)
+    widening = [out for n, _, out in modules if "up" in n or "fc" in n or "h_to_4h" in n]
+    intermediate = max(widening, default=4 * hidden)
     if "gate_up_proj" in names:
         intermediate //= 2
     max_position = int(getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", 2048))
@@ -156,9 +162,16 @@ def shape_from_config(config: Any, name: str, source: str = "config", licence: s
         head_params=head,
         lora_modules=tuple(modules),
         eager_attention=getattr(text, "attn_logit_softcapping", None) is not None,
+        checkpoint_bytes=_checkpoint_bytes(config),
         licence=licence,
         source=source,
     )
+
+
+def _checkpoint_bytes(config: Any) -> int:
+    """Bytes per weight of the checkpoint, from the config's dtype (hub checkpoints are mostly 16-bit)."""
+    dtype = str(getattr(config, "dtype", None) or "bfloat16")
+    return 4 if "float32" in dtype else 2
 
 
 @lru_cache(maxsize=32)
@@ -168,7 +181,9 @@ def _shape_cached(spec: str, catalog_file: str | None, trust_remote_code: bool) 
     found = cat.find_model(spec, models)
     if found is not None:
         model_id, entry = found
-        return shape_from_config(config_from_catalogue(entry), model_id, "catalogue", entry.licence)
+        shape = shape_from_config(config_from_catalogue(entry), model_id, "catalogue", entry.licence)
+        # finetune.models converts bundled GGUF models to fp32 safetensors.
+        return replace(shape, checkpoint_bytes=4) if spec.startswith("bundled:") else shape
     from transformers import AutoConfig
 
     path = Path(spec).expanduser()
@@ -182,13 +197,15 @@ def _shape_cached(spec: str, catalog_file: str | None, trust_remote_code: bool) 
         config = AutoConfig.from_pretrained(spec, local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
         raise ModelError(
-            f"{spec}: not in the model catalogue (finetune/catalog/models.yaml) and no config.json in the local "
-            f"cache; add its architecture, sizes and vocab to {cat.finetune_home() / 'models.yaml'}"
+            f"{spec}: not in the model catalogue (finetune/catalog/models.yaml) and no config.json in the "
+            f"local cache; add its architecture, sizes and vocab to {cat.finetune_home() / 'models.yaml'}"
         ) from None
     return shape_from_config(config, spec, "config")
 
 
-def model_shape(spec: str, catalog_file: str | Path | None = None, trust_remote_code: bool = False) -> ModelShape:
+def model_shape(
+    spec: str, catalog_file: str | Path | None = None, trust_remote_code: bool = False
+) -> ModelShape:
     """The shape of a base model: catalogue entry, local config.json, or the hub cache's config.json."""
     return _shape_cached(spec, str(catalog_file) if catalog_file else None, trust_remote_code)
 
@@ -234,21 +251,31 @@ class Memory:
     overhead_gb: float  # CUDA context or process baseline, allocator margin, transient buffers
     activations_checkpointing_gb: float
     activations_no_checkpointing_gb: float
+    loading_peak_gb: float = 0.0  # CPU: the process's peak while loading (and quantising) the weights
+
+    @property
+    def training_gb(self) -> float:
+        """The sum of the components: the peak of a training step."""
+        return (self.weights_gb + self.lora_gb + self.optimizer_gb + self.activations_gb + self.logits_gb
+                + self.overhead_gb)
 
     @property
     def total_gb(self) -> float:
-        """The sum of the components: the predicted peak."""
-        return (self.weights_gb + self.lora_gb + self.optimizer_gb + self.activations_gb + self.logits_gb
-                + self.overhead_gb)
+        """The predicted peak: a training step's, or loading's when that is higher (CPU quantisation)."""
+        return max(self.training_gb, self.loading_peak_gb)
 
     def to_dict(self) -> dict[str, float]:
         """JSON view (rounded to MiB)."""
         data = {k: round(v, 3) for k, v in asdict(self).items()}
+        data["training_gb"] = round(self.training_gb, 3)
         data["total_gb"] = round(self.total_gb, 3)
         return data
 
 
-def _targets(shape: ModelShape, target_modules: str | tuple[str, ...] | list[str]) -> list[tuple[str, int, int]]:
+Targets = str | tuple[str, ...] | list[str]
+
+
+def _targets(shape: ModelShape, target_modules: Targets) -> list[tuple[str, int, int]]:
     """The linear modules of one layer that LoRA adapts (peft's 'all-linear' = every one but the head)."""
     if target_modules == "all-linear":
         return list(shape.lora_modules)
@@ -256,7 +283,7 @@ def _targets(shape: ModelShape, target_modules: str | tuple[str, ...] | list[str
     return [m for m in shape.lora_modules if m[0] in wanted or m[0].rsplit(".", 1)[-1] in wanted]
 
 
-def lora_params(shape: ModelShape, r: int, target_modules: str | tuple[str, ...] | list[str] = "all-linear") -> int:
+def lora_params(shape: ModelShape, r: int, target_modules: Targets = "all-linear") -> int:
     """Trainable LoRA weights: r x (in + out) for each adapted linear, in every layer."""
     return shape.layers * sum(r * (i + o) for _, i, o in _targets(shape, target_modules))
 
@@ -302,7 +329,7 @@ def _activation_mode(setup: Setup, a: dict[str, Any]) -> str:
 
 
 def activation_bytes_per_token_layer(shape: ModelShape, setup: Setup, a: dict[str, Any]) -> float:
-    """Bytes one decoder layer saves for backward per token (the Korthikanti-style sbh term, measured coefficients)."""
+    """Bytes a decoder layer saves for backward per token (Korthikanti-style term, measured coefficients)."""
     c = a["activation_coefficients"][_activation_mode(setup, a)]
     b = setup.compute_bytes
     mlp_share = 1.0 if shape.gated_mlp else 0.5  # fc -> act -> proj keeps half the tensors of gate/up/act/mul
@@ -358,6 +385,11 @@ def memory(shape: ModelShape, setup: Setup, a: dict[str, Any] | None = None) -> 
     else:
         base = a["cpu_process_baseline_gb"] * GIB
     overhead = base + a["allocator_margin"] * (acts + logits)
+    loading = 0.0
+    if setup.device == "cpu" and setup.bits is not None:
+        # Quantising on a CPU reads the checkpoint (memory-mapped, so its pages count as resident), makes
+        # a 16-bit copy of each weight, and keeps the quantised result: all at once, at the peak.
+        loading = base + shape.params * (shape.checkpoint_bytes + setup.compute_bytes) + weights
     return Memory(
         weights_gb=weights / GIB,
         lora_gb=lora / GIB,
@@ -367,11 +399,12 @@ def memory(shape: ModelShape, setup: Setup, a: dict[str, Any] | None = None) -> 
         overhead_gb=overhead / GIB,
         activations_checkpointing_gb=act_ckpt / GIB,
         activations_no_checkpointing_gb=act_full / GIB,
+        loading_peak_gb=loading / GIB,
     )
 
 
 def flops_per_token(shape: ModelShape, setup: Setup) -> float:
-    """Training FLOPs per token: 4N through frozen weights (+2N recompute), attention, and LoRA's own 6 per weight."""
+    """Training FLOPs per token: 4N through frozen weights (+2N recompute), attention, LoRA's 6 per weight."""
     # The head multiplies even when tied, but only at the positions whose logits are computed.
     matmul = shape.layer_linear_params + shape.vocab * shape.hidden * setup.logits_fraction
     ckpt = 1 if setup.checkpointing else 0
@@ -397,7 +430,9 @@ def fits(mem: Memory, capacity_gb: float) -> bool:
     return mem.total_gb <= capacity_gb
 
 
-def max_batch_size(shape: ModelShape, setup: Setup, capacity_gb: float, a: dict[str, Any], limit: int = 4096) -> int:
+def max_batch_size(
+    shape: ModelShape, setup: Setup, capacity_gb: float, a: dict[str, Any], limit: int = 4096
+) -> int:
     """The largest micro-batch that fits at the setup's sequence length (0 if even one row does not)."""
     if not fits(memory(shape, replace(setup, batch=1), a), capacity_gb):
         return 0
@@ -498,7 +533,7 @@ class Tokens:
     eval_lengths: list[int]
     method: str  # "tokenizer", "characters" (no tokenizer on disk) or "sampled" (large file)
     truncated_rows: int = 0
-    prompt_lengths: list[int] = field(default_factory=list)  # tokens before the first trained (assistant) token
+    prompt_lengths: list[int] = field(default_factory=list)  # tokens before the first trained token
 
     @property
     def per_epoch(self) -> int:
@@ -570,8 +605,9 @@ def _with_system(messages: list[dict[str, Any]], system_prompt: str | None) -> l
 def _dataset_path(recipe: Recipe, recipe_dir: Path | None) -> Path:
     """The dataset file: as written, else relative to the recipe's folder."""
     path = Path(recipe.dataset.path).expanduser()
-    if not path.exists() and not path.is_absolute() and recipe_dir is not None and (recipe_dir / path).exists():
-        return recipe_dir / path
+    beside = recipe_dir / path if recipe_dir is not None and not path.is_absolute() else None
+    if not path.exists() and beside is not None and beside.exists():
+        return beside
     if not path.is_file():
         raise DataError(f"{recipe.dataset.path}: dataset file not found (dataset.path)")
     return path
@@ -594,7 +630,7 @@ def _token_lengths(tokenizer: Any, conversations: list[list[dict[str, Any]]],
 
 
 def count_tokens(recipe: Recipe, recipe_dir: Path | None = None, a: dict[str, Any] | None = None) -> Tokens:
-    """Tokens per training row: through the tokenizer and chat template if on disk, else estimated from text."""
+    """Tokens per training row: tokenizer and chat template if on disk, else estimated from the text."""
     from finetune.data import load_conversations, split_train_eval
 
     a = a or assumptions()
@@ -605,16 +641,21 @@ def count_tokens(recipe: Recipe, recipe_dir: Path | None = None, a: dict[str, An
     conversations = load_conversations(path, recipe.dataset.format)
     train, held_out = split_train_eval(conversations, recipe.dataset.eval_fraction, recipe.training.seed)
     tokenizer = _tokenizer_for(recipe)
-    full, prompts = _token_lengths(tokenizer, [_with_system(c.messages, recipe.system_prompt) for c in train], a)
-    eval_full, _ = _token_lengths(tokenizer, [_with_system(c.messages, recipe.system_prompt) for c in held_out], a)
+    rendered = [_with_system(c.messages, recipe.system_prompt) for c in train]
+    full, prompts = _token_lengths(tokenizer, rendered, a)
+    eval_full, eval_prompts = _token_lengths(
+        tokenizer, [_with_system(c.messages, recipe.system_prompt) for c in held_out], a)
+    # finetune.data drops rows whose reply is cut off entirely by max_length (nothing left to learn).
+    kept = [(n, p) for n, p in zip(full, prompts, strict=True) if p < max_len]
+    kept_eval = [n for n, p in zip(eval_full, eval_prompts, strict=True) if p < max_len]
     return Tokens(
-        rows_train=len(train),
-        rows_eval=len(held_out),
-        lengths=[min(n, max_len) for n in full],
-        eval_lengths=[min(n, max_len) for n in eval_full],
+        rows_train=len(kept),
+        rows_eval=len(kept_eval),
+        lengths=[min(n, max_len) for n, _ in kept],
+        eval_lengths=[min(n, max_len) for n in kept_eval],
         method="tokenizer" if tokenizer is not None else "characters",
-        truncated_rows=sum(1 for n in full if n > max_len),
-        prompt_lengths=[min(p, max_len) for p in prompts],
+        truncated_rows=sum(1 for n, _ in kept if n > max_len),
+        prompt_lengths=[p for _, p in kept],
     )
 
 
@@ -656,8 +697,10 @@ def _sampled_tokens(recipe: Recipe, path: Path, a: dict[str, Any], sample: int =
 
 def _batches(tokens: Tokens, batch: int, group_by_length: bool, seed: int) -> list[list[tuple[int, int]]]:
     """Training rows as (length, prompt length) grouped into micro-batches the way the sampler orders them."""
-    prompts = tokens.prompt_lengths if len(tokens.prompt_lengths) == len(tokens.lengths) else [0] * len(tokens.lengths)
-    pairs = list(zip(tokens.lengths, prompts))
+    prompts = tokens.prompt_lengths
+    if len(prompts) != len(tokens.lengths):
+        prompts = [0] * len(tokens.lengths)
+    pairs = list(zip(tokens.lengths, prompts, strict=True))
     if group_by_length:
         pairs.sort(key=lambda p: -p[0])  # transformers' length-grouped sampler: similar lengths together
     else:
@@ -672,7 +715,7 @@ def padded_tokens(lengths: list[int], batch: int, group_by_length: bool, seed: i
 
 
 def logits_fractions(tokens: Tokens, batch: int, group_by_length: bool, seed: int) -> tuple[float, float]:
-    """(for the longest batch, averaged over tokens) share of positions whose logits finetune.train computes."""
+    """Share of positions whose logits finetune.train computes: (in the longest batch, over all tokens)."""
     batches = _batches(tokens, batch, group_by_length, seed)
     if not batches:
         return 1.0, 1.0
@@ -719,7 +762,7 @@ def device_for_gpu(gpu: cat.GPU, a: dict[str, Any]) -> Device:
 
 
 def this_machine(gpus: list[cat.GPU], a: dict[str, Any]) -> Device:
-    """The machine we run on: its CUDA GPU (catalogue speeds where known) or its CPU (measured matmul speed)."""
+    """The machine we run on: its CUDA GPU (catalogue speeds where known) or its CPU (measured matmuls)."""
     from finetune.hardware import choose_precision, detect
 
     hw = detect()
@@ -752,7 +795,7 @@ def this_machine(gpus: list[cat.GPU], a: dict[str, Any]) -> Device:
 
 def setup_for(recipe: Recipe, device: Device, num_gpus: int = 1, strategy: str = "ddp",
               seq: int | None = None) -> Setup:
-    """The recipe's choices resolved for a device (auto precision and checkpointing as `finetune train` does)."""
+    """The recipe's choices resolved for a device (auto precision and checkpointing as in training)."""
     t = recipe.training
     precision = device.best_precision if t.precision == "auto" else t.precision
     ckpt = (device.kind == "cuda") if t.gradient_checkpointing == "auto" else bool(t.gradient_checkpointing)
@@ -837,11 +880,13 @@ class Estimate:
             "model": {"name": self.model.name, "params": self.model.params,
                       "trainable_params": self.trainable_params, "architecture": self.model.architecture,
                       "layers": self.model.layers, "hidden_size": self.model.hidden,
-                      "vocab_size": self.model.vocab, "licence": self.model.licence, "source": self.model.source},
+                      "vocab_size": self.model.vocab, "licence": self.model.licence,
+                      "source": self.model.source},
             "setup": asdict(self.setup),
             "memory": {**self.memory.to_dict(), "target": self.memory_target},
             "tokens": {**self.tokens.to_dict(), "epochs": self.epochs, "compute_tokens": self.compute_tokens,
-                       "total_training_tokens": int(self.tokens.per_epoch * self.epochs), "steps": self.steps},
+                       "total_training_tokens": int(self.tokens.per_epoch * self.epochs),
+                       "steps": self.steps},
             "gpus": [row.to_dict() for row in self.rows],
             "hosted_apis": self.hosted,
             "currency": self.currency,
@@ -867,7 +912,7 @@ def _same_gpu(name: str, gpu: cat.GPU) -> bool:
 
 def _row_cost(recipe: Recipe, device: Device, seconds: float, num_gpus: int, currency: str,
               rates: cat.Rates, a: dict[str, Any]) -> dict[str, Any]:
-    """A row's cost: the recipe's own price for its GPU (or this machine), electricity for owned cards, else rental."""
+    """A row's cost: the recipe's price for its own GPU, electricity for consumer cards, else rental."""
     section = recipe.cost
     if device.this_machine:
         # The recipe's price is for this machine unless it names a catalogue GPU this machine is not.
@@ -1062,7 +1107,8 @@ def predicted_step(recipe: Recipe, shape: ModelShape, device: Device, measured: 
     total = mem.total_gb
     if device.kind == "cuda":
         total -= a["cuda_context_gb"]  # the probe reports torch's allocated peak, which excludes the context
-    return {"seconds_per_step": seconds, "peak_memory_mb": total * 1024, "seq": seq, "peak_seq": peak_setup.seq}
+    return {"seconds_per_step": seconds, "peak_memory_mb": total * 1024, "seq": seq,
+            "peak_seq": peak_setup.seq}
 
 
 def calibrate_utilisation(predicted_seconds: float, measured_seconds: float, assumed: float) -> float:
@@ -1078,7 +1124,7 @@ def run_probe_and_compare(recipe: Recipe, shape: ModelShape, gpus: list[cat.GPU]
     try:
         from finetune.train import run_probe
     except ImportError as exc:
-        raise FinetuneError(f"--probe needs finetune.train.run_probe, which is not available: {exc}") from None
+        raise FinetuneError(f"--probe needs finetune.train.run_probe, not importable: {exc}") from None
     device = this_machine(gpus, a)
     measured = run_probe(recipe, steps=steps)
     assumed = a["utilisation"] if device.kind == "cuda" else a["cpu_utilisation"]
@@ -1101,7 +1147,7 @@ def run_probe_and_compare(recipe: Recipe, shape: ModelShape, gpus: list[cat.GPU]
 
 
 def estimate_for_training(recipe: Recipe, gpu_name: str | None = None) -> tuple[list[str], bool]:
-    """Two short lines (memory vs the device, hours and cost) and whether the run fits, for `finetune train`."""
+    """Two short lines (memory vs the device; hours and cost) and whether the run fits, for training."""
     a = assumptions()
     shape = model_shape(recipe.base_model, None, recipe.trust_remote_code)
     gpus = cat.load_gpus()
@@ -1125,8 +1171,8 @@ def estimate_for_training(recipe: Recipe, gpu_name: str | None = None) -> tuple[
     cost = row.cost
     money = format_money(cost.get("amount"), cost.get("currency", currency))
     basis = f" ({cost['basis']})" if cost.get("basis") not in (None, "none") else ""
-    line2 = f"time: about {_hours_text(row.hours)} for {tokens.per_epoch:,} tokens/epoch x {recipe.training.epochs:g}" \
-            f" epochs; cost: {money}{basis}"
+    line2 = (f"time: about {_hours_text(row.hours)} for {tokens.per_epoch:,} tokens/epoch x "
+             f"{recipe.training.epochs:g} epochs; cost: {money}{basis}")
     if not row.fits and row.suggestions:
         line1 += f"; try {row.suggestions[0]}"
     return [line1, line2], row.fits

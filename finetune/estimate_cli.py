@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -17,15 +16,15 @@ console = Console()
 
 def estimate(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="A GPU from the catalogue (e.g. 4090, A100 80GB), or 'all'."),
+    gpu: str | None = typer.Option(None, "--gpu", help="A catalogue GPU (e.g. 4090, 'A100 80GB'), or 'all'."),
     gpus: int = typer.Option(1, "--gpus", min=1, help="Number of GPUs (multi-GPU memory and time)."),
-    strategy: Optional[str] = typer.Option(
-        None, "--strategy", help="ddp, fsdp, zero2 or zero3 (default: the recipe's distributed.strategy, else ddp)."
+    strategy: str | None = typer.Option(
+        None, "--strategy", help="ddp, fsdp, zero2 or zero3 (default: the recipe's distributed.strategy)."
     ),
     probe: bool = typer.Option(False, "--probe", help="Run a few real steps here and calibrate the speed."),
-    json_out: bool = typer.Option(False, "--json", help="Print the estimate as JSON (schema: docs/estimate.md)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON (schema: docs/estimate.md)."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: KEY=VALUE (repeatable)."),
-    catalog: Optional[Path] = typer.Option(None, "--catalog", help="Your own GPU/model catalogue YAML file."),
+    catalog: Path | None = typer.Option(None, "--catalog", help="Your own GPU/model catalogue YAML file."),
 ) -> None:
     """Will the recipe fit, how long will it take, what will it cost (no weights are loaded)."""
     from finetune.estimate import estimate as plan
@@ -46,11 +45,12 @@ def render(result: object) -> None:
 
     assert isinstance(result, Estimate)
     shape, setup, tokens = result.model, result.setup, result.tokens
-    quant = {4: "4-bit (QLoRA)", 8: "8-bit", None: "16-bit" if setup.precision != "fp32" else "fp32"}[setup.bits]
+    plain = "16-bit" if setup.precision != "fp32" else "fp32"
+    quant = {4: "4-bit (QLoRA)", 8: "8-bit", None: plain}[setup.bits]
     console.print(
         f"[bold]{result.recipe_name}[/bold]: {shape.name} ({shape.params / 1e9:.2f}B params, "
-        f"{shape.architecture}, {shape.source}), LoRA r={setup.lora_r} -> {result.trainable_params / 1e6:.1f}M "
-        f"trainable; base {quant}",
+        f"{shape.architecture}, {shape.source}), LoRA r={setup.lora_r} -> "
+        f"{result.trainable_params / 1e6:.1f}M trainable; base {quant}",
         highlight=False,
     )
     console.print(
@@ -69,15 +69,17 @@ def render(result: object) -> None:
             console.print(f"  - {line}", highlight=False)
     if result.hosted:
         hosted = ", ".join(f"{h['name']} {format_money(h['amount'], h['currency'])}" for h in result.hosted)
-        console.print(f"hosted fine-tuning of the same {int(tokens.per_epoch * result.epochs):,} tokens: {hosted} "
+        total = int(tokens.per_epoch * result.epochs)
+        console.print(f"hosted fine-tuning of the same {total:,} tokens: {hosted} "
                       f"(prices as of {result.hosted[0]['as_of']})", highlight=False)
     if result.probe:
         p = result.probe
         m, q = p["measured"], p["predicted"]
         console.print(
-            f"probe on {p['device']}: {m['seconds_per_step']:.2f} s/step measured vs {q['seconds_per_step']:.2f} "
-            f"predicted; peak {m['peak_memory_mb']:.0f} MB measured vs {q['peak_memory_mb']:.0f} MB predicted; "
-            f"utilisation {p['utilisation_assumed']:.2f} -> {p['utilisation_calibrated']:.3f} (used for this machine)",
+            f"probe on {p['device']}: {m['seconds_per_step']:.2f} s/step measured vs "
+            f"{q['seconds_per_step']:.2f} predicted; peak {m['peak_memory_mb']:.0f} MB measured vs "
+            f"{q['peak_memory_mb']:.0f} MB predicted; utilisation {p['utilisation_assumed']:.2f} -> "
+            f"{p['utilisation_calibrated']:.3f} (used for this machine)",
             highlight=False,
         )
     console.print(f"time assumes {result.assumptions['utilisation']:.0%} of a GPU's dense peak "

@@ -1,4 +1,4 @@
-"""`finetune export`: a run's adapter as a clean PEFT folder, merged into its base, or as GGUF; every export checks itself.
+"""`finetune export`: a run's adapter as a clean PEFT folder, merged into its base, or as GGUF, self-checked.
 
 Each export runs fixed prompts through the exported artefact and through the unquantised base model with the
 run's adapter applied by peft, and fails when the largest logit difference exceeds the dtype's tolerance.
@@ -10,8 +10,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from finetune import atomic
 from finetune.errors import ModelError, RunError
@@ -28,9 +29,6 @@ VERIFY_PROMPTS = (
     "What is the capital of France?",
     "Write a haiku about the sea.",
 )
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
-                    "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.json")
-
 
 # --- small pure helpers ---------------------------------------------------------------------------------
 
@@ -95,8 +93,9 @@ def verify_inputs(tokenizer: Any) -> list[Any]:
     """Token ids of the fixed verification prompts, rendered with the chat template."""
     ids = []
     for prompt in VERIFY_PROMPTS:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         ids.append(tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"])
     return ids
 
@@ -167,8 +166,18 @@ def _gguf_tokenizer_dir(tokenizer: Any, config: dict[str, Any], parent: Path) ->
 class Exporter:
     """One export of one run: loads the base once, writes the artefact, verifies it, writes the card."""
 
-    def __init__(self, run: str | Path, *, merge: bool, dtype: str | None, fmt: str, ollama: bool,
-                 out: str | Path | None, force: bool, say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        run: str | Path,
+        *,
+        merge: bool,
+        dtype: str | None,
+        fmt: str,
+        ollama: bool,
+        out: str | Path | None,
+        force: bool,
+        say: Callable[[str], None],
+    ) -> None:
         from finetune.inference import load_run
 
         if fmt not in FORMATS:
@@ -199,20 +208,30 @@ class Exporter:
         self.config = base.config.to_dict()
         self.config["architectures"] = [type(base).__name__]
         if self.merge and bits is not None:
-            self.say(f"QLoRA run (trained on a {bits}-bit base): reloaded the base unquantised in fp32 and merging "
-                     "into those weights, never into de-quantised 4-bit weights")
+            self.say(
+                f"QLoRA run (trained on a {bits}-bit base): reloaded the base unquantised in fp32 and "
+                "merging into those weights, never into de-quantised 4-bit weights"
+            )
         model = attach_adapter(base, self.adapter_dir, name="run")
         inputs = verify_inputs(self.tokenizer)
         reference = logits_of(model, inputs)
         tmp = staging_dir(self.out_dir)
         try:
             report = self._write(model, inputs, tmp)
-            report.update({
-                "run": str(self.run_dir), "base_model": self.recipe.base_model, "base_hub_id": self.hub_id,
-                "trained_quantization": bits, "dtype": self.dtype, "format": self.fmt, "compute_dtype": "fp32",
-                "prompts": len(inputs), "positions": sum(int(i.shape[1]) for i in inputs),
-                "tolerance": TOLERANCES[self.dtype],
-            })
+            report.update(
+                {
+                    "run": str(self.run_dir),
+                    "base_model": self.recipe.base_model,
+                    "base_hub_id": self.hub_id,
+                    "trained_quantization": bits,
+                    "dtype": self.dtype,
+                    "format": self.fmt,
+                    "compute_dtype": "fp32",
+                    "prompts": len(inputs),
+                    "positions": sum(int(i.shape[1]) for i in inputs),
+                    "tolerance": TOLERANCES[self.dtype],
+                }
+            )
             report["max_abs_logit_diff"] = max_abs_diff(report.pop("_logits"), reference)
             report["passed"] = report["max_abs_logit_diff"] <= report["tolerance"]
             atomic.write_json(tmp / "verification.json", report)
@@ -225,7 +244,8 @@ class Exporter:
         report["out_dir"] = str(self.out_dir)
         if not report["passed"]:
             raise ModelError(
-                f"{self.out_dir / 'verification.json'}: largest logit difference {report['max_abs_logit_diff']:.3g} "
+                f"{self.out_dir / 'verification.json'}: largest logit difference "
+                f"{report['max_abs_logit_diff']:.3g} "
                 f"exceeds the {self.dtype} tolerance {report['tolerance']:g}; the export is not faithful"
             )
         return report
@@ -235,14 +255,21 @@ class Exporter:
     def _write(self, model: Any, inputs: list[Any], tmp: Path) -> dict[str, Any]:
         """Dispatch on --merge and --format."""
         if self.fmt == "gguf":
-            return self._merged_gguf(model, inputs, tmp) if self.merge else self._lora_gguf(model, inputs, tmp)
+            return (
+                self._merged_gguf(model, inputs, tmp) if self.merge else self._lora_gguf(model, inputs, tmp)
+            )
         return self._merged(model, inputs, tmp) if self.merge else self._adapter(model, inputs, tmp)
 
     def _merge_fields(self) -> dict[str, Any]:
         """What the merge did, for verification.json and the printed line."""
         bits = self.recipe.quantization.bits
-        return {"merge": {"base_reloaded": "unquantised fp32", "trained_on": f"{bits}-bit" if bits else "unquantised",
-                          "merged_dtype": self.dtype}}
+        return {
+            "merge": {
+                "base_reloaded": "unquantised fp32",
+                "trained_on": f"{bits}-bit" if bits else "unquantised",
+                "merged_dtype": self.dtype,
+            }
+        }
 
     def _adapter(self, model: Any, inputs: list[Any], tmp: Path) -> dict[str, Any]:
         """A clean PEFT folder: weights in the chosen dtype, a config naming the hub base, the tokenizer."""
@@ -252,8 +279,10 @@ class Exporter:
         from finetune.models import torch_dtype
 
         target = torch_dtype(self.dtype)
-        state = {k: (v.to(target) if v.is_floating_point() else v).contiguous()
-                 for k, v in adapter_state(self.adapter_dir).items()}
+        state = {
+            k: (v.to(target) if v.is_floating_point() else v).contiguous()
+            for k, v in adapter_state(self.adapter_dir).items()
+        }
         save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         config = dict(self.lora_config)
         config["base_model_name_or_path"] = self.hub_id
@@ -263,10 +292,15 @@ class Exporter:
         self.files += sorted(p.name for p in tmp.iterdir())
         model = attach_adapter(model, tmp, name="export")
         model.set_adapter("export")
+        model.eval()
         logits = logits_of(model, inputs)
         self.say(f"adapter written ({self.dtype}); checked by loading it with peft onto the base")
-        return {"export": "adapter", "artefact": "adapter_model.safetensors", "_logits": logits,
-                "method": "the exported folder loaded with PeftModel onto the fp32 base"}
+        return {
+            "export": "adapter",
+            "artefact": "adapter_model.safetensors",
+            "_logits": logits,
+            "method": "the exported folder loaded with PeftModel onto the fp32 base",
+        }
 
     def _merged_model(self, model: Any) -> Any:
         """Merge the adapter into the fp32 base weights, then cast to the export dtype."""
@@ -288,33 +322,44 @@ class Exporter:
         reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32).eval()
         logits = logits_of(reloaded, inputs)
         self.say(f"merged into the base and saved in {self.dtype} (safetensors)")
-        return {"export": "merged", "artefact": "model.safetensors", "_logits": logits,
-                "method": "the saved folder reloaded with AutoModelForCausalLM in fp32", **self._merge_fields()}
+        return {
+            "export": "merged",
+            "artefact": "model.safetensors",
+            "_logits": logits,
+            "method": "the saved folder reloaded with AutoModelForCausalLM in fp32",
+            **self._merge_fields(),
+        }
 
     def _merged_gguf(self, model: Any, inputs: list[Any], tmp: Path) -> dict[str, Any]:
         """The merged model as one llama.cpp GGUF (weights f16/f32, tokenizer and chat template inside)."""
         import torch
         from transformers import AutoModelForCausalLM
 
-        from finetune.gguf_export import GGUF_SUFFIX, read_gguf
+        from finetune.gguf_export import GGUF_SUFFIX
 
         merged = self._merged_model(model)
         name = f"{self.recipe.name}-{GGUF_SUFFIX[self.dtype]}.gguf"
-        self._write_model_gguf(tmp / name, merged.state_dict(), self.dtype)
+        written = self._write_model_gguf(tmp / name, merged.state_dict(), self.dtype)
         del merged
         self.files.append(name)
         if self.ollama:
             self._modelfile(tmp, model_file=name)
         reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), gguf_file=name, dtype=torch.float32).eval()
         logits = logits_of(reloaded, inputs)
-        info = read_gguf(tmp / name)
-        self.say(f"merged into the base and written as GGUF ({GGUF_SUFFIX[self.dtype]}): {name}, "
-                 f"{len(info['tensors'])} tensors")
-        return {"export": "merged-gguf", "artefact": name, "_logits": logits, "tensors": len(info["tensors"]),
-                "method": "the GGUF reloaded with AutoModelForCausalLM(gguf_file=...) in fp32",
-                **self._merge_fields()}
+        self.say(
+            f"merged into the base and written as GGUF ({GGUF_SUFFIX[self.dtype]}): {name}, "
+            f"{len(written)} tensors"
+        )
+        return {
+            "export": "merged-gguf",
+            "artefact": name,
+            "_logits": logits,
+            "tensors": len(written),
+            "method": "the GGUF reloaded with AutoModelForCausalLM(gguf_file=...) in fp32",
+            **self._merge_fields(),
+        }
 
-    def _write_model_gguf(self, path: Path, state: dict[str, Any], dtype: str) -> None:
+    def _write_model_gguf(self, path: Path, state: dict[str, Any], dtype: str) -> list[str]:
         """Write a whole-model GGUF with the run's tokenizer and metadata."""
         from finetune.card import resolve_license
         from finetune.gguf_export import write_model_gguf
@@ -323,8 +368,14 @@ class Exporter:
         licence = resolve_license(model_license(self.recipe.base_model), self.hub_id)
         scratch = _gguf_tokenizer_dir(self.tokenizer, self.config, path.parent)
         try:
-            meta = {"name": path.stem, "license": licence["id"] if licence else None, "base_model": self.hub_id}
-            write_model_gguf(path, state, self.config, scratch, dtype, meta, pre=_gguf_pre(self.recipe, self.say))
+            meta = {
+                "name": path.stem,
+                "license": licence["id"] if licence else None,
+                "base_model": self.hub_id,
+            }
+            return write_model_gguf(
+                path, state, self.config, scratch, dtype, meta, pre=_gguf_pre(self.recipe, self.say)
+            )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -332,11 +383,22 @@ class Exporter:
         """The adapter as a llama.cpp LoRA GGUF; checked by rebuilding B @ A from the file onto the base."""
         import torch
 
-        from finetune.gguf_export import GGUF_SUFFIX, lora_deltas_from_gguf, read_gguf, write_lora_gguf
+        from finetune.gguf_export import (
+            GGUF_SUFFIX,
+            lora_alpha_for_gguf,
+            lora_deltas_from_gguf,
+            write_lora_gguf,
+        )
 
         name = f"{self.recipe.name}-lora-{GGUF_SUFFIX[self.dtype]}.gguf"
-        written = write_lora_gguf(tmp / name, adapter_state(self.adapter_dir), self.lora_config, self.config,
-                                  self.dtype, {"name": f"{self.recipe.name}-lora", "base_model": self.hub_id})
+        written = write_lora_gguf(
+            tmp / name,
+            adapter_state(self.adapter_dir),
+            self.lora_config,
+            self.config,
+            self.dtype,
+            {"name": f"{self.recipe.name}-lora", "base_model": self.hub_id},
+        )
         self.files.append(name)
         base = model.unload()  # the untouched base: peft's layers removed, nothing merged
         if self.ollama:
@@ -350,12 +412,18 @@ class Exporter:
             for hf_name, delta in deltas.items():
                 params[hf_name].add_(delta.to(params[hf_name].dtype))
         logits = logits_of(base, inputs)
-        info = read_gguf(tmp / name)
-        self.say(f"adapter written as llama.cpp LoRA GGUF ({GGUF_SUFFIX[self.dtype]}): {name}, "
-                 f"{len(written)} tensors")
-        return {"export": "lora-gguf", "artefact": name, "_logits": logits, "tensors": len(info["tensors"]),
-                "lora_alpha": info["metadata"].get("adapter.lora.alpha"),
-                "method": "B @ A read back from the GGUF (rows un-permuted, scaled alpha/r) added to the fp32 base"}
+        self.say(
+            f"adapter written as llama.cpp LoRA GGUF ({GGUF_SUFFIX[self.dtype]}): {name}, "
+            f"{len(written)} tensors"
+        )
+        return {
+            "export": "lora-gguf",
+            "artefact": name,
+            "_logits": logits,
+            "tensors": len(written),
+            "lora_alpha": lora_alpha_for_gguf(self.lora_config),
+            "method": "B @ A read from the GGUF (rows un-permuted, scaled alpha/r) added to the fp32 base",
+        }
 
     def _modelfile(self, tmp: Path, model_file: str, adapter_file: str | None = None) -> None:
         """An Ollama Modelfile beside the GGUF files."""
@@ -377,20 +445,35 @@ class Exporter:
         inputs = CardInputs(
             title=self.recipe.name + ("-merged" if self.merge else ""),
             kind="merged" if self.merge else "adapter",
-            base_model=self.recipe.base_model, base_hub_id=self.hub_id,
+            base_model=self.recipe.base_model,
+            base_hub_id=self.hub_id,
             base_local=local if local != self.hub_id else None,
-            recipe_yaml=self.recipe.to_yaml(), system_prompt=self.recipe.system_prompt,
-            dataset=Path(self.recipe.dataset.path).name, summary=read_summary(self.run_dir),
-            compare=compare[0] if compare else None, compare_path=str(compare[1]) if compare else None,
-            formats=[self.fmt], files=sorted(set(self.files) | {"README.md"}), verification=report,
+            recipe_yaml=self.recipe.to_yaml(),
+            system_prompt=self.recipe.system_prompt,
+            dataset=Path(self.recipe.dataset.path).name,
+            summary=read_summary(self.run_dir),
+            compare=compare[0] if compare else None,
+            compare_path=str(compare[1]) if compare else None,
+            formats=[self.fmt],
+            files=sorted(set(self.files) | {"README.md"}),
+            verification=report,
         )
         licence = resolve_license(model_license(self.recipe.base_model), self.hub_id)
         atomic.write_text(tmp / "README.md", render_card(inputs, licence))
 
 
 def export_run(
-    run: str | Path, *, merge: bool = False, dtype: str | None = None, fmt: str = "safetensors",
-    ollama: bool = False, out: str | Path | None = None, force: bool = False, say: Callable[[str], None] = print,
+    run: str | Path,
+    *,
+    merge: bool = False,
+    dtype: str | None = None,
+    fmt: str = "safetensors",
+    ollama: bool = False,
+    out: str | Path | None = None,
+    force: bool = False,
+    say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Export a run's adapter (or merged model) and verify it; returns verification.json's content."""
-    return Exporter(run, merge=merge, dtype=dtype, fmt=fmt, ollama=ollama, out=out, force=force, say=say).run()
+    return Exporter(
+        run, merge=merge, dtype=dtype, fmt=fmt, ollama=ollama, out=out, force=force, say=say
+    ).run()

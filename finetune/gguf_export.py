@@ -1,4 +1,4 @@
-"""GGUF files for llama.cpp and Ollama: a LoRA adapter, a whole llama-family model with its tokenizer, and readers.
+"""GGUF files for llama.cpp and Ollama: a LoRA adapter, a whole llama-family model with tokenizer, readers.
 
 Layouts follow llama.cpp: tensor names from gguf's TensorNameMap (`blk.N.attn_q.weight`), Q and K rows
 reordered for llama.cpp's interleaved rotary embedding, 1-D tensors kept in f32, LoRA pairs stored as
@@ -49,7 +49,7 @@ def tensor_name_map(n_blocks: int) -> Any:
 
 
 def gguf_tensor_name(hf_name: str, name_map: Any) -> str:
-    """llama.cpp's name for a Hugging Face weight name, e.g. model.layers.0.self_attn.q_proj.weight -> blk.0.attn_q.weight."""
+    """llama.cpp's name for a HF weight (model.layers.0.self_attn.q_proj.weight -> blk.0.attn_q.weight)."""
     name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
     if name is None:
         raise ModelError(f"tensor {hf_name}: no llama.cpp name for it (unexpected in a llama model)")
@@ -74,13 +74,17 @@ def permute_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
     rows = weight.shape[0]
     if rows % (2 * n_head):
         raise ModelError(f"cannot permute {rows} rows into {n_head} rotary heads")
-    return weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def unpermute_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
     """The inverse of `permute_rows`: llama.cpp's interleaved rows back to Hugging Face's layout."""
     rows = weight.shape[0]
-    return weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def lora_alpha_for_gguf(lora_config: dict[str, Any]) -> float:
@@ -88,8 +92,10 @@ def lora_alpha_for_gguf(lora_config: dict[str, Any]) -> float:
     if lora_config.get("use_dora"):
         raise ModelError("adapter_config.json use_dora: llama.cpp has no DoRA; export with --merge instead")
     if lora_config.get("alpha_pattern") or lora_config.get("rank_pattern"):
-        raise ModelError("adapter_config.json alpha_pattern/rank_pattern: per-module scales cannot be written as "
-                         "one llama.cpp alpha; export with --merge instead")
+        raise ModelError(
+            "adapter_config.json alpha_pattern/rank_pattern: per-module scales cannot be written as "
+            "one llama.cpp alpha; export with --merge instead"
+        )
     alpha, rank = float(lora_config["lora_alpha"]), int(lora_config["r"])
     # rsLoRA scales by alpha/sqrt(r); llama.cpp always divides by r.
     return alpha * math.sqrt(rank) if lora_config.get("use_rslora") else alpha
@@ -106,8 +112,10 @@ def lora_pairs(state: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
                 pairs.setdefault(name[: -len(marker)] + ".weight", {})[part] = tensor
                 break
         else:
-            raise ModelError(f"adapter tensor {key}: only LoRA A/B matrices can go into a llama.cpp adapter "
-                             "(embeddings or modules_to_save need --merge)")
+            raise ModelError(
+                f"adapter tensor {key}: only LoRA A/B matrices can go into a llama.cpp adapter "
+                "(embeddings or modules_to_save need --merge)"
+            )
     missing = [n for n, p in pairs.items() if len(p) != 2]
     if missing:
         raise ModelError(f"adapter tensor {missing[0]}: has only one of lora_A/lora_B")
@@ -155,7 +163,11 @@ def _general(writer: Any, meta: dict[str, Any]) -> None:
 
 
 def write_lora_gguf(
-    path: Path, state: dict[str, Any], lora_config: dict[str, Any], config: dict[str, Any], dtype: str,
+    path: Path,
+    state: dict[str, Any],
+    lora_config: dict[str, Any],
+    config: dict[str, Any],
+    dtype: str,
     meta: dict[str, Any],
 ) -> list[str]:
     """Write a peft LoRA adapter as a llama.cpp LoRA GGUF; returns the tensor names written."""
@@ -226,7 +238,9 @@ def token_table(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
         elif i in added:
             tokens.append(by_id[i])
             looks_special = by_id[i].startswith("<|") and by_id[i].endswith("|>")
-            kind = gguf.TokenType.CONTROL if added[i].special or looks_special else gguf.TokenType.USER_DEFINED
+            kind = (
+                gguf.TokenType.CONTROL if added[i].special or looks_special else gguf.TokenType.USER_DEFINED
+            )
             types.append(int(kind))
         else:
             tokens.append(by_id[i])
@@ -235,15 +249,21 @@ def token_table(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
 
 
 def _tokenizer_kv(writer: Any, tokenizer_dir: Path, config: dict[str, Any], pre: str) -> None:
-    """tokenizer.ggml.* keys: the gpt2 (byte-level BPE) model, tokens, types, merges, special ids, template."""
+    """tokenizer.ggml.* keys: gpt2 (byte-level BPE) model, tokens, types, merges, special ids, template."""
     import gguf
     from transformers import AutoTokenizer
 
     spec = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
     model = spec.get("model", {})
-    if model.get("type") != "BPE" or model.get("byte_fallback") or (spec.get("decoder") or {}).get("type") != "ByteLevel":
-        raise ModelError(f"{tokenizer_dir}/tokenizer.json: GGUF export supports byte-level BPE (gpt2-style) "
-                         "tokenizers only; convert the merged folder with llama.cpp's convert_hf_to_gguf.py")
+    if (
+        model.get("type") != "BPE"
+        or model.get("byte_fallback")
+        or (spec.get("decoder") or {}).get("type") != "ByteLevel"
+    ):
+        raise ModelError(
+            f"{tokenizer_dir}/tokenizer.json: GGUF export supports byte-level BPE (gpt2-style) "
+            "tokenizers only; convert the merged folder with llama.cpp's convert_hf_to_gguf.py"
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     tokens, types = token_table(tokenizer, int(config["vocab_size"]))
     writer.add_tokenizer_model("gpt2")
@@ -260,8 +280,13 @@ def _tokenizer_kv(writer: Any, tokenizer_dir: Path, config: dict[str, Any], pre:
 
 
 def write_model_gguf(
-    path: Path, state: dict[str, Any], config: dict[str, Any], tokenizer_dir: Path, dtype: str,
-    meta: dict[str, Any], pre: str = "default",
+    path: Path,
+    state: dict[str, Any],
+    config: dict[str, Any],
+    tokenizer_dir: Path,
+    dtype: str,
+    meta: dict[str, Any],
+    pre: str = "default",
 ) -> list[str]:
     """Write a whole llama-family model (weights in f16 or f32, norms in f32) with its tokenizer as GGUF."""
     import gguf
@@ -292,8 +317,8 @@ def write_model_gguf(
 # --- reading back -------------------------------------------------------------------------------------
 
 
-def read_gguf(path: Path) -> dict[str, Any]:
-    """A GGUF file's metadata (key -> value, long arrays as their length) and tensors (name -> shape, type)."""
+def read_gguf(path: Path, arrays: bool = False) -> dict[str, Any]:
+    """A GGUF file's metadata (key -> value; long arrays as their length unless `arrays`) and tensors."""
     import gguf
 
     reader = gguf.GGUFReader(str(path))
@@ -302,13 +327,16 @@ def read_gguf(path: Path) -> dict[str, Any]:
         if key.startswith("GGUF."):
             continue
         value = field.contents()
-        metadata[key] = {"length": len(value)} if isinstance(value, list) and len(value) > 64 else value
-    tensors = {t.name: {"shape": [int(x) for x in t.shape], "type": t.tensor_type.name} for t in reader.tensors}
+        long = isinstance(value, list) and len(value) > 64 and not arrays
+        metadata[key] = {"length": len(value)} if long else value
+    tensors = {
+        t.name: {"shape": [int(x) for x in t.shape], "type": t.tensor_type.name} for t in reader.tensors
+    }
     return {"metadata": metadata, "tensors": tensors}
 
 
 def lora_deltas_from_gguf(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Rebuild each weight update scale * B @ A from a LoRA GGUF, in Hugging Face row order (torch tensors)."""
+    """Rebuild each weight update scale * B @ A from a LoRA GGUF, in Hugging Face row order (torch)."""
     import gguf
     import torch
 
@@ -331,8 +359,15 @@ def lora_deltas_from_gguf(path: Path, config: dict[str, Any]) -> dict[str, Any]:
 
 def _llama_linear_names(config: dict[str, Any]) -> list[str]:
     """Hugging Face names of every linear weight in a llama model's blocks."""
-    parts = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    parts = [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ]
     return [f"model.layers.{i}.{p}.weight" for i in range(int(config["num_hidden_layers"])) for p in parts]
 
 
@@ -348,22 +383,37 @@ def chatml_default_system(render: Any) -> tuple[bool, str | None]:
     `render(messages)` renders a conversation with the generation prompt. The template is judged by what
     it produces for probe conversations, not by parsing its Jinja.
     """
+
     def turn(role: str, content: str) -> str:
         return _CHATML_TURN.format(role=role, content=content)
 
     p = _PROBE
     opening = "<|im_start|>assistant\n"
     try:
-        with_system = render([{"role": "system", "content": p["system"]}, {"role": "user", "content": p["user"]}])
-        multi = render([{"role": "system", "content": p["system"]}, {"role": "user", "content": p["user"]},
-                        {"role": "assistant", "content": p["assistant"]}, {"role": "user", "content": p["user"]}])
+        with_system = render(
+            [{"role": "system", "content": p["system"]}, {"role": "user", "content": p["user"]}]
+        )
+        multi = render(
+            [
+                {"role": "system", "content": p["system"]},
+                {"role": "user", "content": p["user"]},
+                {"role": "assistant", "content": p["assistant"]},
+                {"role": "user", "content": p["user"]},
+            ]
+        )
         bare = render([{"role": "user", "content": p["user"]}])
     except Exception:  # templates may raise on roles they do not support: then it is not plain ChatML
         return False, None
     if with_system != turn("system", p["system"]) + turn("user", p["user"]) + opening:
         return False, None
-    if multi != turn("system", p["system"]) + turn("user", p["user"]) + turn("assistant", p["assistant"]) \
-            + turn("user", p["user"]) + opening:
+    if (
+        multi
+        != turn("system", p["system"])
+        + turn("user", p["user"])
+        + turn("assistant", p["assistant"])
+        + turn("user", p["user"])
+        + opening
+    ):
         return False, None
     tail = turn("user", p["user"]) + opening
     if not bare.endswith(tail):
@@ -373,18 +423,19 @@ def chatml_default_system(render: Any) -> tuple[bool, str | None]:
         return True, None
     head, end = "<|im_start|>system\n", "<|im_end|>\n"
     if prefix.startswith(head) and prefix.endswith(end):
-        return True, prefix[len(head): -len(end)]
+        return True, prefix[len(head) : -len(end)]
     return False, None
 
 
 def ollama_template(default_system: str | None) -> str:
     """A ChatML chat template in Ollama's Go-template form (system from .System, then the turns)."""
-    fallback = f"{{{{- else }}}}<|im_start|>system\n{default_system}<|im_end|>\n" if default_system else ""
+    # No "{{-" trim markers: every newline in the text below is part of the ChatML format.
+    fallback = f"{{{{ else }}}}<|im_start|>system\n{default_system}<|im_end|>\n" if default_system else ""
     return (
-        "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n"
+        "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n"
         f"{fallback}{{{{ end }}}}"
-        "{{- range .Messages }}{{- if ne .Role \"system\" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
-        "{{ end }}{{- end }}<|im_start|>assistant\n"
+        '{{ range .Messages }}{{ if ne .Role "system" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
+        "{{ end }}{{ end }}<|im_start|>assistant\n"
     )
 
 
@@ -393,8 +444,11 @@ def _quoted(text: str) -> str:
     return '"""' + text.replace('"""', "'''") + '"""'
 
 
-def modelfile_text(tokenizer: Any, model_file: str, adapter_file: str | None, system_prompt: str | None) -> str:
+def modelfile_text(
+    tokenizer: Any, model_file: str, adapter_file: str | None, system_prompt: str | None
+) -> str:
     """An Ollama Modelfile: FROM (and ADAPTER), TEMPLATE for ChatML templates, SYSTEM, stop tokens."""
+
     def render(messages: list[dict[str, str]]) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -405,7 +459,9 @@ def modelfile_text(tokenizer: Any, model_file: str, adapter_file: str | None, sy
     if is_chatml:
         lines.append(f"TEMPLATE {_quoted(ollama_template(default_system))}")
     else:
-        lines.append("# TEMPLATE omitted: the chat template is not ChatML; Ollama uses the one inside the GGUF")
+        lines.append(
+            "# TEMPLATE omitted: the chat template is not ChatML; Ollama uses the one inside the GGUF"
+        )
     if system_prompt:
         lines.append(f"SYSTEM {_quoted(system_prompt)}")
     stops = ["<|im_end|>"] if is_chatml else []

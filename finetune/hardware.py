@@ -74,7 +74,8 @@ def _cpu_speed_cache() -> dict[str, float]:
     """Measure fp32 and bf16 matmul speed once per CPU model and torch version (cached on disk)."""
     import torch
 
-    key = f"{cpu_model()}|{torch.__version__}|{torch.get_num_threads()}"
+    # Keyed without the thread count: every rank of a multi-process run must make the same choice.
+    key = f"{cpu_model()}|{torch.__version__}"
     path = finetune_home() / "hardware.json"
     try:
         cached = json.loads(path.read_text())

@@ -204,7 +204,7 @@ def quantization_config(recipe: Recipe, compute_precision: str) -> Any:
         bnb_4bit_use_double_quant=recipe.quantization.double_quant,
         bnb_4bit_compute_dtype=compute,
         # FSDP can only shard parameters of one dtype: store 4-bit weights in the compute dtype.
-        bnb_4bit_quant_storage=compute if recipe.distributed.strategy == "fsdp" else None,
+        bnb_4bit_quant_storage=compute if recipe.distributed.strategy in ("fsdp", "zero3") else None,
     )
 
 

@@ -111,9 +111,10 @@ def _trainer_class() -> type:
             super().log(logs, start_time)
 
         def _save_checkpoint(self, model, trial):  # noqa: ANN001
-            if self.run_state.non_finite_steps:
+            if self.run_state.non_finite_steps or not _weights_finite(model):
                 return  # never overwrite a good checkpoint with diverging weights
             # Write into a staging folder, then rename: a killed run never leaves half a checkpoint.
+            save_began = time.monotonic()
             final_root = self.args.output_dir
             staging = os.path.join(final_root, ".staging")
             self.args.output_dir = staging
@@ -132,9 +133,17 @@ def _trainer_class() -> type:
                 shutil.rmtree(staging, ignore_errors=True)
                 rotate_checkpoints(output_dir=final_root, save_total_limit=self.args.save_total_limit, use_mtime=False)
             self.run_state.last_save = time.monotonic()
+            self.run_state.save_seconds = max(self.run_state.save_seconds, time.monotonic() - save_began)
             self.accelerator.wait_for_everyone()
 
     return LoRATrainer
+
+
+def _weights_finite(model: Any) -> bool:
+    """Whether every trainable (LoRA) parameter is finite; checked before each checkpoint."""
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
 class RunState:
@@ -215,7 +224,8 @@ class RunState:
             recent = self.step_times[-5:]
             step_s = max(recent) if recent else 0.0
             # Leave room for one more step plus saving the adapter and a checkpoint.
-            margin = 1.5 * step_s + max(self.save_seconds, 5.0) * 2
+            # (A checkpoint and the adapter cost about one save each; the summary and plot a few seconds.)
+            margin = 1.5 * step_s + 2 * max(self.save_seconds, 2.0) + 3.0
             if now - self.session_start + margin >= self.budget_s:
                 return "time_budget"
         return None
@@ -314,10 +324,12 @@ def train(
     until: str | None = None,
     say: Any = print,
     return_model: bool = False,
+    callbacks: list[Any] | None = None,
 ) -> Any:
     """Train a LoRA adapter from a recipe; returns the run summary (also written to summary.json).
 
     With `return_model`, returns (summary, trained PEFT model) so tests can compare it with the saved adapter.
+    `callbacks` are extra transformers TrainerCallbacks (custom logging, fault injection in tests).
     """
     from accelerate import PartialState
 
@@ -335,6 +347,8 @@ def train(
 
         find_gpu(recipe.cost.gpu, load_gpus())  # an unknown GPU name fails now, not at the first log line
     budget_until = deadline_from_until(until) if until else None
+    if is_main and not resume:
+        _check_it_fits(recipe, force, say)
     # Only the main process checks and creates the folder: the others would find it half-made.
     run_dir = (prepare_run_dir(recipe, output_dir, force=force, resume=resume, is_main=is_main)
                if is_main else run_dir_for(recipe, output_dir))
@@ -393,7 +407,7 @@ def train(
         eval_dataset=eval_ds,
         data_collator=partial(collate, pad_id=tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[_control_callback(run_state)],
+        callbacks=[_control_callback(run_state), *(callbacks or [])],
         run_state=run_state,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -451,6 +465,25 @@ def train(
         raise error
     result = summary if is_main else {"status": run_state.status}
     return (result, trainer.model) if return_model else result
+
+
+def _check_it_fits(recipe: Recipe, force: bool, say: Any) -> None:
+    """Print the estimate in two lines; refuse a run it says cannot fit, unless --force."""
+    from finetune.errors import FinetuneError
+    from finetune.estimate import estimate_for_training
+
+    try:
+        lines, fits = estimate_for_training(recipe)
+    except FinetuneError:
+        raise
+    except Exception as exc:  # an estimate we cannot make must not stop a run that may well work
+        say(f"estimate: not available for this model ({type(exc).__name__}: {exc})")
+        return
+    for line in lines:
+        say(f"estimate: {line}")
+    if not fits and not force:
+        raise RunError(f"{recipe.name}: the estimate says this run does not fit ({lines[0]}); "
+                       "change the recipe or pass --force to try anyway")
 
 
 def _save_adapter(model: Any, tokenizer: Any, adapter_dir: Path) -> None:

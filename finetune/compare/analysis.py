@@ -49,6 +49,11 @@ METRIC_KEYS = [m.key for m in METRICS]
 HEADLINE = ["style", "marker_rate", "perplexity", "style_multi", "style_long"]
 
 
+def mc_label(name: str) -> str:
+    """How a multiple-choice set's accuracy is named in verdicts."""
+    return f"{name} multiple-choice accuracy"
+
+
 def _seed(seed: int, *names: str) -> int:
     """A reproducible seed per (metric, arms) so resamples differ between metrics but not between runs."""
     return (seed * 1_000_003 + zlib.crc32("/".join(names).encode())) % 2**32
@@ -125,7 +130,7 @@ def differences(
     """Paired differences (a - b, or a / b for perplexity) for every pair of arms and compared metric."""
     out = []
     specs = [(m.key, m.label, m.higher_is_better, m.log_scale, m) for m in METRICS if m.compared]
-    specs += [(f"mc:{name}", f"multiple-choice accuracy ({name})", True, False, None) for name in mc_sets]
+    specs += [(f"mc:{name}", mc_label(name), True, False, None) for name in mc_sets]
     for key, label, higher, log_scale, metric in specs:
         for a, b in _pairs(arms):
             if metric is not None:
@@ -255,7 +260,7 @@ def verdict_lines(diffs: list[dict[str, Any]], arms: list[str], mc_sets: list[st
             d = _find(diffs, key, a, b)
             if d is None:
                 continue
-            label = labels.get(key) or f"multiple-choice accuracy ({key.split(':', 1)[1]})"
+            label = labels.get(key) or mc_label(key.split(":", 1)[1])
             higher = d["higher_is_better"]
             lines.append(
                 stats.verdict(label, a, b, d, higher_is_better=higher, ratio=log_scale.get(key, False))

@@ -8,6 +8,7 @@ from typing import Any
 
 from finetune.compare.analysis import METRICS
 
+PROPORTIONS = {"style", "marker_rate", "style_multi", "style_long"}
 CHART_METRICS = [
     "style",
     "marker_rate",
@@ -38,7 +39,7 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _bars(ax: Any, arms: list[str], estimates: list[dict[str, Any] | None], title: str) -> None:
+def _bars(ax: Any, arms: list[str], estimates: list[dict[str, Any] | None], title: str, share: bool) -> None:
     """One panel: a bar per arm at its mean, whiskers from ci_low to ci_high."""
     means = [e["mean"] if e and e["mean"] is not None else 0.0 for e in estimates]
     lows = [
@@ -54,6 +55,8 @@ def _bars(ax: Any, arms: list[str], estimates: list[dict[str, Any] | None], titl
     ax.set_xticks(range(len(arms)))
     ax.set_xticklabels(arms, rotation=20, ha="right", fontsize=8)
     ax.set_title(title, fontsize=9)
+    if share:
+        ax.set_ylim(0, 1.05)
 
 
 def metric_chart(report: dict[str, Any]) -> str | None:
@@ -64,17 +67,17 @@ def metric_chart(report: dict[str, Any]) -> str | None:
     for key in CHART_METRICS:
         estimates = [report["arms"][a].get(key) for a in arms]
         if any(e and e["mean"] is not None for e in estimates):
-            panels.append((labels[key], estimates))
+            panels.append((labels[key], estimates, key in PROPORTIONS))
     for name, section in report["multiple_choice"].items():
-        panels.append((f"MC accuracy ({name})", [section["arms"][a]["accuracy"] for a in arms]))
+        panels.append((f"MC accuracy ({name})", [section["arms"][a]["accuracy"] for a in arms], True))
     if not panels:
         return None
     plt = _plt()
     cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
-    for ax, (title, estimates) in zip(axes.flat, panels, strict=False):
-        _bars(ax, arms, estimates, title)
+    for ax, (title, estimates, share) in zip(axes.flat, panels, strict=False):
+        _bars(ax, arms, estimates, title, share)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
@@ -99,6 +102,7 @@ def drift_chart(report: dict[str, Any]) -> str | None:
             highs = [t["style"]["ci_high"] for t in section["by_turn"]]
             ax.plot(turns, means, "o-", color=f"C{i}", label=arm)
             ax.fill_between(turns, lows, highs, color=f"C{i}", alpha=0.15)
+        ax.set_xticks(sorted({t["turn"] + 1 for s in multi.values() for t in s["by_turn"]}))
         ax.set_xlabel("user turn")
         ax.set_ylabel("style score")
         ax.set_ylim(-0.02, 1.02)

@@ -28,7 +28,7 @@ def compare(
     ),
     samples: int | None = typer.Option(None, "--samples", min=1, help="At most N single prompts."),
     conversations: Path | None = typer.Option(
-        None, "--conversations", help='Multi-turn JSONL: {"id", "turns": [user turns]}.'
+        None, "--conversations", help='Multi-turn JSONL: {"id", "turns": list of user turns}.'
     ),
     turns: int | None = typer.Option(
         None, "--turns", min=1, help="Use at most N user turns per conversation."

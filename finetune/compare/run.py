@@ -114,7 +114,8 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
     pairs = prompts.classifier_pairs(train_rows, opts.classifier_samples, opts.seed)
     _check_unique_ids(singles, multi, longs)
     run_name = adapters[0].label if adapters else recipe.name
-    out_dir = opts.out or outputs_dir() / run_name / "compare" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_folder = adapters[0].run_dir if adapters else outputs_dir() / recipe.name
+    out_dir = opts.out or run_folder / "compare" / datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     say(
         f"compare {', '.join(a.name for a in arms)}: {len(singles)} prompts, {len(multi)} conversations, "

@@ -10,6 +10,8 @@ import numpy as np
 
 N_BOOT = 2000
 LEVEL = 0.95
+# A bootstrap of a handful of items understates their spread: call nothing significant below this.
+MIN_SIGNIFICANT_N = 5
 
 
 def _none_estimate(n: int = 0) -> dict[str, Any]:
@@ -73,9 +75,9 @@ def exp_estimate(estimate: dict[str, Any]) -> dict[str, Any]:
 
 
 def significant(estimate: dict[str, Any], null: float = 0.0) -> bool:
-    """Whether the CI excludes the null value (0 for differences, 1 for ratios)."""
+    """Whether the CI excludes the null value (0 for differences, 1 for ratios), over enough items."""
     low, high = estimate.get("ci_low"), estimate.get("ci_high")
-    if low is None or high is None or estimate.get("n", 0) < 2:
+    if low is None or high is None or estimate.get("n", 0) < MIN_SIGNIFICANT_N:
         return False
     return low > null or high < null
 
@@ -112,11 +114,11 @@ def verdict(
     mean, low, high = diff["mean"], diff["ci_low"], diff["ci_high"]
     if not significant(diff, null):
         shown = f"{format_number(mean, digits)}x" if ratio else f"{mean:+.{digits}f}"
-        return (
-            f"no significant difference between {a} and {b} in {metric} "
-            f"({a} vs {b}: {shown} [{format_number(low, digits)}, {format_number(high, digits)}], "
-            f"n={diff['n']})"
-        )
+        interval = f"[{format_number(low, digits)}, {format_number(high, digits)}]"
+        numbers = f"{a} vs {b}: {shown} {interval}, n={diff['n']}"
+        if diff["n"] < MIN_SIGNIFICANT_N:
+            return f"too few items to compare {a} and {b} on {metric} ({numbers})"
+        return f"no significant difference between {a} and {b} in {metric} ({numbers})"
     a_better = (mean > null) == higher_is_better
     winner, loser = (a, b) if a_better else (b, a)
     if ratio:
@@ -156,6 +158,9 @@ def drift_verdict(
         f"{format_number(last['mean'], digits)} at {last_label}"
     )
     low, high = format_number(change["ci_low"], digits), format_number(change["ci_high"], digits)
+    if change["n"] < MIN_SIGNIFICANT_N:
+        numbers = f"change {change['mean']:+.{digits}f} [{low}, {high}], n={change['n']}"
+        return f"{head}: too few items to tell ({numbers})"
     if not significant(change):
         return f"{head}: holds (change {change['mean']:+.{digits}f} [{low}, {high}], n={change['n']})"
     direction = "falls" if change["mean"] < 0 else "rises"

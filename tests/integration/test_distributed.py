@@ -75,9 +75,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _finetune(*args: str | Path) -> subprocess.CompletedProcess:
+def _finetune(*args: str | Path, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "finetune", *map(str, args)], capture_output=True, text=True, env=ENV,
+        [sys.executable, "-m", "finetune", *map(str, args)], capture_output=True, text=True, env=env,
         timeout=TIMEOUT, cwd=ROOT,
     )
 
@@ -106,7 +106,8 @@ def _processes_mentioning(text: str) -> list[int]:
 def one_process(tiny: Path) -> Path:
     """The single-process reference run: batch 4, no accumulation."""
     run = tiny / "run-one"
-    done = _finetune("train", tiny / "one.yaml", "--output-dir", run)
+    # One thread: two threads spin-waiting on two shared cores stall when other jobs run.
+    done = _finetune("train", tiny / "one.yaml", "--output-dir", run, env={**ENV, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     return run
 

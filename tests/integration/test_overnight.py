@@ -95,12 +95,12 @@ def test_max_time_stops_with_time_budget_and_a_usable_adapter(small_llama, pirat
     from finetune.recipe import parse_recipe
     from finetune.train import train
 
-    spec = recipe_dict(str(small_llama), pirate_rows, max_steps=100000, max_time="12s", save_steps=100000)
+    spec = recipe_dict(str(small_llama), pirate_rows, max_steps=100000, max_time="20s", save_steps=100000)
     began = time.monotonic()
     summary = train(parse_recipe(spec), output_dir=tmp_path / "run", say=lambda *_: None)
     took = time.monotonic() - began
     assert summary["status"] == "time_budget"
-    assert took < 12 + 3, f"the budget is 12 s; the run took {took:.1f} s"
+    assert took < 20 + 2, f"the budget is 20 s; the run took {took:.1f} s"
     assert 0 < summary["steps"] < 100000
     assert (tmp_path / "run/checkpoints" / f"checkpoint-{summary['steps']}").is_dir()
     from peft import PeftConfig
@@ -152,3 +152,31 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(small_llama, pirate_ro
     assert sorted(got) == list(range(1, 61))
     for step in range(1, 61):
         assert abs(got[step] - want[step]) <= 1e-3 * max(1.0, abs(want[step])), (step, got[step], want[step])
+
+
+def test_non_finite_loss_stops_as_diverged_and_keeps_the_last_good_checkpoint(small_llama, pirate_rows, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from finetune.recipe import parse_recipe
+    from finetune.train import train
+
+    class PoisonAfterStep4(TrainerCallback):
+        """Fault injection: a NaN lands in one LoRA weight after step 4, as an overflow would put it there."""
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 4:
+                with torch.no_grad():
+                    next(p for n, p in model.named_parameters() if "lora_A" in n).fill_(float("nan"))
+
+    spec = recipe_dict(str(small_llama), pirate_rows, max_steps=40, save_steps=2, save_total_limit=3)
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", callbacks=[PoisonAfterStep4()],
+                    say=lambda *_: None)
+    assert summary["status"] == "diverged"
+    assert summary["steps"] == 4 + 3, "stops after divergence_patience (3) non-finite steps"
+    assert "from step 5" in summary["message"] and "lower learning_rate" in summary["message"]
+    saved = sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir())
+    assert saved == ["checkpoint-2"], f"no checkpoint with poisoned weights may be written: {saved}"
+    adapter = load_file(tmp_path / "run/adapter/adapter_model.safetensors")
+    assert all(torch.isfinite(t).all() for t in adapter.values()), "the adapter is the last good one"

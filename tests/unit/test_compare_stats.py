@@ -92,9 +92,9 @@ def test_significance_and_overlap_rules():
     assert stats.significant({"mean": 0.3, "ci_low": 0.1, "ci_high": 0.5, "n": 10})
     assert stats.significant({"mean": -0.3, "ci_low": -0.5, "ci_high": -0.1, "n": 10})
     assert not stats.significant({"mean": 0.1, "ci_low": -0.1, "ci_high": 0.3, "n": 10})
-    assert not stats.significant(
-        {"mean": 0.3, "ci_low": 0.3, "ci_high": 0.3, "n": 1}
-    )  # one item proves nothing
+    # One item proves nothing, nor do four: a bootstrap of so few understates their spread.
+    assert not stats.significant({"mean": 0.3, "ci_low": 0.3, "ci_high": 0.3, "n": 1})
+    assert not stats.significant({"mean": 0.3, "ci_low": 0.2, "ci_high": 0.4, "n": 4})
     assert stats.significant({"mean": 0.6, "ci_low": 0.5, "ci_high": 0.7, "n": 9}, null=1.0)
     assert not stats.intervals_overlap({"ci_low": 0.6, "ci_high": 0.9}, {"ci_low": 0.1, "ci_high": 0.5})
     assert stats.intervals_overlap({"ci_low": 0.4, "ci_high": 0.9}, {"ci_low": 0.1, "ci_high": 0.5})
@@ -161,6 +161,11 @@ def test_verdict_when_not_significant_or_no_data():
     line = stats.verdict("style", "adapter", "prompt", est(-0.03, -0.10, 0.05, n=20))
     assert "no significant difference" in line and "-0.03 [-0.10, 0.05]" in line
     assert stats.verdict("style", "a", "b", est(None, None, None, 0)) == "style: no data to compare a and b"
+    line = stats.verdict("style", "adapter", "prompt", est(0.4, 0.3, 0.5, n=3))
+    assert (
+        line
+        == "too few items to compare adapter and prompt on style (adapter vs prompt: +0.40 [0.30, 0.50], n=3)"
+    )
 
 
 def test_drift_verdict_holds_falls_rises():
@@ -180,6 +185,10 @@ def test_drift_verdict_holds_falls_rises():
         "adapter", "in long answers", "first third", "last third", first, first, est(0.01, -0.05, 0.07, 10)
     )
     assert line.endswith("holds (change +0.01 [-0.05, 0.07], n=10)")
+    line = stats.drift_verdict(
+        "prompt", "over the conversation", "turn 1", "turn 3", first, last, est(-0.4, -0.6, -0.2, 2)
+    )
+    assert line.endswith("too few items to tell (change -0.40 [-0.60, -0.20], n=2)")
 
 
 # --- text metrics ---------------------------------------------------------------------------------
@@ -254,19 +263,19 @@ def _fixture() -> dict:
             rng.uniform(0.0, 0.2, n).tolist(),
             rng.normal(2.0, 0.1, n).tolist(),
             [1.0, 0.0] * 15,
-            [(f"c{c}", t, 0.1) for c in range(4) for t in range(3)],
+            [(f"c{c}", t, 0.1) for c in range(6) for t in range(3)],
         ),
         "prompt": _scores(
             rng.uniform(0.4, 0.6, n).tolist(),
             rng.normal(2.0, 0.1, n).tolist(),
             [1.0, 0.0] * 15,
-            [(f"c{c}", t, 0.8 - 0.3 * t) for c in range(4) for t in range(3)],
+            [(f"c{c}", t, 0.8 - 0.3 * t) for c in range(6) for t in range(3)],
         ),
         "adapter": _scores(
             rng.uniform(0.8, 1.0, n).tolist(),
             rng.normal(1.5, 0.1, n).tolist(),
             [1.0, 0.0] * 15,
-            [(f"c{c}", t, 0.9) for c in range(4) for t in range(3)],
+            [(f"c{c}", t, 0.9) for c in range(6) for t in range(3)],
         ),
     }
 
@@ -275,7 +284,7 @@ def test_analysis_estimates_differences_and_verdicts():
     scores, arms = _fixture(), ["base", "prompt", "adapter"]
     section = analysis.arm_section(scores, arms, seed=0)
     assert section["adapter"]["style"]["n"] == 30
-    assert section["adapter"]["style_multi"]["n"] == 4  # clustered: one value per conversation
+    assert section["adapter"]["style_multi"]["n"] == 6  # clustered: one value per conversation
     assert section["base"]["style_long"] is None  # no long prompts
     assert section["adapter"]["perplexity"]["mean"] == pytest.approx(math.exp(1.5), rel=0.05)
     diffs = analysis.differences(scores, arms, ["quiz"], seed=0)
@@ -289,7 +298,7 @@ def test_analysis_estimates_differences_and_verdicts():
     assert lines[0].startswith("adapter beats prompt on style score by ")
     assert any(line.startswith("adapter beats prompt on held-out perplexity: ") for line in lines)
     assert any(
-        "no significant difference between adapter and prompt in multiple-choice accuracy (quiz)" in line
+        "no significant difference between adapter and prompt in quiz multiple-choice accuracy" in line
         for line in lines
     )
     assert any(line.startswith("adapter beats base on style score") for line in lines)

@@ -78,7 +78,8 @@ def test_energy_arithmetic():
 def test_run_cost_rental_converts_to_display_currency():
     section = CostConfig(hourly_rate={"amount": 0.5, "currency": "USD"}, currency="JPY")
     result = run_cost(section, 7200, rates=RATES)
-    assert result == {"amount": pytest.approx(200.0), "currency": "JPY", "basis": "rental", "estimated": False}
+    assert result == {"amount": pytest.approx(200.0), "currency": "JPY", "basis": "rental",
+                      "estimated": False}
 
 
 def test_run_cost_rental_counts_every_gpu():

@@ -192,3 +192,15 @@ def test_effective_strategy(strategy: str, n: int, expected: str) -> None:
 
 def test_reduce_max_is_the_identity_without_a_process_group() -> None:
     assert distributed.reduce_max([1.5, 2.0]) == [1.5, 2.0]
+
+
+def test_cost_and_energy_count_every_gpu(tmp_path: Path) -> None:
+    from finetune.telemetry import Telemetry
+
+    recipe = _recipe(cost={"hourly_rate": {"amount": 2.0, "currency": "USD"}})
+    one = Telemetry(recipe, tmp_path, "cpu", "cpu", num_processes=1)
+    four = Telemetry(recipe, tmp_path, "cpu", "cpu", num_processes=4)
+    assert one.cost(3600, None, None)["amount"] == pytest.approx(2.0)
+    assert four.cost(3600, None, None)["amount"] == pytest.approx(8.0)  # price per GPU-hour x N
+    # NVML measures the main rank's GPU; the run's energy is that times N (ranks do the same work).
+    assert four.energy_wh({"energy_wh": 10.0}) == pytest.approx(40.0)

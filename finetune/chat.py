@@ -1,0 +1,242 @@
+"""`finetune chat` and `finetune generate`: talk to a run (base + adapter), an export or a base model."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from finetune.errors import DataError, ModelError, RunError
+
+HELP = "commands: /system TEXT (new system prompt, new conversation), /reset, /quit"
+
+
+def _to_device(model: Any) -> Any:
+    """Use the GPU when there is one; CPU otherwise."""
+    import torch
+
+    return model.to("cuda") if torch.cuda.is_available() else model
+
+
+def _adapter_base(adapter_dir: Path) -> str:
+    """A loadable base for an adapter folder: bundled models by hub id, else base_model_name_or_path."""
+    from finetune.models import BUNDLED, resolve_base_model
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path") or ""
+    for name, info in BUNDLED.items():
+        if info.get("hub_id") == base:
+            return resolve_base_model(f"bundled:{name}")  # the local converted copy: no hub needed
+    if not base:
+        raise ModelError(f"{adapter_dir}/adapter_config.json: no base_model_name_or_path")
+    return resolve_base_model(base)
+
+
+def _load_folder(
+    path: str, tokenizer_from: str | None = None, gguf_file: str | None = None
+) -> tuple[Any, Any]:
+    """A transformers model and tokenizer from a folder, hub id or GGUF file, in fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from or path, **({} if tokenizer_from else extra))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot load: {str(exc).strip().splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def load_target(target: str, adapter: bool = True) -> tuple[Any, Any, str]:
+    """Model, tokenizer and label for a run name/folder, an exported folder, a .gguf file or a base model."""
+    from finetune.inference import attach_adapter, load_run_model
+    from finetune.models import resolve_base_model
+
+    try:
+        model, tokenizer, recipe = load_run_model(target, adapter=adapter)
+        return _to_device(model), tokenizer, f"{recipe.name}{'' if adapter else ' (base, no adapter)'}"
+    except RunError:
+        pass
+    path = Path(target)
+    if path.is_file() and path.suffix == ".gguf":
+        model, tokenizer = _load_folder(str(path.parent), gguf_file=path.name)
+        return _to_device(model), tokenizer, path.name
+    if (path / "adapter_config.json").is_file():
+        # The adapter folder's tokenizer carries the chat template the adapter was trained with.
+        model, tokenizer = _load_folder(_adapter_base(path), tokenizer_from=str(path))
+        if adapter:
+            model = attach_adapter(model, path)
+        return _to_device(model), tokenizer, f"{path.name}{'' if adapter else ' (base, no adapter)'}"
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise RunError(f"{target}: not a run, a model folder, an adapter folder or a .gguf file")
+    model, tokenizer = _load_folder(resolve_base_model(target))
+    return _to_device(model), tokenizer, target
+
+
+def conversation(history: list[dict[str, str]], system: str | None) -> list[dict[str, str]]:
+    """The messages to send: the system prompt (if any) then the turns so far."""
+    return ([{"role": "system", "content": system}] if system else []) + history
+
+
+def stream_reply(
+    model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int
+) -> Iterator[str]:
+    """Generate greedily in a background thread and yield text pieces as they are decoded."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    from finetune.inference import _stop_ids
+
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.inference_mode():
+                model.generate(
+                    **encoded,
+                    streamer=streamer,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    eos_token_id=sorted(_stop_ids(tokenizer)),
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+        except BaseException as exc:  # surfaced in the main thread once the stream ends
+            errors.append(exc)
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    yield from streamer
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def chat_loop(
+    model: Any,
+    tokenizer: Any,
+    *,
+    system: str | None = None,
+    max_new_tokens: int = 256,
+    stdin: TextIO = sys.stdin,
+    stdout: TextIO = sys.stdout,
+    label: str = "assistant",
+) -> int:
+    """Read user lines, stream replies; /system, /reset and /quit. Returns the number of replies."""
+    history: list[dict[str, str]] = []
+    replies = 0
+    interactive = stdin.isatty()
+
+    def show(text: str, end: str = "\n") -> None:
+        stdout.write(text + end)
+        stdout.flush()
+
+    show(f"chatting with {label}; {HELP}")
+    while True:
+        if interactive:
+            show("you> ", end="")
+        line = stdin.readline()
+        if not line:  # end of input
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            command, _, rest = line.partition(" ")
+            if command == "/quit":
+                break
+            if command == "/reset":
+                history = []
+                show("(conversation reset)")
+            elif command == "/system":
+                system, history = rest.strip() or None, []
+                show(f"(system prompt {'set' if system else 'cleared'}; conversation reset)")
+            else:
+                show(f"(unknown command {command}; {HELP})")
+            continue
+        history.append({"role": "user", "content": line})
+        show("assistant> ", end="")
+        pieces = []
+        for piece in stream_reply(model, tokenizer, conversation(history, system), max_new_tokens):
+            pieces.append(piece)
+            show(piece, end="")
+        show("")
+        history.append({"role": "assistant", "content": "".join(pieces).strip()})
+        replies += 1
+    show("bye")
+    return replies
+
+
+def read_prompts(path: Path) -> list[list[dict[str, str]]]:
+    """Conversations from JSONL rows {"prompt": ...} or {"messages": [...]} (errors name the line)."""
+    if not path.is_file():
+        raise DataError(f"{path}: prompts file not found")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+            rows.append([{"role": "user", "content": row["prompt"]}])
+        elif (
+            isinstance(row, dict)
+            and isinstance(row.get("messages"), list)
+            and row["messages"]
+            and all(
+                isinstance(m, dict)
+                and m.get("role") in ("system", "user", "assistant")
+                and isinstance(m.get("content"), str)
+                for m in row["messages"]
+            )
+        ):
+            rows.append([{"role": m["role"], "content": m["content"]} for m in row["messages"]])
+        else:
+            raise DataError(
+                f'{path}:{number}: expected {{"prompt": TEXT}} or {{"messages": [{{role, '
+                "content}}, ...]}}"
+            )
+    if not rows:
+        raise DataError(f"{path}: no prompts in the file")
+    return rows
+
+
+def generate_records(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict[str, str]]],
+    *,
+    system: str | None = None,
+    max_new_tokens: int = 256,
+) -> Iterator[dict[str, Any]]:
+    """One record per conversation: prompt (last user turn), text, token counts and latency."""
+    from finetune.inference import generate
+
+    prepared = [
+        c if (not system or c[0]["role"] == "system") else conversation(c, system) for c in conversations
+    ]
+    for convo, result in zip(
+        prepared, generate(model, tokenizer, prepared, max_new_tokens=max_new_tokens), strict=True
+    ):
+        prompt = next((m["content"] for m in reversed(convo) if m["role"] == "user"), "")
+        yield {
+            "prompt": prompt,
+            "text": result.text,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "latency_s": round(result.latency_s, 4),
+        }

@@ -1,0 +1,159 @@
+"""`finetune compare` on a real pirate adapter: the adapter's voice must beat the base model's, with CIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from finetune.compare.run import CompareOptions, run_compare
+from finetune.compare.schema import validate_report
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+EVAL = ROOT / "datasets" / "eval"
+CONTRACT = {"run": str, "arm": str, "prompt_id": str, "kind": str, "turn": int, "conversation": list,
+            "text": str, "prompt_tokens": int, "completion_tokens": int, "latency_s": float, "scores": dict}
+ARMS = ["base", "prompt", "adapter", "adapter+prompt"]
+
+
+def options(pirate_run, out: Path, cache: Path, **overrides) -> CompareOptions:
+    """The small comparison this test runs (16 prompts, 2 conversations x 3 turns, 2 long, 20 MC)."""
+    settings = dict(
+        recipe_path=pirate_run.recipe_path, adapters=[str(pirate_run.run_dir)], samples=16,
+        conversations=EVAL / "pirate_conversations.jsonl", turns=3, max_conversations=2,
+        long_file=EVAL / "long_prompts.jsonl", max_long=2, max_new_tokens=48, long_max_new_tokens=96,
+        mc_files=[EVAL / "commonsense_en.jsonl"], mc_samples=20, classifier_samples=48, out=out,
+        cache_dir=cache, batch_size=16,
+    )
+    settings.update(overrides)
+    return CompareOptions(**settings)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two shared CPU cores: one intra-op thread avoids oversubscription stalls."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def compared(pirate_run, tmp_path_factory, one_thread):
+    """One full comparison of the four arms; returns (folder, report, cache folder, options)."""
+    root = tmp_path_factory.mktemp("compare")
+    folder, report = run_compare(options(pirate_run, root / "out", root / "cache"), say=lambda *_: None)
+    return folder, report, root / "cache"
+
+
+def test_adapter_speaks_pirate_far_more_than_the_base_model(compared):
+    _, report, _ = compared
+    arms = report["arms"]
+    assert report["settings"]["arms"] == ARMS
+    assert report["classifier"]["available"] and report["classifier"]["accuracy"] >= 0.8
+    adapter, base = arms["adapter"]["style"], arms["base"]["style"]
+    assert adapter["n"] == base["n"] == 16
+    # Non-overlapping 95% intervals: the adapter's lowest plausible style beats the base's highest.
+    assert adapter["ci_low"] > base["ci_high"], (adapter, base)
+    assert arms["adapter"]["marker_rate"]["mean"] > arms["base"]["marker_rate"]["mean"]
+    style = next(d for d in report["differences"]
+                 if d["metric"] == "style" and d["a"] == "adapter" and d["b"] == "base")
+    assert style["significant"] and style["better"] == "adapter"
+    assert any(v.startswith("adapter beats base on style score by ") for v in report["verdicts"])
+
+
+def test_report_json_matches_the_documented_schema(compared):
+    folder, report, _ = compared
+    data = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    validate_report(data)
+    assert data["schema_version"] == 1 and data["run"] == "pirate-smollm2"
+    assert set(data["multiple_choice"]) == {"commonsense_en"}
+    mc = data["multiple_choice"]["commonsense_en"]
+    assert mc["n"] == 20 and all(mc["arms"][a]["accuracy"]["n"] == 20 for a in ARMS)
+    assert data["arms"]["prompt"]["prompt_tokens"]["mean"] > data["arms"]["base"]["prompt_tokens"]["mean"]
+    assert data["cost"]["system_prompt_tokens"] > 0
+    adapter_cost = data["cost"]["adapters"]["adapter"]
+    assert adapter_cost["finetune_cost"]["source"] in ("summary", "estimated-local")
+    breaks = adapter_cost["break_even"]
+    assert breaks["status"] == "breaks_even" and breaks["requests"] > 0
+    assert any("breaks even after" in v for v in data["verdicts"])
+    by_turn = data["drift"]["multi"]["prompt"]["by_turn"]
+    assert [t["turn"] for t in by_turn] == [0, 1, 2] and all(t["style"]["n"] == 2 for t in by_turn)
+    assert set(data["drift"]["long"]) == set(ARMS)
+    assert data["arms"]["adapter"]["perplexity"]["mean"] < data["arms"]["base"]["perplexity"]["mean"]
+    # A report that breaks the schema is refused.
+    data["arms"]["base"]["surprise"] = 1
+    with pytest.raises(ValueError):
+        validate_report(data)
+
+
+def test_samples_follow_the_arena_contract(compared):
+    folder, _, _ = compared
+    lines = [json.loads(line) for line in (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    # 16 single + 2 conversations x 3 turns + 2 long, for each of the four arms.
+    assert len(lines) == 4 * (16 + 6 + 2)
+    for line in lines:
+        for key, kind in CONTRACT.items():
+            assert isinstance(line[key], kind), (key, line)
+        assert line["kind"] in ("single", "multi", "long")
+        assert line["conversation"][-1]["role"] == "user"
+        assert all(m["role"] != "system" for m in line["conversation"])
+        assert set(line["scores"]) >= {"marker", "style"}
+    ids = {arm: {(x["prompt_id"], x["turn"]) for x in lines if x["arm"] == arm} for arm in ARMS}
+    assert all(ids[arm] == ids["base"] for arm in ARMS)
+    # Multi-turn: each arm saw its own earlier replies.
+    for arm in ARMS:
+        conv = {x["turn"]: x for x in lines if x["arm"] == arm and x["kind"] == "multi"
+                and x["prompt_id"] == "conv-01"}
+        assert [m["role"] for m in conv[2]["conversation"]] == ["user", "assistant"] * 2 + ["user"]
+        assert conv[2]["conversation"][1]["content"] == conv[0]["text"]
+        assert conv[2]["conversation"][3]["content"] == conv[1]["text"]
+    # The arena, the contract's real reader, accepts the folder.
+    from finetune.arena.samples import load_compare
+
+    assert len(load_compare(folder).items()) == (16 + 6 + 2) * 6
+
+
+def test_markdown_and_self_contained_html(compared):
+    folder, report, _ = compared
+    md = (folder / "report.md").read_text(encoding="utf-8")
+    assert "## Verdicts" in md and report["verdicts"][0] in md
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") == 2  # metrics and drift charts, embedded
+    assert "<script" not in page and "src='http" not in page
+
+
+def test_base_outputs_are_cached_across_runs(pirate_run, compared, tmp_path, one_thread):
+    first_folder, first, cache = compared
+    folder, again = run_compare(options(pirate_run, tmp_path / "again", cache, arms="base,prompt"),
+                                say=lambda *_: None)
+    hits = set(again["settings"]["cache"]["hits"])
+    assert {"single/base", "single/prompt", "multi/prompt", "long/base", "classifier-base/base",
+            "perplexity/base", "mc-commonsense_en/prompt"} <= hits
+    old = (first_folder / "samples.jsonl").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in old.splitlines()]
+    first_texts = {(x["arm"], x["prompt_id"], x["turn"]): x["text"] for x in rows}
+    for x in map(json.loads, (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines()):
+        assert first_texts[(x["arm"], x["prompt_id"], x["turn"])] == x["text"]
+    assert again["arms"]["base"]["style"]["mean"] == pytest.approx(first["arms"]["base"]["style"]["mean"])
+
+
+def test_cli_rejects_a_bad_arm_in_one_line(pirate_run):
+    result = subprocess.run(
+        [sys.executable, "-m", "finetune", "compare", str(pirate_run.recipe_path), "--adapter",
+         str(pirate_run.run_dir), "--arms", "base,promt"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --arms promt: unknown arm (expected base, prompt, adapter, adapter+prompt, adapter:<run> "
+        "or adapter:<run>+prompt)"
+    )

@@ -1,0 +1,166 @@
+"""The estimator against this machine: real training steps of the bundled model, measured.
+
+Three checks, none mocked:
+- activations: what PyTorch really saves for backward in a transformers + peft model (counted with
+  saved-tensor hooks) against the estimator's per-layer formula;
+- peak memory: four configurations of the bundled SmolLM2-135M (16-bit and 4-bit, 128 and 256 tokens,
+  LoRA r 8 and 16) trained for a few steps by finetune.train.run_probe; on a CPU the measurement is the
+  process's peak RSS, so the prediction includes the process baseline (Python and the libraries, about
+  0.6 GB: see docs/estimate.md);
+- speed: the utilisation calibrated on one configuration predicts another's seconds per step.
+
+Each probe runs in its own process: peak RSS is a high-water mark over a process's whole life.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from finetune import catalog as cat
+from finetune import estimate as E
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "pirate-smollm2.yaml"
+
+try:  # the probe lives in the training path; without it there is nothing to measure against
+    from finetune.train import run_probe  # noqa: F401
+
+    HAVE_PROBE = True
+except ImportError:
+    HAVE_PROBE = False
+
+needs_probe = pytest.mark.skipif(not HAVE_PROBE, reason="finetune.train.run_probe is not importable yet")
+
+# Few steps, short sequences, no held-out evaluation: the whole file stays within a few minutes.
+COMMON = ["dataset.eval_fraction=0.0", "training.batch_size=4", "training.gradient_accumulation=1"]
+CONFIGS = {
+    "16bit-128-r8": ["quantization.bits=null", "dataset.max_length=128", "lora.r=8"],
+    "16bit-256-r16": ["quantization.bits=null", "dataset.max_length=256", "lora.r=16"],
+    "4bit-128-r16": ["quantization.bits=4", "dataset.max_length=128", "lora.r=16"],
+    "4bit-256-r8": ["quantization.bits=4", "dataset.max_length=256", "lora.r=8"],
+}
+PROBE = """
+import json, sys
+from finetune.recipe import load_recipe
+from finetune.train import run_probe
+recipe = load_recipe(sys.argv[1], sys.argv[2:])
+print("PROBE " + json.dumps(run_probe(recipe, steps=4)))
+"""
+
+
+def _recipe(name: str):
+    from finetune.recipe import load_recipe
+
+    return load_recipe(RECIPE, COMMON + CONFIGS[name])
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[str, dict]:
+    """Run the four probes, one fresh process each (after converting the bundled model once, here)."""
+    from finetune.models import bundled_model_path
+
+    bundled_model_path("smollm2-135m-instruct")  # its one-off conversion must not land in a probe's peak
+    results = {}
+    for name, overrides in CONFIGS.items():
+        done = subprocess.run(
+            [sys.executable, "-c", PROBE, str(RECIPE), *COMMON, *overrides],
+            cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "WANDB_MODE": "disabled"},
+        )
+        lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
+        assert done.returncode == 0 and lines, f"probe {name} failed:\n{done.stderr[-3000:]}"
+        results[name] = json.loads(lines[-1][len("PROBE "):])
+    return results
+
+
+def _predict(name: str, measured: dict, utilisation: float | None = None) -> dict:
+    recipe = _recipe(name)
+    a = E.assumptions()
+    shape = E.model_shape(recipe.base_model)
+    device = E.this_machine(cat.load_gpus(), a)
+    tokens = E.count_tokens(recipe, None, a)
+    util = utilisation or (a["utilisation"] if device.kind == "cuda" else a["cpu_utilisation"])
+    return E.predicted_step(recipe, shape, device, measured, tokens, util, a)
+
+
+@needs_probe
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_predicted_peak_memory_within_20_percent(measured, name):
+    probe = measured[name]
+    predicted = _predict(name, probe)["peak_memory_mb"]
+    actual = probe["peak_memory_mb"]
+    assert predicted == pytest.approx(actual, rel=0.20), f"{name}: predicted {predicted:.0f} MB, measured {actual:.0f} MB"
+
+
+@needs_probe
+@pytest.mark.slow
+def test_calibrated_speed_predicts_another_configuration(measured):
+    # Calibrate on the short 16-bit run, predict the long one (twice the tokens, attention grows faster).
+    base, other = measured["16bit-128-r8"], measured["16bit-256-r16"]
+    assumed = E.assumptions()["cpu_utilisation"]
+    first = _predict("16bit-128-r8", base, assumed)
+    calibrated = E.calibrate_utilisation(first["seconds_per_step"], base["seconds_per_step"], assumed)
+    predicted = _predict("16bit-256-r16", other, calibrated)["seconds_per_step"]
+    assert predicted == pytest.approx(other["seconds_per_step"], rel=0.25), (
+        f"predicted {predicted:.2f} s/step, measured {other['seconds_per_step']:.2f} s/step "
+        f"(calibrated utilisation {calibrated:.3f})"
+    )
+
+
+# --- activations: the formula against what autograd saves ------------------------------------------
+
+
+def _saved_bytes(model, inputs: dict, autocast: bool) -> int:
+    """Bytes of unique storages autograd saves for backward in one forward pass (parameters excluded)."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        seen.setdefault(storage.data_ptr(), storage.nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(**inputs)
+            logits = out.logits.float()
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), inputs["input_ids"].flatten())
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(n for ptr, n in seen.items() if ptr not in params)
+
+
+@pytest.mark.parametrize("precision, dropout", [("fp32", 0.0), ("fp32", 0.05), ("bf16", 0.0), ("bf16", 0.05)])
+def test_activation_formula_matches_saved_tensors(precision, dropout):
+    # The bundled model's architecture (random weights: saved sizes do not depend on values), LoRA on
+    # all linear layers, frozen fp32 base on a CPU as finetune.models loads it, bf16 through autocast.
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    entry = cat.find_model("bundled:smollm2-135m-instruct", cat.load_models())[1]
+    config = E.config_from_catalogue(entry)
+    config.num_hidden_layers = 4  # the per-layer formula does not care how many layers there are
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.train()
+    batch, seq = 2, 96
+    ids = torch.randint(0, config.vocab_size, (batch, seq))
+    mask = torch.ones_like(ids)
+    mask[0, seq // 2:] = 0  # padding, as in real batches (it makes SDPA repeat k and v for GQA)
+    saved = _saved_bytes(model, {"input_ids": ids, "attention_mask": mask}, autocast=precision == "bf16")
+    shape = E.shape_from_config(config, "smollm2-4-layers")
+    setup = E.Setup(bits=None, precision=precision, device="cpu", lora_r=8, lora_dropout=dropout,
+                    batch=batch, seq=seq, checkpointing=False)
+    a = E.assumptions()
+    predicted = E.activations(shape, setup, a, checkpointing=False)
+    predicted += batch * seq * shape.vocab * 4  # cross-entropy's saved fp32 log-softmax (part of logits_gb)
+    assert predicted == pytest.approx(saved, rel=0.10), f"predicted {predicted / 2**20:.1f} MiB, saved {saved / 2**20:.1f}"
