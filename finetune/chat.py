@@ -91,7 +91,7 @@ def stream_reply(
     import torch
     from transformers import TextIteratorStreamer
 
-    from finetune.inference import _stop_ids
+    from finetune.inference import stop_ids
 
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
@@ -109,7 +109,7 @@ def stream_reply(
                     temperature=None,
                     top_p=None,
                     top_k=None,
-                    eos_token_id=sorted(_stop_ids(tokenizer)),
+                    eos_token_id=sorted(stop_ids(tokenizer)),
                     pad_token_id=tokenizer.pad_token_id,
                 )
         except BaseException as exc:  # surfaced in the main thread once the stream ends

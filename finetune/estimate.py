@@ -384,7 +384,8 @@ def memory(shape: ModelShape, setup: Setup, a: dict[str, Any] | None = None) -> 
             base += shape.largest_linear * setup.compute_bytes  # the dequantised weight of the current matmul
     else:
         base = a["cpu_process_baseline_gb"] * GIB
-    overhead = base + a["allocator_margin"] * (acts + logits)
+    margin = a["allocator_margin"] if setup.device == "cuda" else a["cpu_allocator_margin"]
+    overhead = base + margin * (acts + logits)
     loading = 0.0
     if setup.device == "cpu" and setup.bits is not None:
         # Quantising on a CPU reads the checkpoint (memory-mapped, so its pages count as resident), makes
@@ -420,7 +421,8 @@ def seconds_per_micro_batch(shape: ModelShape, setup: Setup, peak_tflops: float,
                             a: dict[str, Any] | None = None) -> float:
     """Predicted time of one forward+backward over `batch x seq` tokens on one device."""
     a = a or assumptions()
-    slowdown = float(a["quantised_slowdown"].get(setup.bits, 1.0)) if setup.bits else 1.0
+    table = a["quantised_slowdown"] if setup.device == "cuda" else a["cpu_quantised_slowdown"]
+    slowdown = float(table.get(setup.bits, 1.0)) if setup.bits else 1.0
     work = setup.batch * setup.seq * flops_per_token(shape, setup)
     return work / (peak_tflops * 1e12 * utilisation) * slowdown
 
@@ -516,7 +518,8 @@ def _assumptions_cached() -> str:
 def assumptions() -> dict[str, Any]:
     """A fresh copy of the estimator's assumptions (catalog/estimate_assumptions.yaml)."""
     data = json.loads(_assumptions_cached())
-    data["quantised_slowdown"] = {int(k): v for k, v in data["quantised_slowdown"].items()}
+    for key in ("quantised_slowdown", "cpu_quantised_slowdown"):
+        data[key] = {int(k): v for k, v in data[key].items()}
     return data
 
 
@@ -921,17 +924,18 @@ def _row_cost(recipe: Recipe, device: Device, seconds: float, num_gpus: int, cur
     else:
         own = section.gpu is not None and device.gpu is not None and _same_gpu(section.gpu, device.gpu)
     if own and (section.hourly_rate or section.electricity):
-        return run_cost(section, seconds, gpu_power_w=device.power_w, utilisation=a["power_fraction"],
-                        to_currency=currency, num_gpus=num_gpus, rates=rates)
+        result = run_cost(section, seconds, gpu_power_w=device.power_w, utilisation=a["power_fraction"],
+                          to_currency=currency, num_gpus=num_gpus, rates=rates)
+        return {**result, "price": "recipe"}
     if section.electricity and device.gpu is not None and device.gpu.kind == "consumer":
         electricity = {"electricity": section.electricity.model_dump()}
-        return run_cost(electricity, seconds, gpu_power_w=device.power_w, utilisation=a["power_fraction"],
-                        to_currency=currency, num_gpus=num_gpus, rates=rates)
+        result = run_cost(electricity, seconds, gpu_power_w=device.power_w, utilisation=a["power_fraction"],
+                          to_currency=currency, num_gpus=num_gpus, rates=rates)
+        return {**result, "price": "recipe"}
     if device.gpu is not None and device.gpu.rental is not None:
         rate = {"hourly_rate": {"amount": device.gpu.rental.usd_per_hour, "currency": "USD"}}
         result = run_cost(rate, seconds, to_currency=currency, num_gpus=num_gpus, rates=rates)
-        result["price_as_of"] = device.gpu.rental.as_of
-        return result
+        return {**result, "price": "catalogue", "price_as_of": device.gpu.rental.as_of}
     return {"amount": None, "currency": currency, "basis": "none", "estimated": False}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -11,7 +12,8 @@ from rich.table import Table
 
 from finetune.cost import format_money
 
-console = Console()
+# Tables are wider than 80 columns: give them room when the output is not a terminal (pipes, logs).
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def estimate(
@@ -89,9 +91,10 @@ def render(result: object) -> None:
 def _memory_table(result: object) -> None:
     """The memory breakdown for the primary target."""
     mem, setup = result.memory, result.setup  # type: ignore[attr-defined]
-    table = Table(title=f"peak memory per device on {result.memory_target} "  # type: ignore[attr-defined]
+    console.print(f"peak memory per device on {result.memory_target} "  # type: ignore[attr-defined]
                   f"(batch {setup.batch} x {setup.seq} tokens, {setup.precision}, "
-                  f"checkpointing {'on' if setup.checkpointing else 'off'})", title_justify="left")
+                  f"checkpointing {'on' if setup.checkpointing else 'off'}):", highlight=False)
+    table = Table()
     table.add_column("component")
     table.add_column("GB", justify="right")
     rows = [
@@ -117,35 +120,44 @@ def _gpu_table(result: object) -> None:
 
     rows = result.rows  # type: ignore[attr-defined]
     multi = any(r.num_gpus > 1 for r in rows)
-    table = Table(title_justify="left")
-    table.add_column("GPU")
-    table.add_column("memory", justify="right")
+    table = Table(title_justify="left", caption_justify="left")
+    table.add_column("GPU", no_wrap=True)
+    table.add_column("GB", justify="right")
     table.add_column("fits")
     table.add_column("peak", justify="right")
     table.add_column("max batch", justify="right")
     table.add_column("max seq", justify="right")
-    table.add_column("time", justify="right")
-    table.add_column("cost", justify="right")
-    table.add_column("basis")
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("cost", justify="right", no_wrap=True)
+    table.add_column("priced by", no_wrap=True)
+    dates = set()
     for row in rows:
-        name = f"{row.num_gpus} x {row.name} ({row.strategy})" if multi and row.num_gpus > 1 else row.name
+        name = row.name
+        if row.this_machine:
+            name = "this machine" + (" (CPU)" if "CPU" in row.name else "")
+        if multi and row.num_gpus > 1:
+            name = f"{row.num_gpus} x {name} ({row.strategy})"
+        if row.cost.get("price_as_of"):
+            dates.add(row.cost["price_as_of"])
         table.add_row(
             name,
-            f"{row.memory_gb:.0f} GB" if row.memory_gb >= 10 else f"{row.memory_gb:.1f} GB",
+            f"{row.memory_gb:.0f}",
             "[green]yes[/green]" if row.fits else "[red]no[/red]",
-            f"{row.total_gb:.1f} GB",
+            f"{row.total_gb:.1f}",
             str(row.max_batch_size),
             str(row.max_seq_len),
             hours_text(row.hours),
             format_money(row.cost.get("amount"), row.cost.get("currency", "USD")),
             _basis(row.cost),
         )
+    if dates:
+        table.caption = f"rental prices: catalogue, as of {', '.join(sorted(dates))}; peak and GB in GiB"
     console.print(table)
 
 
 def _basis(cost: dict) -> str:
     """A short label for how a cost was priced."""
     basis = cost.get("basis", "none")
-    if basis == "rental" and cost.get("price_as_of"):
-        return f"rental ({cost['price_as_of']})"
-    return {"none": "no price", "electricity-estimated": "electricity"}.get(basis, basis)
+    label = {"none": "-", "electricity-estimated": "electricity", "electricity-measured": "electricity",
+             "rental": "rental"}.get(basis, basis)
+    return f"{label} (recipe)" if cost.get("price") == "recipe" else label

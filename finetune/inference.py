@@ -96,7 +96,7 @@ def generate(
         width = encoded["input_ids"].shape[1]
         for row, mask in zip(output, encoded["attention_mask"]):
             new = row[width:]
-            stop = [i for i, t in enumerate(new.tolist()) if t in _stop_ids(tokenizer)]
+            stop = [i for i, t in enumerate(new.tolist()) if t in stop_ids(tokenizer)]
             new = new[: stop[0]] if stop else new
             results.append(
                 Generation(
@@ -109,7 +109,7 @@ def generate(
     return results
 
 
-def _stop_ids(tokenizer: Any) -> set[int]:
+def stop_ids(tokenizer: Any) -> set[int]:
     """Token ids that end a reply (eos, pad and the chat template's end-of-turn)."""
     ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
     for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):

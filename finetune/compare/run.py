@@ -169,16 +169,10 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
     # 5. Style classifier: persona training replies against the base model's replies to the same prompts.
     t0 = time.perf_counter()
     base_arm = Arm("base", None, False)
-    base_train = cache.get_or_compute(
-        "classifier-base",
-        base_arm,
-        None,
-        prompts.content_hash(pairs),
-        gen_key,
-        lambda: generate_replies(
-            models, base_arm, [p.messages for p in pairs], None, settings, settings.max_new_tokens
-        ),
-    )
+    pair_msgs = [p.messages for p in pairs]
+    base_replies = partial(generate_replies, models, base_arm, pair_msgs, None, settings, max_new)
+    base_train = cache.get_or_compute("classifier-base", base_arm, None, prompts.content_hash(pairs), gen_key,
+                                      base_replies)
     classifier = StyleClassifier(opts.seed)
     # Cut the persona's replies to the generation budget so length and truncation do not give the voice away.
     persona = [_truncate(tokenizer, p.reply, settings.max_new_tokens) for p in pairs]
