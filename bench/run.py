@@ -64,14 +64,27 @@ def _read_new_lines(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]
     return records, offset + end
 
 
+def _anon_rss_kb(pid: int) -> int:
+    """A process's resident anonymous memory (KiB): its RSS without file pages, such as mapped checkpoints."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def run_process(cmd: list[str], env: dict[str, str], steps_file: Path, log_file: Path) -> dict[str, Any]:
     """Run one arm; time each step line as it appears; return exit code, wall, peak RSS and step rates."""
     start = time.monotonic()
     with open(log_file, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     points: list[tuple[float, int, int]] = []
-    offset = 0
+    offset, anon_kb = 0, 0
     while True:
+        anon_kb = max(anon_kb, _anon_rss_kb(proc.pid))
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         now = time.monotonic() - start
         records, offset = _read_new_lines(steps_file, offset)
@@ -86,6 +99,7 @@ def run_process(cmd: list[str], env: dict[str, str], steps_file: Path, log_file:
         "returncode": proc.returncode,
         "wall_s": time.monotonic() - start,
         "peak_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+        "peak_anon_mb": anon_kb / 1024 or None,
         "steps": len(points),
         **step_rates(points),
     }

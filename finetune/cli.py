@@ -5,13 +5,12 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
-from typing import Optional
 
 import click
 import typer
 from rich.console import Console
-from typer._click.exceptions import ClickException  # typer vendors click; its usage errors are these
 from rich.table import Table
+from typer._click.exceptions import ClickException  # typer vendors click; its usage errors are these
 
 from finetune.errors import FinetuneError
 
@@ -33,12 +32,12 @@ err_console = Console(stderr=True)
 @app.command()
 def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Run folder (default outputs/<name>)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", help="Run folder (default outputs/<name>)."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: KEY=VALUE (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing run; start even if it won't fit."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
-    until: Optional[str] = typer.Option(None, "--until", help="Stop (and save) before this local time, HH:MM."),
+    until: str | None = typer.Option(None, "--until", help="Stop (and save) before this local time, HH:MM."),
     num_processes: int = typer.Option(1, "--num-processes", help="Train on N processes via accelerate launch."),
 ) -> None:
     """Train a LoRA adapter from a recipe."""
@@ -49,7 +48,8 @@ def train(
         from finetune.distributed import launch
 
         raise typer.Exit(launch(recipe, loaded, num_processes, sys.argv))
-    from finetune.train import STATUS_EXIT, train as run_training
+    from finetune.train import STATUS_EXIT
+    from finetune.train import train as run_training
 
     summary = run_training(
         loaded, output_dir=output_dir, max_steps=max_steps, force=force, resume=resume, until=until,
@@ -99,7 +99,7 @@ def recipe_show(
 @data_app.command("check")
 def data_check(
     file: Path = typer.Argument(..., help="JSONL dataset."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Use this recipe's tokenizer and max_length."),
+    recipe: Path | None = typer.Option(None, "--recipe", help="Use this recipe's tokenizer and max_length."),
 ) -> None:
     """Validate a dataset and show token-length statistics."""
     from finetune.data import MAX_REPORTED, read_dataset

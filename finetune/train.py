@@ -78,6 +78,28 @@ def _trainer_class() -> type:
     from transformers import Trainer
     from transformers.trainer_utils import rotate_checkpoints
 
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    class EpochSeededLengthSampler(torch.utils.data.Sampler):
+        """Length-grouped order drawn from seed + epoch, so a resumed run sees exactly the same batches.
+
+        transformers' own LengthGroupedSampler draws from the global RNG, whose state at an epoch's start
+        differs after a resume, and the resumed run then trains on other batches than the original would.
+        """
+
+        def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+            self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __len__(self) -> int:
+            return len(self.lengths)
+
+        def __iter__(self):  # noqa: ANN204
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
     class LoRATrainer(Trainer):
         """transformers' Trainer with a loss computed only where labels exist, and atomic checkpoints."""
 
@@ -86,6 +108,13 @@ def _trainer_class() -> type:
         def __init__(self, *args: Any, run_state: RunState, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.run_state = run_state
+
+        def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            return EpochSeededLengthSampler(lengths, self.args.per_device_train_batch_size, self.args.data_seed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
             labels = inputs.pop("labels")
@@ -445,6 +474,7 @@ def train(
     saved_by_ranks = False  # FSDP/DeepSpeed shard the weights: all ranks gather them to save
     if run_state.status != "diverged" and (error is None or run_state.status == "interrupted"):
         saved_by_ranks = save_sharded_adapter(trainer, run_dir / "adapter")
+    _finish_wandb(recipe)  # after the last evaluation, which wandb logs too
     if is_main:
         adapter_dir = run_dir / "adapter"
         if run_state.status == "diverged":
@@ -519,6 +549,19 @@ def _configure_wandb(recipe: Recipe, run_dir: Path) -> None:
     os.environ.setdefault("WANDB_PROJECT", recipe.tracking.project)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_LOG_MODEL", "false")
+
+
+def _finish_wandb(recipe: Recipe) -> None:
+    """Close the wandb run so its offline folder is complete now, not at interpreter exit."""
+    if recipe.tracking.wandb == "disabled":
+        return
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+    except Exception:  # tracking trouble must never cost a run its adapter
+        pass
 
 
 def _install_signal_handlers(run_state: RunState) -> dict[int, Any]:

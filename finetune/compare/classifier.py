@@ -56,6 +56,8 @@ class StyleClassifier:
         import numpy as np
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import train_test_split
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
 
         if min(len(persona), len(other)) < MIN_PER_CLASS:
             self.info = {
@@ -72,7 +74,10 @@ class StyleClassifier:
         x_train, x_test, y_train, y_test = train_test_split(
             features, labels, test_size=0.25, random_state=self.seed, stratify=labels
         )
-        self.model = LogisticRegression(max_iter=2000, C=1.0).fit(x_train, y_train)
+        # Standardised features: unit-norm embeddings have tiny components, and the default L2 penalty on
+        # them would squash every probability towards 0.5.
+        self.model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+        self.model.fit(x_train, y_train)
         accuracy = float((self.model.predict(x_test) == y_test).mean())
         self.info = {
             "available": True,

@@ -76,6 +76,46 @@ def mc_user_message(question: MCQuestion) -> str:
     return question.question + "\n" + "\n".join(f"- {c}" for c in question.choices)
 
 
+def option_logprobs(model: Any, tokenizer: Any, prefix: str, choices: list[str]) -> list[tuple[float, int]] | None:
+    """(summed log-probability, tokens) of each choice as the continuation of `prefix`, reading the prefix once.
+
+    The prefix runs through the model once and its KV cache is repeated for every choice, so a question
+    costs one prompt plus a few option tokens instead of one full sequence per option. Returns None when
+    a choice's tokens would merge with the prefix's last token (then the caller scores whole sequences).
+    """
+    import torch
+
+    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    options = []
+    for choice in choices:
+        full = tokenizer(prefix + choice, add_special_tokens=False)["input_ids"]
+        if full[: len(prefix_ids)] != prefix_ids or len(full) == len(prefix_ids):
+            return None
+        options.append(full[len(prefix_ids) :])
+    device = next(model.parameters()).device
+    n, width = len(options), max(len(o) for o in options)
+    ids = torch.full((n, width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, len(prefix_ids) + width), dtype=torch.long)
+    mask[:, : len(prefix_ids)] = 1
+    for i, option in enumerate(options):
+        ids[i, : len(option)] = torch.tensor(option)
+        mask[i, len(prefix_ids) : len(prefix_ids) + len(option)] = 1
+    with torch.inference_mode():
+        head = model(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(head.logits[0, -1].float(), dim=-1)
+        cache = head.cache
+        cache.batch_repeat_interleave(n)
+        rest = model(input_ids=ids.to(device), attention_mask=mask.to(device), cache=cache, use_cache=True)
+        logprobs = torch.log_softmax(rest.logits.float(), dim=-1)
+    scores = []
+    for i, option in enumerate(options):
+        total = float(first[option[0]])
+        for j in range(1, len(option)):
+            total += float(logprobs[i, j - 1, option[j]])
+        scores.append((total, len(option)))
+    return scores
+
+
 def mc_results(
     model: Any,
     tokenizer: Any,
@@ -84,22 +124,24 @@ def mc_results(
     batch_size: int,
 ) -> list[dict[str, Any]]:
     """Per question: the option chosen by mean and by summed log-probability, and whether each is right."""
-    rows, owners = [], []
     head = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    per_question: list[list[tuple[float, int]]] = []
+    fallback_rows, fallback_owner = [], []
     for qi, question in enumerate(questions):
-        for choice in question.choices:
-            messages = [
-                *head,
-                {"role": "user", "content": mc_user_message(question)},
-                {"role": "assistant", "content": choice},
-            ]
-            # No end-of-turn token in the labels: score the option's own words only.
-            rows.append(tokenize_conversation(tokenizer, messages, 4096, terminator=None))
-            owners.append(qi)
-    scores = sequence_logprobs(model, rows, tokenizer.pad_token_id, batch_size)
-    per_question: list[list[tuple[float, int]]] = [[] for _ in questions]
-    for qi, score in zip(owners, scores, strict=True):
-        per_question[qi].append(score)
+        messages = [*head, {"role": "user", "content": mc_user_message(question)}]
+        prefix = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        scores = option_logprobs(model, tokenizer, prefix, question.choices)
+        per_question.append(scores or [])
+        if scores is None:
+            for choice in question.choices:
+                full = [*messages, {"role": "assistant", "content": choice}]
+                # No end-of-turn token in the labels: score the option's own words only.
+                fallback_rows.append(tokenize_conversation(tokenizer, full, 4096, terminator=None))
+                fallback_owner.append(qi)
+    if fallback_rows:
+        scored = sequence_logprobs(model, fallback_rows, tokenizer.pad_token_id, batch_size)
+        for qi, score in zip(fallback_owner, scored, strict=True):
+            per_question[qi].append(score)
     results = []
     for question, options in zip(questions, per_question, strict=True):
         means = [total / count if count else -math.inf for total, count in options]

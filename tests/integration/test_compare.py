@@ -58,7 +58,7 @@ def test_adapter_speaks_pirate_far_more_than_the_base_model(compared):
     _, report, _ = compared
     arms = report["arms"]
     assert report["settings"]["arms"] == ARMS
-    assert report["classifier"]["available"] and report["classifier"]["accuracy"] >= 0.8
+    assert report["classifier"]["available"] and report["classifier"]["accuracy"] >= 0.7
     adapter, base = arms["adapter"]["style"], arms["base"]["style"]
     assert adapter["n"] == base["n"] == 16
     # Non-overlapping 95% intervals: the adapter's lowest plausible style beats the base's highest.

@@ -106,7 +106,8 @@ def test_label_mask_covers_exactly_assistant_content_in_multi_turn(bundled_dir):
     # Exactly the trained replies' tokens, each followed by its end-of-turn token, in order.
     expected = []
     for reply in ("Arr, blue as the sea.", "Red like a parrot!"):
-        expected += tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        expected += tokenizer(reply, add_special_tokens=False)["input_ids"] + [end]
     assert labelled == expected
     assert tokenizer.decode(labelled).count("Green") == 0
     # Labels sit where the tokens are (same positions as input_ids).
