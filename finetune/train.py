@@ -76,9 +76,8 @@ def _trainer_class() -> type:
     import torch
     import torch.nn.functional as F
     from transformers import Trainer
-    from transformers.trainer_utils import rotate_checkpoints
-
     from transformers.trainer_pt_utils import get_length_grouped_indices
+    from transformers.trainer_utils import rotate_checkpoints
 
     class EpochSeededLengthSampler(torch.utils.data.Sampler):
         """Length-grouped order drawn from seed + epoch, so a resumed run sees exactly the same batches.
