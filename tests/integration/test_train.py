@@ -33,14 +33,16 @@ def test_loss_falls_over_30_steps_and_adapter_reloads_exactly(bundled_dir, pirat
     # The saved adapter, loaded with plain PEFT onto a fresh base, gives the trained model's logits.
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run/adapter")
     batch = tokenizer(["Ahoy, how do I bake bread?"], return_tensors="pt")
-    trained.eval()
+    from accelerate.utils import extract_model_from_parallel
+
+    # accelerate wraps forward in autocast for bf16 training; compare the weights themselves, in fp32.
+    trained = extract_model_from_parallel(trained, keep_fp32_wrapper=False).float().eval()
     with torch.no_grad():
         expected = trained(**batch).logits.float()
     base = AutoModelForCausalLM.from_pretrained(bundled_dir, dtype=torch.float32)
     reloaded = PeftModel.from_pretrained(base, tmp_path / "run/adapter").eval()
     with torch.no_grad():
         got = reloaded(**batch).logits.float()
-        plain = base.get_base_model()(**batch).logits.float() if hasattr(base, "get_base_model") else None
     assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
     with reloaded.disable_adapter(), torch.no_grad():
         plain = reloaded(**batch).logits.float()
