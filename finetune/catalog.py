@@ -51,7 +51,7 @@ class GPU(_Entry):
     @field_validator("aliases", mode="before")
     @classmethod
     def _text_aliases(cls, value: object) -> object:
-        # YAML reads an alias like 4090 as a number; a name is text.
+        """Aliases as text: YAML reads an alias like 4090 as a number."""
         return [str(v) for v in value] if isinstance(value, list) else value
 
     def tflops(self, precision: str) -> float:
@@ -111,6 +111,7 @@ class Rates(dict):
     """Exchange rates (USD per unit of each currency) and the files they were read from."""
 
     def __init__(self, usd_per_unit: dict[str, float], files: list[Path], as_of: str | None = None) -> None:
+        """Rates by currency code, with the files they came from (named in error messages)."""
         super().__init__(usd_per_unit)
         self.files = files
         self.as_of = as_of

@@ -187,6 +187,10 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import logging
+
+    # bitsandbytes warns at import that an optional CPU kernel package is absent; its fallback works.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def main() -> None:

@@ -418,6 +418,19 @@ def flops_per_token(shape: ModelShape, setup: Setup) -> float:
     return base + attention + (6 + 2 * ckpt) * n_lora
 
 
+def step_overhead_seconds(shape: ModelShape, setup: Setup, peak_tflops: float,
+                          a: dict[str, Any] | None = None) -> float:
+    """Time a step spends whatever its tokens: launching kernels (GPU) or dispatching ops (CPU), per layer.
+
+    On a CPU it is counted in matmul-equivalent FLOPs at the same peak as the compute, so that a busy
+    machine, which slows both alike, keeps the ratio between two configurations' step times.
+    """
+    a = a or assumptions()
+    if setup.device == "cuda":
+        return shape.layers * float(a["step_overhead_s_per_layer"])
+    return shape.layers * float(a["cpu_step_overhead_gflop_per_layer"]) / (peak_tflops * 1000)
+
+
 def seconds_per_micro_batch(shape: ModelShape, setup: Setup, peak_tflops: float, utilisation: float,
                             a: dict[str, Any] | None = None) -> float:
     """Predicted time of one forward+backward over `batch x seq` tokens on one device."""
@@ -425,7 +438,8 @@ def seconds_per_micro_batch(shape: ModelShape, setup: Setup, peak_tflops: float,
     table = a["quantised_slowdown"] if setup.device == "cuda" else a["cpu_quantised_slowdown"]
     slowdown = float(table.get(setup.bits, 1.0)) if setup.bits else 1.0
     work = setup.batch * setup.seq * flops_per_token(shape, setup)
-    return work / (peak_tflops * 1e12 * utilisation) * slowdown
+    compute = work / (peak_tflops * 1e12 * utilisation) * slowdown
+    return compute + step_overhead_seconds(shape, setup, peak_tflops, a)
 
 
 def fits(mem: Memory, capacity_gb: float) -> bool:
@@ -469,6 +483,7 @@ def suggestions(shape: ModelShape, setup: Setup, capacity_gb: float, grad_accum:
     out: list[str] = []
 
     def note(change: str, candidate: Setup) -> bool:
+        """Record `change` if `candidate` fits; say whether it did."""
         total = memory(shape, candidate, a).total_gb
         if total <= capacity_gb:
             out.append(f"{change}: {total:.1f} GB")
@@ -790,14 +805,29 @@ def this_machine(gpus: list[cat.GPU], a: dict[str, Any]) -> Device:
         available = psutil.virtual_memory().available / GIB
     except ImportError:
         available = hw.memory_gb
-    fp32 = hw.gflops.get("fp32", 50.0) / 1000
-    bf16 = hw.gflops.get("bf16", fp32 * 1000) / 1000
+    gflops = _plausible_cpu_gflops(hw.gflops, a)
+    fp32, bf16 = gflops["fp32"] / 1000, gflops["bf16"] / 1000
     return Device(
         name=f"this machine (CPU: {hw.name})", kind="cpu", memory_gb=available,
         capacity_gb=available * a["cpu_usable_memory_fraction"],
         peak_tflops={"fp32": fp32, "bf16": bf16, "fp16": fp32},
         power_w=a["cpu_power_w"], this_machine=True, best_precision=choose_precision("auto", hw),
     )
+
+
+def _plausible_cpu_gflops(cached: dict[str, float], a: dict[str, Any]) -> dict[str, float]:
+    """The CPU's matmul speed: finetune.hardware's cached figures, re-measured if they look disturbed.
+
+    The cache keeps one short measurement; taken while other processes hammer the CPU it can be 40x
+    too low (seen on a shared 2-core machine), which would make every time estimate here wrong.
+    """
+    floor = (os.cpu_count() or 1) * float(a["cpu_min_gflops_per_core"])
+    if cached.get("fp32", 0.0) >= floor:
+        return {"fp32": cached["fp32"], "bf16": cached.get("bf16", cached["fp32"])}
+    from finetune.hardware import measure_matmul_gflops
+
+    fresh = {name: measure_matmul_gflops(name) for name in ("fp32", "bf16")}
+    return {name: max(fresh[name], cached.get(name, 0.0)) for name in fresh}
 
 
 def setup_for(recipe: Recipe, device: Device, num_gpus: int = 1, strategy: str = "ddp",
@@ -957,18 +987,19 @@ def run_setups(recipe: Recipe, device: Device, tokens: Tokens, num_gpus: int = 1
 
 
 def _row(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, num_gpus: int, strategy: str,
-         currency: str, rates: cat.Rates, a: dict[str, Any], utilisation: float | None = None) -> GpuRow:
-    """Estimate one target."""
+         currency: str, rates: cat.Rates, a: dict[str, Any], speed_factor: float = 1.0) -> GpuRow:
+    """Estimate one target (`speed_factor`: measured over predicted step time, from a probe)."""
     t = recipe.training
     setup, average = run_setups(recipe, device, tokens, num_gpus, strategy)
     mem = memory(shape, setup, a)
     ok = fits(mem, device.capacity_gb)
-    util = utilisation or (a["utilisation"] if device.kind == "cuda" else a["cpu_utilisation"])
+    util = a["utilisation"] if device.kind == "cuda" else a["cpu_utilisation"]
     peak = device.peak_tflops.get(setup.precision) or device.peak_tflops["fp32"]
     micro, _ = _work(recipe, tokens, setup)
-    per_micro = seconds_per_micro_batch(shape, average, peak, util, a)
+    per_micro = seconds_per_micro_batch(shape, average, peak, util, a) * speed_factor
     eff = a["scaling_efficiency"].get(strategy, 1.0) if setup.num_gpus > 1 else 1.0
-    eval_seconds = _eval_seconds(recipe, shape, average, tokens, peak, util)
+    eval_seconds = _eval_seconds(recipe, shape, average, tokens, peak, util) * speed_factor
+    util /= speed_factor
     seconds = (per_micro * micro + eval_seconds) / (setup.num_gpus * eff)
     cost = _row_cost(recipe, device, seconds, setup.num_gpus, currency, rates, a)
     return GpuRow(
@@ -1052,14 +1083,14 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
         except cat.CatalogError:
             devices = []  # a label for the user's own machine (e.g. "cpu-2core"): priced as this machine
     probe_info = None
-    machine_util = None
+    machine_speed = 1.0
     if probe:
         probe_info = run_probe_and_compare(recipe, shape, gpus, tokens, a)
-        machine_util = probe_info["utilisation_calibrated"]
+        machine_speed = probe_info["speed_factor"]
     if not gpu or probe or gpu.lower() == "all":
         devices.append(this_machine(gpus, a))
     rows = [_row(recipe, shape, d, tokens, num_gpus, strategy, currency, rates, a,
-                 machine_util if d.this_machine else None) for d in devices]
+                 machine_speed if d.this_machine else 1.0) for d in devices]
     if gpu and gpu.lower() == "all":
         rows.sort(key=_sort_key)
     # The memory breakdown shown is for the recipe's own GPU: the catalogue GPU its cost.gpu names, or
@@ -1121,15 +1152,24 @@ def predicted_step(recipe: Recipe, shape: ModelShape, device: Device, measured: 
     total = mem.total_gb
     if device.kind == "cuda":
         total -= a["cuda_context_gb"]  # the probe reports torch's allocated peak, which excludes the context
-    return {"seconds_per_step": seconds, "peak_memory_mb": total * 1024, "seq": seq,
-            "peak_seq": peak_setup.seq}
+    return {"seconds_per_step": seconds, "peak_memory_mb": total * 1024, "seq": seq, "peak_seq": peak_setup.seq}
+
+
+def speed_factor(predicted_seconds: float, measured_seconds: float) -> float:
+    """Measured over predicted step time: how much slower (>1) or faster this machine is than assumed.
+
+    Calibration scales the whole step, the per-step overhead with the compute: a busy or slow machine
+    dispatches ops more slowly too (on the shared reference machine both grew ~10x under load, while
+    the ratio between two configurations' step times held).
+    """
+    if measured_seconds <= 0 or predicted_seconds <= 0:
+        return 1.0
+    return measured_seconds / predicted_seconds
 
 
 def calibrate_utilisation(predicted_seconds: float, measured_seconds: float, assumed: float) -> float:
-    """The utilisation that makes the prediction match a measured step time."""
-    if measured_seconds <= 0:
-        return assumed
-    return assumed * predicted_seconds / measured_seconds
+    """The utilisation that makes a predicted step time match a measured one."""
+    return assumed / speed_factor(predicted_seconds, measured_seconds)
 
 
 def run_probe_and_compare(recipe: Recipe, shape: ModelShape, gpus: list[cat.GPU], tokens: Tokens,
@@ -1143,7 +1183,7 @@ def run_probe_and_compare(recipe: Recipe, shape: ModelShape, gpus: list[cat.GPU]
     measured = run_probe(recipe, steps=steps)
     assumed = a["utilisation"] if device.kind == "cuda" else a["cpu_utilisation"]
     predicted = predicted_step(recipe, shape, device, measured, tokens, assumed, a)
-    calibrated = calibrate_utilisation(predicted["seconds_per_step"], measured["seconds_per_step"], assumed)
+    factor = speed_factor(predicted["seconds_per_step"], measured["seconds_per_step"])
     return {
         "device": device.name,
         "measured": {k: measured.get(k) for k in ("seconds_per_step", "tokens_per_step", "peak_memory_mb",
@@ -1153,7 +1193,8 @@ def run_probe_and_compare(recipe: Recipe, shape: ModelShape, gpus: list[cat.GPU]
         "memory_error": round(predicted["peak_memory_mb"] / measured["peak_memory_mb"] - 1, 4)
         if measured.get("peak_memory_mb") else None,
         "utilisation_assumed": assumed,
-        "utilisation_calibrated": round(calibrated, 4),
+        "speed_factor": round(factor, 4),
+        "utilisation_calibrated": round(assumed / factor, 4),
     }
 
 

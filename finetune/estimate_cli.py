@@ -80,8 +80,8 @@ def render(result: object) -> None:
         console.print(
             f"probe on {p['device']}: {m['seconds_per_step']:.2f} s/step measured vs "
             f"{q['seconds_per_step']:.2f} predicted; peak {m['peak_memory_mb']:.0f} MB measured vs "
-            f"{q['peak_memory_mb']:.0f} MB predicted; utilisation {p['utilisation_assumed']:.2f} -> "
-            f"{p['utilisation_calibrated']:.3f} (used for this machine)",
+            f"{q['peak_memory_mb']:.0f} MB predicted; this machine's times scaled by {p['speed_factor']:.2f} "
+            f"(utilisation {p['utilisation_assumed']:.2f} -> {p['utilisation_calibrated']:.3f})",
             highlight=False,
         )
     console.print(f"time assumes {result.assumptions['utilisation']:.0%} of a GPU's dense peak "

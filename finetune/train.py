@@ -300,10 +300,13 @@ def training_arguments(
     max_steps: int | None, has_eval: bool,
 ) -> Any:
     """transformers TrainingArguments from the recipe and the hardware choices."""
+    import importlib.util
+
     from transformers import TrainingArguments
 
     t = recipe.training
     report_to = [] if recipe.tracking.wandb == "disabled" else ["wandb"]
+    liger = device == "cuda" and importlib.util.find_spec("liger_kernel") is not None
     eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
     return TrainingArguments(
         output_dir=str(checkpoints_dir),
@@ -339,6 +342,10 @@ def training_arguments(
         disable_tqdm=True,
         dataloader_pin_memory=device == "cuda",
         ddp_find_unused_parameters=False,
+        # Liger's Triton kernels (RMSNorm, RoPE, SwiGLU) on CUDA when installed; its fused linear cross-entropy
+        # stays off because compute_loss already builds logits only at labelled positions.
+        use_liger_kernel=liger,
+        liger_kernel_config={"fused_linear_cross_entropy": False} if liger else None,
     )
 
 

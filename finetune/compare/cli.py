@@ -73,6 +73,9 @@ def compare(
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Regenerate base-model outputs instead of reusing them."
     ),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="Inference dtype: auto (bf16 where measured fast, else fp32), fp32 or bf16."
+    ),
 ) -> None:
     """A/B test adapters against a system prompt: style, drift, retained skill, cost, with 95% CIs."""
     from finetune.compare.report import console_table
@@ -105,6 +108,7 @@ def compare(
         do_sample=do_sample,
         temperature=temperature,
         use_cache=not no_cache,
+        dtype=dtype,
     )
     folder, report = run_compare(options, say=lambda text: console.print(text, highlight=False))
     console.print(console_table(report))

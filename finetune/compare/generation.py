@@ -33,16 +33,25 @@ class GenSettings:
 class ArmModels:
     """The base model loaded once; adapters attached as named PEFT adapters and switched per arm."""
 
-    def __init__(self, recipe: Recipe, adapters: dict[str, Path]) -> None:
+    def __init__(
+        self, recipe: Recipe, adapters: dict[str, Path], dtype: str = "fp32", device: str = "cpu"
+    ) -> None:
         from finetune.inference import attach_adapter, load_base
 
-        self.model, self.tokenizer = load_base(recipe)
+        self.model, self.tokenizer = load_base(recipe, dtype)
         self.peft_names: dict[str, str] = {}
         for index, (label, folder) in enumerate(adapters.items()):
             # PEFT adapter names become module keys, so run names (which may hold dots) are not used.
             name = f"adapter{index}"
             self.model = attach_adapter(self.model, folder, name)
             self.peft_names[label] = name
+        # PEFT keeps adapter weights in fp32; in a bf16 model that costs a cast in every layer. Parameters
+        # only: model.to(dtype) would also round buffers such as the rotary frequencies.
+        from finetune.models import torch_dtype
+
+        for param in self.model.parameters():
+            param.data = param.data.to(torch_dtype(dtype))
+        self.model.to(device)
         self.model.eval()
 
     @contextmanager
@@ -184,14 +193,29 @@ class OutputCache:
         return result
 
 
-def model_identity(recipe: Recipe) -> dict[str, Any]:
-    """What identifies the base model's outputs: its spec, its config and weights file, library versions."""
+def resolve_dtype(requested: str) -> tuple[str, str]:
+    """(dtype, device) for inference: `auto` is bf16 where bf16 matmuls are measured fast, else fp32."""
+    from finetune import hardware
+    from finetune.compare import CompareError
+
+    if requested not in ("auto", "fp32", "bf16"):
+        raise CompareError(f"--dtype {requested}: expected auto, fp32 or bf16")
+    hw = hardware.detect()
+    if requested == "auto":
+        requested = "bf16" if hw.bf16_fast else "fp32"
+    return requested, hw.device
+
+
+def model_identity(recipe: Recipe, dtype: str, device: str) -> dict[str, Any]:
+    """What identifies the base model's outputs: spec, config and weights file, dtype, device, versions."""
     from importlib.metadata import version
 
     from finetune.models import resolve_base_model
 
     source = resolve_base_model(recipe.base_model)
     identity: dict[str, Any] = {
+        "dtype": dtype,
+        "device": device,
         "base_model": recipe.base_model,
         "source": source,
         "torch": version("torch"),

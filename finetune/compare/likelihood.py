@@ -76,15 +76,10 @@ def mc_user_message(question: MCQuestion) -> str:
     return question.question + "\n" + "\n".join(f"- {c}" for c in question.choices)
 
 
-def option_logprobs(model: Any, tokenizer: Any, prefix: str, choices: list[str]) -> list[tuple[float, int]] | None:
-    """(summed log-probability, tokens) of each choice as the continuation of `prefix`, reading the prefix once.
-
-    The prefix runs through the model once and its KV cache is repeated for every choice, so a question
-    costs one prompt plus a few option tokens instead of one full sequence per option. Returns None when
-    a choice's tokens would merge with the prefix's last token (then the caller scores whole sequences).
-    """
-    import torch
-
+def split_options(
+    tokenizer: Any, prefix: str, choices: list[str]
+) -> tuple[list[int], list[list[int]]] | None:
+    """Token ids of the prefix and of each choice as its continuation, or None when they would merge."""
     prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     options = []
     for choice in choices:
@@ -92,18 +87,52 @@ def option_logprobs(model: Any, tokenizer: Any, prefix: str, choices: list[str])
         if full[: len(prefix_ids)] != prefix_ids or len(full) == len(prefix_ids):
             return None
         options.append(full[len(prefix_ids) :])
+    return prefix_ids, options
+
+
+def _common_length(sequences: list[list[int]]) -> int:
+    """Length of the token prefix every sequence shares (at most each one's length minus one)."""
+    if not sequences:
+        return 0
+    limit = min(len(s) for s in sequences) - 1
+    length = 0
+    while length < limit and all(s[length] == sequences[0][length] for s in sequences):
+        length += 1
+    return length
+
+
+def option_logprobs(
+    model: Any,
+    prefix_ids: list[int],
+    options: list[list[int]],
+    pad_id: int,
+    head: Any = None,
+    head_len: int = 0,
+) -> list[tuple[float, int]]:
+    """(summed log-probability, tokens) of each option as the continuation of the prefix.
+
+    The prefix runs through the model once (after `head`, a KV cache of its first `head_len` tokens
+    shared by every question) and its cache is repeated for every option: a question costs its own
+    prompt tokens plus a few option tokens, not one full sequence per option.
+    """
+    import copy
+
+    import torch
+
     device = next(model.parameters()).device
     n, width = len(options), max(len(o) for o in options)
-    ids = torch.full((n, width), tokenizer.pad_token_id, dtype=torch.long)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, len(prefix_ids) + width), dtype=torch.long)
     mask[:, : len(prefix_ids)] = 1
     for i, option in enumerate(options):
         ids[i, : len(option)] = torch.tensor(option)
         mask[i, len(prefix_ids) : len(prefix_ids) + len(option)] = 1
     with torch.inference_mode():
-        head = model(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(head.logits[0, -1].float(), dim=-1)
-        cache = head.cache
+        cache = copy.deepcopy(head) if head is not None else None
+        rest_of_prefix = torch.tensor([prefix_ids[head_len:]], device=device)
+        out = model(input_ids=rest_of_prefix, cache=cache, use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        cache = out.cache
         cache.batch_repeat_interleave(n)
         rest = model(input_ids=ids.to(device), attention_mask=mask.to(device), cache=cache, use_cache=True)
         logprobs = torch.log_softmax(rest.logits.float(), dim=-1)
@@ -124,20 +153,40 @@ def mc_results(
     batch_size: int,
 ) -> list[dict[str, Any]]:
     """Per question: the option chosen by mean and by summed log-probability, and whether each is right."""
-    head = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    import torch
+
+    head_messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    prompts = [[*head_messages, {"role": "user", "content": mc_user_message(q)}] for q in questions]
+    split = [
+        split_options(
+            tokenizer, tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True), q.choices
+        )
+        for q, m in zip(questions, prompts, strict=True)
+    ]
+    # The system prompt and template head are the same for every question: run them once.
+    head_len = _common_length([s[0] for s in split if s is not None])
+    head = None
+    if head_len:
+        first_ids = next(s[0] for s in split if s is not None)
+        with torch.inference_mode():
+            device = next(model.parameters()).device
+            head = model(
+                input_ids=torch.tensor([first_ids[:head_len]], device=device),
+                use_cache=True,
+                logits_to_keep=1,
+            ).cache
     per_question: list[list[tuple[float, int]]] = []
     fallback_rows, fallback_owner = [], []
-    for qi, question in enumerate(questions):
-        messages = [*head, {"role": "user", "content": mc_user_message(question)}]
-        prefix = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        scores = option_logprobs(model, tokenizer, prefix, question.choices)
-        per_question.append(scores or [])
-        if scores is None:
-            for choice in question.choices:
-                full = [*messages, {"role": "assistant", "content": choice}]
-                # No end-of-turn token in the labels: score the option's own words only.
-                fallback_rows.append(tokenize_conversation(tokenizer, full, 4096, terminator=None))
-                fallback_owner.append(qi)
+    for qi, (question, messages, parts) in enumerate(zip(questions, prompts, split, strict=True)):
+        if parts is not None:
+            per_question.append(option_logprobs(model, *parts, tokenizer.pad_token_id, head, head_len))
+            continue
+        per_question.append([])
+        for choice in question.choices:  # a choice whose tokens merge with the prompt: score whole sequences
+            full = [*messages, {"role": "assistant", "content": choice}]
+            # No end-of-turn token in the labels: score the option's own words only.
+            fallback_rows.append(tokenize_conversation(tokenizer, full, 4096, terminator=None))
+            fallback_owner.append(qi)
     if fallback_rows:
         scored = sequence_logprobs(model, fallback_rows, tokenizer.pad_token_id, batch_size)
         for qi, score in zip(fallback_owner, scored, strict=True):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from finetune import atomic
 from finetune.compare.analysis import METRICS
@@ -23,6 +24,17 @@ TABLE_METRICS = [
     "latency_s",
     "s_per_token",
 ]
+# Short labels keep the terminal table inside 80 columns with four arms.
+_SHORT = {
+    "style": "style",
+    "marker_rate": "markers",
+    "perplexity": "perplexity",
+    "style_multi": "style, conv.",
+    "style_long": "style, long",
+    "prompt_tokens": "prompt tokens",
+    "latency_s": "latency (s)",
+    "s_per_token": "s / token",
+}
 _DIGITS = {"prompt_tokens": 1, "latency_s": 2, "s_per_token": 3, "perplexity": 2, "completion_tokens": 1}
 
 
@@ -35,27 +47,44 @@ def fmt_estimate(est: dict[str, Any] | None, digits: int = 2) -> str:
     return f"{est['mean']:.{digits}f} [{est['ci_low']:.{digits}f}, {est['ci_high']:.{digits}f}]"
 
 
-def metric_rows(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """Rows of (metric label, one formatted estimate per arm) for every metric with data."""
+def metric_rows(
+    report: dict[str, Any], short: bool = False
+) -> list[tuple[str, list[dict[str, Any] | None], int]]:
+    """Rows of (metric label, one estimate per arm, decimals) for every metric with data."""
     arms = report["settings"]["arms"]
-    labels = {m.key: m.label for m in METRICS}
+    labels = _SHORT if short else {m.key: m.label for m in METRICS}
     rows = []
     for key in TABLE_METRICS:
-        cells = [fmt_estimate(report["arms"][a].get(key), _DIGITS.get(key, 2)) for a in arms]
-        if any(c != "-" for c in cells):
-            rows.append((labels[key], cells))
+        estimates = [report["arms"][a].get(key) for a in arms]
+        if any(e and e.get("mean") is not None for e in estimates):
+            rows.append((labels[key], estimates, _DIGITS.get(key, 2)))
     for name, section in report["multiple_choice"].items():
-        rows.append((f"MC accuracy ({name})", [fmt_estimate(section["arms"][a]["accuracy"]) for a in arms]))
+        label = f"MC {name}" if short else f"MC accuracy ({name})"
+        rows.append((label, [section["arms"][a]["accuracy"] for a in arms], 2))
     return rows
+
+
+def _text_rows(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """metric_rows with each estimate formatted on one line."""
+    return [(label, [fmt_estimate(e, d) for e in ests]) for label, ests, d in metric_rows(report)]
 
 
 def console_table(report: dict[str, Any]) -> Table:
     """The rich table the terminal shows: metrics down, arms across, mean [95% CI]."""
-    table = Table(title=f"compare {report['run']}: mean [95% CI]", title_justify="left")
+    table = Table(title=f"compare {report['run']}: mean, 95% CI below", title_justify="left")
     table.add_column("metric")
     for arm in report["settings"]["arms"]:
         table.add_column(arm, justify="right")
-    for label, cells in metric_rows(report):
+    for label, estimates, digits in metric_rows(report, short=True):
+        cells = []
+        for est in estimates:
+            if not est or est.get("mean") is None:
+                cells.append(Text("-"))
+                continue
+            cell = Text(f"{est['mean']:.{digits}f}")
+            if est.get("ci_low") is not None:
+                cell.append(f"\n[{est['ci_low']:.{digits}f}, {est['ci_high']:.{digits}f}]", style="dim")
+            cells.append(cell)
         table.add_row(label, *cells)
     return table
 
@@ -94,7 +123,7 @@ def markdown(report: dict[str, Any]) -> str:
         "| metric | " + " | ".join(arms) + " |",
         "|---|" + "---:|" * len(arms),
     ]
-    out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in metric_rows(report)]
+    out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in _text_rows(report)]
     out.append("")
     if report["multiple_choice"]:
         out += ["## Multiple choice", ""]
@@ -229,7 +258,7 @@ def to_html(report: dict[str, Any], charts: dict[str, str | None]) -> str:
         )
     parts.append("<h2>Verdicts</h2><ul>" + "".join(f"<li>{e(v)}</li>" for v in report["verdicts"]) + "</ul>")
     parts.append("<h2>Metrics per arm (mean [95% CI])</h2>")
-    parts.append(_table_html(["metric", *arms], [[label, *cells] for label, cells in metric_rows(report)]))
+    parts.append(_table_html(["metric", *arms], [[label, *cells] for label, cells in _text_rows(report)]))
     if charts.get("metrics"):
         parts.append(f"<img alt='metrics with 95% CI' src='data:image/png;base64,{charts['metrics']}'>")
     if charts.get("drift"):

@@ -20,6 +20,7 @@ from finetune.compare.generation import (
     generate_conversations,
     generate_replies,
     model_identity,
+    resolve_dtype,
     with_system,
 )
 from finetune.compare.likelihood import MC_SCORING, mc_results, reference_log_perplexities
@@ -64,6 +65,7 @@ class CompareOptions:
     temperature: float = 0.7
     use_cache: bool = True
     cache_dir: Path | None = None  # default $FINETUNE_HOME/compare-cache
+    dtype: str = "auto"  # auto: bf16 where the hardware runs it fast (avx512_bf16, AMX, GPUs), else fp32
 
 
 @dataclass
@@ -124,7 +126,8 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
 
     # 3. One base model, every adapter attached by name.
     t0 = time.perf_counter()
-    models = ArmModels(recipe, {a.label: a.run_dir / "adapter" for a in adapters})
+    dtype, device = resolve_dtype(opts.dtype)
+    models = ArmModels(recipe, {a.label: a.run_dir / "adapter" for a in adapters}, dtype, device)
     tokenizer = models.tokenizer
     settings = GenSettings(
         opts.max_new_tokens,
@@ -143,7 +146,7 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
         "temperature": settings.temperature if settings.do_sample else None,
     }
     cache_dir = (opts.cache_dir or finetune_home() / "compare-cache") if opts.use_cache else None
-    cache = OutputCache(cache_dir, model_identity(recipe))
+    cache = OutputCache(cache_dir, model_identity(recipe, dtype, device))
     timings["load_s"] = time.perf_counter() - t0
 
     # 4. Generate: single prompts, conversations (own replies fed back), long answers.
@@ -272,7 +275,8 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
                 "unit": "prompt (multi-turn: conversation)",
             },
             "cache": {"folder": str(cache.folder) if cache.folder else None, "hits": cache.hits},
-            "device": str(getattr(models.model, "device", "cpu")),
+            "device": device,
+            "dtype": dtype,
             "versions": library_versions(),
         },
         "arms": analysis.arm_section(scores, names, opts.seed),
@@ -564,6 +568,14 @@ def _finetune_cost(adapter: Adapter) -> dict[str, Any]:
     return {"amount": amount, "currency": local["currency"], "source": "estimated-local", "note": note}
 
 
+def _money(amount: float, currency: str) -> str:
+    """An amount for a verdict: the catalogue's format, or two significant digits when it would show '<'."""
+    from finetune.cost import format_money
+
+    text = format_money(amount, currency)
+    return f"{amount:.2g} {currency}" if text.startswith("<") else text
+
+
 def _cost_section(
     opts: CompareOptions,
     arms: list[Arm],
@@ -600,7 +612,9 @@ def _cost_section(
                     **breakeven.break_even(amount, extra, price["per_mtok"]),
                     "currency": price["currency"],
                 }
-                cost_text = format_money(spent["amount"], spent["currency"])
+                cost_text = _money(spent["amount"], spent["currency"])
+                if spent["currency"] != price["currency"]:
+                    cost_text += f" = {_money(amount, price['currency'])}"
                 if spent["source"] == "estimated-local":
                     cost_text += " estimated from wall time"
                 text = breakeven.describe(result, arm.name, cost_text, price_text, extra)

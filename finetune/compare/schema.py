@@ -189,6 +189,7 @@ class Settings(_Strict):
     bootstrap: dict[str, Any]
     cache: dict[str, Any]
     device: str
+    dtype: str
     versions: dict[str, str]
 
 

@@ -286,18 +286,29 @@ def test_flops_are_4n_plus_2n_with_recompute(a):
 def test_seconds_scale_with_peak_utilisation_and_quantisation(a):
     shape = E.model_shape("meta-llama/Llama-2-7b-hf")
     setup = E.Setup(bits=None, batch=4, seq=512)
-    base = E.seconds_per_micro_batch(shape, setup, 100, 0.5, a)
-    assert E.seconds_per_micro_batch(shape, setup, 200, 0.5, a) == pytest.approx(base / 2)
-    assert E.seconds_per_micro_batch(shape, setup, 100, 0.25, a) == pytest.approx(base * 2)
-    assert E.seconds_per_micro_batch(shape, replace(setup, bits=4), 100, 0.5, a) == pytest.approx(
-        base * a["quantised_slowdown"][4])
-    expected = 4 * 512 * E.flops_per_token(shape, setup) / (100e12 * 0.5)
-    assert base == pytest.approx(expected)
+    overhead = E.step_overhead_seconds(shape, setup, 100, a)
+    assert overhead == pytest.approx(32 * a["step_overhead_s_per_layer"])
+
+    def compute(**kw):  # the token-proportional part of a micro-batch's time
+        return E.seconds_per_micro_batch(shape, replace(setup, **kw.pop("s", {})), kw.get("peak", 100),
+                                         kw.get("util", 0.5), a) - overhead
+
+    base = compute()
+    assert compute(peak=200) == pytest.approx(base / 2)
+    assert compute(util=0.25) == pytest.approx(base * 2)
+    assert compute(s={"bits": 4}) == pytest.approx(base * a["quantised_slowdown"][4])
+    assert base == pytest.approx(4 * 512 * E.flops_per_token(shape, setup) / (100e12 * 0.5))
+    cpu = replace(setup, bits=4, device="cpu")
+    assert E.seconds_per_micro_batch(shape, cpu, 1.0, 0.5, a) - E.step_overhead_seconds(shape, cpu, 1.0, a) == \
+        pytest.approx(4 * 512 * E.flops_per_token(shape, cpu) / (1e12 * 0.5) * a["cpu_quantised_slowdown"][4])
+    # A CPU's per-step overhead stretches with its speed, like the compute.
+    assert E.step_overhead_seconds(shape, cpu, 0.5, a) == pytest.approx(2 * E.step_overhead_seconds(shape, cpu, 1.0, a))
 
 
-def test_calibration_makes_prediction_match():
+def test_calibration_scales_the_whole_step():
+    assert E.speed_factor(predicted_seconds=2.0, measured_seconds=5.0) == 2.5
+    assert E.speed_factor(2.0, 0.0) == 1.0 and E.speed_factor(0.0, 3.0) == 1.0
     assert E.calibrate_utilisation(predicted_seconds=2.0, measured_seconds=4.0, assumed=0.4) == 0.2
-    assert E.calibrate_utilisation(2.0, 0.0, 0.4) == 0.4
 
 
 def test_padding_and_length_grouping():
