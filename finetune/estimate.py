@@ -958,7 +958,9 @@ def _row_cost(recipe: Recipe, device: Device, seconds: float, num_gpus: int, cur
     else:
         own = section.gpu is not None and device.gpu is not None and _same_gpu(section.gpu, device.gpu)
     if own and (section.hourly_rate or section.electricity):
-        result = run_cost(section, seconds, gpu_power_w=device.power_w, utilisation=a["power_fraction"],
+        # The recipe's cost.power_w is what its own machine draws under load: use it as is.
+        power, share = (section.power_w, 1.0) if section.power_w else (device.power_w, a["power_fraction"])
+        result = run_cost(section, seconds, gpu_power_w=power, utilisation=share,
                           to_currency=currency, num_gpus=num_gpus, rates=rates)
         return {**result, "price": "recipe"}
     if section.electricity and device.gpu is not None and device.gpu.kind == "consumer":

@@ -24,7 +24,14 @@ def peak_memory_mb(device: str) -> dict[str, float]:
             "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20,
             "peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20,
         }
-    # ru_maxrss is in KiB on Linux.
+    # VmHWM is this process image's own high-water mark. ru_maxrss is not: Linux carries it across exec, so
+    # a process started from a large parent (a test runner, a notebook) would report the parent's peak.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return {"peak_memory_mb": int(line.split()[1]) / 1024}
+    except (OSError, ValueError, IndexError):
+        pass
     return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 

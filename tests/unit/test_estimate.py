@@ -484,6 +484,11 @@ def test_recipe_prices_its_own_gpu_and_electricity_for_consumer_cards(tmp_path):
     assert rows["RTX 4090"].cost["basis"] == "electricity-estimated"
     assert rows["RTX 4090"].cost["amount"] == pytest.approx(rows["RTX 4090"].hours * 0.450 * 0.85 * 30)
     assert rows["H100"].cost["basis"] == "rental"  # you rent datacenter cards
+    # The recipe's own machine draws what cost.power_w says.
+    mine = _recipe(tmp_path, "meta-llama/Llama-2-7b-hf", quantization="{bits: 4}",
+                   cost="{gpu: RTX 3090, power_w: 300, electricity: {price_per_kwh: 30, currency: JPY}}")
+    row = E.estimate(mine).rows[0]
+    assert row.name == "RTX 3090" and row.cost["amount"] == pytest.approx(row.hours * 0.300 * 30)
 
 
 def test_estimate_for_training_lines_and_verdict(tmp_path):
