@@ -19,3 +19,6 @@ def register(app: typer.Typer) -> None:
     app.command("merge-adapters")(merge_adapters)
     app.command("chat")(chat)
     app.command("generate")(generate)
+    from finetune.estimate_cli import estimate
+
+    app.command("estimate")(estimate)

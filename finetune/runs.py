@@ -172,7 +172,7 @@ def resolve_run(name_or_path: str) -> Path:
 
 
 def list_runs(root: Path | None = None) -> list[dict[str, Any]]:
-    """Summaries of every run in outputs/, newest first (runs without a summary show as 'running?')."""
+    """Summaries of every run in outputs/, newest first (a run without a summary is running or was killed)."""
     root = root or outputs_dir()
     rows = []
     if not root.is_dir():
@@ -180,7 +180,7 @@ def list_runs(root: Path | None = None) -> list[dict[str, Any]]:
     for run_dir in root.iterdir():
         if not run_dir.is_dir() or not (run_dir / "recipe.yaml").is_file():
             continue
-        summary = read_summary(run_dir) or {"name": run_dir.name, "status": "running?"}
+        summary = read_summary(run_dir) or {"name": run_dir.name, "status": "no summary (running or killed)"}
         summary.setdefault("name", run_dir.name)
         summary["_dir"] = str(run_dir)
         summary["_mtime"] = os.path.getmtime(run_dir)

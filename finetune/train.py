@@ -409,6 +409,8 @@ def train(
     train_rows, eval_rows = split_train_eval(conversations, recipe.dataset.eval_fraction, recipe.training.seed)
     train_ds = tokenize_conversations(tokenizer, train_rows, recipe.dataset.max_length)
     eval_ds = tokenize_conversations(tokenizer, eval_rows, recipe.dataset.max_length) if eval_rows else None
+    if eval_ds is not None and len(eval_ds) == 0:
+        eval_ds = None  # every held-out row was truncated to no labels: nothing to evaluate
 
     # 3. Model: base (4-bit for QLoRA) plus LoRA.
     import torch
