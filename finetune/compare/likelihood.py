@@ -103,45 +103,75 @@ def _common_length(sequences: list[list[int]]) -> int:
 
 def option_logprobs(
     model: Any,
-    prefix_ids: list[int],
-    options: list[list[int]],
+    batch: list[tuple[list[int], list[list[int]]]],
     pad_id: int,
     head: Any = None,
     head_len: int = 0,
-) -> list[tuple[float, int]]:
-    """(summed log-probability, tokens) of each option as the continuation of the prefix.
+) -> list[list[tuple[float, int]]]:
+    """(summed log-probability, tokens) of every option of a batch of questions, continuing each prompt.
 
-    The prefix runs through the model once (after `head`, a KV cache of its first `head_len` tokens
-    shared by every question) and its cache is repeated for every option: a question costs its own
-    prompt tokens plus a few option tokens, not one full sequence per option.
+    Each question's prompt runs through the model once (after `head`, the KV cache of the first
+    `head_len` tokens that every prompt shares); its cache is then gathered once per option, so a
+    question costs its own prompt plus a few option tokens, not one full sequence per option.
+    Prompts and options are right-padded; positions and masks skip the padding.
     """
     import copy
 
     import torch
 
     device = next(model.parameters()).device
-    n, width = len(options), max(len(o) for o in options)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, len(prefix_ids) + width), dtype=torch.long)
-    mask[:, : len(prefix_ids)] = 1
-    for i, option in enumerate(options):
-        ids[i, : len(option)] = torch.tensor(option)
-        mask[i, len(prefix_ids) : len(prefix_ids) + len(option)] = 1
+    lengths = [len(prefix) - head_len for prefix, _ in batch]
+    width = max(lengths)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), head_len + width), dtype=torch.long)
+    mask[:, :head_len] = 1
+    for i, (prefix, _) in enumerate(batch):
+        ids[i, : lengths[i]] = torch.tensor(prefix[head_len:])
+        mask[i, head_len : head_len + lengths[i]] = 1
+    owners = [i for i, (_, options) in enumerate(batch) for _ in options]
+    flat = [option for _, options in batch for option in options]
+    option_width = max(len(o) for o in flat)
+    option_ids = torch.full((len(flat), option_width), pad_id, dtype=torch.long)
+    option_mask = torch.zeros((len(flat), option_width), dtype=torch.long)
+    positions = torch.zeros((len(flat), option_width), dtype=torch.long)
+    for row, (q, option) in enumerate(zip(owners, flat, strict=True)):
+        option_ids[row, : len(option)] = torch.tensor(option)
+        option_mask[row, : len(option)] = 1
+        positions[row] = head_len + lengths[q] + torch.arange(option_width)
+    last = torch.tensor([n - 1 for n in lengths])
+    keep = torch.unique(last)
     with torch.inference_mode():
-        cache = copy.deepcopy(head) if head is not None else None
-        rest_of_prefix = torch.tensor([prefix_ids[head_len:]], device=device)
-        out = model(input_ids=rest_of_prefix, cache=cache, use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        cache = None
+        if head is not None:
+            cache = copy.deepcopy(head)
+            cache.batch_repeat_interleave(len(batch))
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=keep.to(device),
+        )
+        # The logits at each prompt's last real token predict its options' first tokens.
+        first = torch.log_softmax(
+            out.logits[torch.arange(len(batch)), torch.searchsorted(keep, last)].float(), -1
+        )
         cache = out.cache
-        cache.batch_repeat_interleave(n)
-        rest = model(input_ids=ids.to(device), attention_mask=mask.to(device), cache=cache, use_cache=True)
+        cache.batch_select_indices(torch.tensor(owners, device=device))
+        rest = model(
+            input_ids=option_ids.to(device),
+            attention_mask=torch.cat([mask[owners], option_mask], dim=1).to(device),
+            position_ids=positions.to(device),
+            cache=cache,
+            use_cache=True,
+        )
         logprobs = torch.log_softmax(rest.logits.float(), dim=-1)
-    scores = []
-    for i, option in enumerate(options):
-        total = float(first[option[0]])
+    scores: list[list[tuple[float, int]]] = [[] for _ in batch]
+    for row, (q, option) in enumerate(zip(owners, flat, strict=True)):
+        total = float(first[q, option[0]])
         for j in range(1, len(option)):
-            total += float(logprobs[i, j - 1, option[j]])
-        scores.append((total, len(option)))
+            total += float(logprobs[row, j - 1, option[j]])
+        scores[q].append((total, len(option)))
     return scores
 
 
@@ -175,13 +205,17 @@ def mc_results(
                 use_cache=True,
                 logits_to_keep=1,
             ).cache
-    per_question: list[list[tuple[float, int]]] = []
+    per_question: list[list[tuple[float, int]]] = [[] for _ in questions]
     fallback_rows, fallback_owner = [], []
+    ready = [i for i, parts in enumerate(split) if parts is not None]
+    for start in range(0, len(ready), batch_size):
+        chunk = ready[start : start + batch_size]
+        scored = option_logprobs(model, [split[i] for i in chunk], tokenizer.pad_token_id, head, head_len)
+        for i, options in zip(chunk, scored, strict=True):
+            per_question[i] = options
     for qi, (question, messages, parts) in enumerate(zip(questions, prompts, split, strict=True)):
         if parts is not None:
-            per_question.append(option_logprobs(model, *parts, tokenizer.pad_token_id, head, head_len))
             continue
-        per_question.append([])
         for choice in question.choices:  # a choice whose tokens merge with the prompt: score whole sequences
             full = [*messages, {"role": "assistant", "content": choice}]
             # No end-of-turn token in the labels: score the option's own words only.
