@@ -38,7 +38,9 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check finetune tests scripts bench
 
+# QLoRA's memory on a 1B model whose weights dominate, then the four arms (their three lines end the output).
 bench: install
+	$(BIN)/python -m bench.qlora_memory
 	$(BIN)/python -m bench.run
 
 datasets:

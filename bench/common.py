@@ -192,13 +192,13 @@ def _fmt(value: Any, spec: str) -> str:
 
 def format_table(results: list[dict[str, Any]], cuda: bool) -> str:
     """The results as an aligned text table, one row per arm."""
-    memory = ["peak alloc MB", "peak reserved MB"] if cuda else ["peak RSS MB", "anon MB"]
+    memory = ["peak alloc MB", "peak reserved MB"] if cuda else ["peak RSS MB", "steps RSS MB"]
     header = [
         "arm", "precision", "ckpt", "tokens/s", "s/step", "first step s", "wall s", *memory, "held-out loss",
     ]
     rows = [header]
     for r in results:
-        keys = ("peak_allocated_mb", "peak_reserved_mb") if cuda else ("peak_rss_mb", "peak_anon_mb")
+        keys = ("peak_allocated_mb", "peak_reserved_mb") if cuda else ("peak_rss_mb", "peak_rss_steps_mb")
         mem = [_fmt(r.get(k), ".0f") for k in keys]
         rows.append([
             r["arm"], r.get("precision") or "-", {True: "on", False: "off"}.get(r.get("checkpointing"), "-"),

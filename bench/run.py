@@ -5,8 +5,8 @@
 Arms: finetune (automatic choices, through the real CLI), finetune-qlora (4-bit base), trl-defaults
 (SFTTrainer as shipped, use_cpu on a CPU) and trl-tuned (the faster of fp32 and bf16 autocast, measured here
 for a few steps each, without gradient checkpointing). The orchestrator times every arm from the outside:
-it starts the process, notes when each optimizer step's line appears, and reads the process's peak RSS from
-wait4. Results go to outputs/bench/<time>.json and outputs/bench/latest.json.
+it starts the process, notes when each optimizer step's line appears, and samples the process's peak RSS
+(VmHWM) and anonymous memory from /proc. Results go to outputs/bench/<time>.json and outputs/bench/latest.json.
 """
 
 from __future__ import annotations
@@ -64,16 +64,33 @@ def _read_new_lines(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]
     return records, offset + end
 
 
-def _anon_rss_kb(pid: int) -> int:
-    """A process's resident anonymous memory (KiB): its RSS without file pages, such as mapped checkpoints."""
+def _memory_kb(pid: int) -> tuple[int, int]:
+    """A process's peak RSS so far (VmHWM) and its resident anonymous memory now (RssAnon), in KiB.
+
+    VmHWM belongs to the process image: wait4's ru_maxrss does not, since Linux carries it over from the
+    parent across fork and exec. RssAnon leaves out file pages, such as a memory-mapped checkpoint.
+    """
+    found = {"VmHWM": 0, "RssAnon": 0}
     try:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
+                key = line.split(":", 1)[0]
+                if key in found:
+                    found[key] = int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return found["VmHWM"], found["RssAnon"]
+
+
+def _reset_peak(pid: int) -> bool:
+    """Reset a process's VmHWM to its current RSS (Linux: '5' into clear_refs), so that what follows the
+    first step can be told from the peak while loading (a CPU quantising a checkpoint peaks there)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def run_process(cmd: list[str], env: dict[str, str], steps_file: Path, log_file: Path) -> dict[str, Any]:
@@ -82,9 +99,14 @@ def run_process(cmd: list[str], env: dict[str, str], steps_file: Path, log_file:
     with open(log_file, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     points: list[tuple[float, int, int]] = []
-    offset, anon_kb = 0, 0
+    offset, hwm_kb, anon_kb, steps_hwm_kb, reset = 0, 0, 0, 0, False
     while True:
-        anon_kb = max(anon_kb, _anon_rss_kb(proc.pid))
+        hwm, anon = _memory_kb(proc.pid)
+        hwm_kb, anon_kb = max(hwm_kb, hwm), max(anon_kb, anon)
+        if reset:
+            steps_hwm_kb = max(steps_hwm_kb, hwm)
+        elif points:
+            reset = _reset_peak(proc.pid)
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         now = time.monotonic() - start
         records, offset = _read_new_lines(steps_file, offset)
@@ -98,8 +120,9 @@ def run_process(cmd: list[str], env: dict[str, str], steps_file: Path, log_file:
     return {
         "returncode": proc.returncode,
         "wall_s": time.monotonic() - start,
-        "peak_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+        "peak_rss_mb": (hwm_kb or usage.ru_maxrss) / 1024,
         "peak_anon_mb": anon_kb / 1024 or None,
+        "peak_rss_steps_mb": steps_hwm_kb / 1024 or None,
         "steps": len(points),
         **step_rates(points),
     }

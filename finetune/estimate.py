@@ -292,11 +292,13 @@ def weights_bytes(shape: ModelShape, setup: Setup, a: dict[str, Any]) -> float:
     """Bytes of the frozen base weights as stored for training."""
     unquantised = shape.embedding_params + shape.head_params + shape.other_params
     if setup.bits is None:
-        # 16-bit on a GPU; finetune.models keeps frozen weights in fp32 on a CPU (autocast supplies bf16).
-        per = 4 if setup.device == "cpu" or setup.precision == "fp32" else 2
-        return shape.params * per
-    # Non-quantised parts take the compute dtype (fp32 if asked), or the configured kbit upcast.
+        # finetune.models loads frozen weights in the compute precision (bf16 on a CPU too).
+        return shape.params * setup.compute_bytes
+    # Non-quantised parts take the configured kbit upcast (or fp32 if asked); on a CPU in bf16
+    # finetune.train.keep_frozen_weights_in_bf16 casts them back to bf16.
     other = max(int(a["kbit_unquantized_bytes"]), setup.compute_bytes)
+    if _cpu_bf16(setup):
+        other = 2
     if setup.bits == 4:
         block = int(a["nf4_block_size"])
         if setup.double_quant:
@@ -307,13 +309,17 @@ def weights_bytes(shape: ModelShape, setup: Setup, a: dict[str, Any]) -> float:
     return shape.layer_linear_params + 4 * shape.layer_linear_out + unquantised * other
 
 
+def _cpu_bf16(setup: Setup) -> bool:
+    """A CPU run in bf16: every frozen weight in bf16 and LoRA inputs left in bf16 (finetune.train)."""
+    return setup.device == "cpu" and setup.precision == "bf16"
+
+
 def _fp32_storage(setup: Setup, a: dict[str, Any]) -> tuple[bool, bool]:
     """(layer linears stored in fp32, embeddings/head stored in fp32) for this setup."""
     if setup.precision == "fp32":
         return setup.bits is None, True
-    if setup.bits is None:
-        on_cpu = setup.device == "cpu"  # finetune.models keeps frozen weights in fp32 on a CPU
-        return on_cpu, on_cpu
+    if setup.bits is None or _cpu_bf16(setup):
+        return False, False
     return False, int(a["kbit_unquantized_bytes"]) >= 4
 
 
@@ -321,6 +327,8 @@ def _activation_mode(setup: Setup, a: dict[str, Any]) -> str:
     """Which row of activation_coefficients applies."""
     if setup.precision == "fp32":
         mode = "fp32"
+    elif _cpu_bf16(setup):
+        mode = "cpu_bf16"
     elif setup.bits is not None and int(a["kbit_unquantized_bytes"]) >= 4:
         mode = "kbit"
     else:
@@ -338,7 +346,16 @@ def activation_bytes_per_token_layer(shape: ModelShape, setup: Setup, a: dict[st
     per += setup.seq * b  # the additive padding mask, copied per layer
     if shape.eager_attention:
         per += 2 * shape.heads * setup.seq * b  # scores and probabilities (s x s per head)
+    elif _math_attention(setup):
+        per += 4 * shape.heads * setup.seq * b  # torch's matmul SDPA keeps four s x s tensors per head (measured)
     return per
+
+
+def _math_attention(setup: Setup) -> bool:
+    """Whether finetune.train.attention_kernels picks torch's matmul attention for this setup."""
+    from finetune.train import MATH_ATTENTION_MAX_WIDTH
+
+    return _cpu_bf16(setup) and not setup.checkpointing and setup.seq <= MATH_ATTENTION_MAX_WIDTH
 
 
 def activations(shape: ModelShape, setup: Setup, a: dict[str, Any], checkpointing: bool) -> float:
@@ -350,6 +367,8 @@ def activations(shape: ModelShape, setup: Setup, a: dict[str, Any], checkpointin
     # Autocast saves a 16-bit copy of every fp32-stored frozen weight it multiplies with (measured).
     layer_copies = 2 * shape.layer_linear_params if (autocast and layers_fp32) else 0
     head_copy = 2 * shape.vocab * shape.hidden if (autocast and head_fp32) else 0
+    if _cpu_bf16(setup):  # autocast's bf16 copies of the fp32 LoRA weights, kept for backward (measured)
+        layer_copies += 2 * lora_params(shape, setup.lora_r, setup.target_modules)
     if not checkpointing:
         return layer * shape.layers + layer_copies + head_copy
     residual = 4 if head_fp32 else setup.compute_bytes

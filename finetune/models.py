@@ -223,8 +223,9 @@ def load_model(
         kwargs["device_map"] = {"": device if device == "cpu" else int(os.environ.get("LOCAL_RANK", 0))}
         kwargs["dtype"] = torch_dtype(precision)
     else:
-        # Frozen weights in fp32 keep LoRA training exact on a CPU; autocast supplies the bf16 speed.
-        kwargs["dtype"] = torch_dtype(weights_dtype or ("fp32" if device == "cpu" else precision))
+        # Frozen weights in the compute precision: bf16 halves their memory and autocast's per-step recasts;
+        # LoRA's own weights stay fp32 (peft's autocast_adapter_dtype), so its updates keep full precision.
+        kwargs["dtype"] = torch_dtype(weights_dtype or precision)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:

@@ -33,7 +33,7 @@ _SHORT = {
     "style_long": "style, long",
     "prompt_tokens": "prompt tokens",
     "latency_s": "latency (s)",
-    "s_per_token": "s / token",
+    "s_per_token": "ms / token",
 }
 _DIGITS = {"prompt_tokens": 1, "latency_s": 2, "s_per_token": 3, "perplexity": 2, "completion_tokens": 1}
 
@@ -81,6 +81,11 @@ def console_table(report: dict[str, Any]) -> Table:
             if not est or est.get("mean") is None:
                 cells.append(Text("-"))
                 continue
+            if label == _SHORT["s_per_token"]:  # milliseconds read better in a narrow column
+                est = {k: (v * 1000 if isinstance(v, float) else v) for k, v in est.items()}
+                digits = 0
+            elif label == _SHORT["perplexity"]:
+                digits = 1
             cell = Text(f"{est['mean']:.{digits}f}")
             if est.get("ci_low") is not None:
                 cell.append(f"\n[{est['ci_low']:.{digits}f}, {est['ci_high']:.{digits}f}]", style="dim")

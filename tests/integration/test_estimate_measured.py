@@ -175,23 +175,29 @@ def _saved_bytes(model, inputs: dict, autocast: bool) -> int:
     return sum(n for ptr, n in seen.items() if ptr not in params)
 
 
-@pytest.mark.parametrize("mode, dropout", [("fp32", 0.0), ("fp32", 0.05), ("bf16", 0.0), ("bf16", 0.05),
-                                           ("4bit", 0.05)])
-def test_activation_formula_matches_saved_tensors(tmp_path, mode, dropout):
+# Modes: fp32 (a CPU without fast bf16); bf16 and 4bit as finetune.train builds them on a bf16-capable CPU
+# (every frozen weight bf16, LoRA inputs not upcast, matmul attention up to 160 tokens: 96 and 200 cover both
+# kernels); cuda-bf16 as on a GPU (bf16 weights, autocast, peft upcasting LoRA inputs), emulated on the CPU.
+@pytest.mark.parametrize("mode, dropout, seq", [
+    ("fp32", 0.0, 96), ("fp32", 0.05, 96), ("bf16", 0.0, 96), ("bf16", 0.05, 96), ("bf16", 0.05, 200),
+    ("4bit", 0.05, 96), ("4bit", 0.0, 200), ("cuda-bf16", 0.0, 96), ("cuda-bf16", 0.05, 200),
+])
+def test_activation_formula_matches_saved_tensors(tmp_path, mode, dropout, seq):
     # The bundled model's architecture (random weights: saved sizes do not depend on values), LoRA on
-    # all linear layers, built the way finetune.models and finetune.train build it: a frozen fp32 base
-    # on a CPU with bf16 through autocast, or a 4-bit base prepared with prepare_model_for_kbit_training.
+    # all linear layers, built with finetune.train's own helpers where it has them.
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from finetune.train import attention_kernels, keep_frozen_weights_in_bf16
 
     entry = cat.find_model("bundled:smollm2-135m-instruct", cat.load_models())[1]
     config = E.config_from_catalogue(entry)
     config.num_hidden_layers = 4  # the per-layer formula does not care how many layers there are
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32 if mode == "fp32" else torch.bfloat16)
     if mode == "4bit":
-        model.to(torch.bfloat16).save_pretrained(tmp_path)
+        model.save_pretrained(tmp_path)
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=torch.bfloat16)
         model = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quant, dtype=torch.bfloat16,
@@ -199,15 +205,20 @@ def test_activation_formula_matches_saved_tensors(tmp_path, mode, dropout):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout,
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
+    cpu_bf16 = mode in ("bf16", "4bit")
+    if cpu_bf16:
+        keep_frozen_weights_in_bf16(model)
     model.train()
-    batch, seq = 2, 96
+    batch = 2
     ids = torch.randint(0, config.vocab_size, (batch, seq))
     mask = torch.ones_like(ids)
     mask[0, seq // 2:] = 0  # padding, as in real batches (it makes SDPA repeat k and v for GQA)
-    saved = _saved_bytes(model, {"input_ids": ids, "attention_mask": mask}, autocast=mode != "fp32")
+    with attention_kernels(cpu_bf16, seq, checkpointing=False):
+        saved = _saved_bytes(model, {"input_ids": ids, "attention_mask": mask}, autocast=mode != "fp32")
     shape = E.shape_from_config(config, "smollm2-4-layers")
     setup = E.Setup(bits=4 if mode == "4bit" else None, precision="fp32" if mode == "fp32" else "bf16",
-                    device="cpu", lora_r=8, lora_dropout=dropout, batch=batch, seq=seq, checkpointing=False)
+                    device="cuda" if mode == "cuda-bf16" else "cpu", lora_r=8, lora_dropout=dropout, batch=batch,
+                    seq=seq, checkpointing=False)
     a = E.assumptions()
     predicted = E.activations(shape, setup, a, checkpointing=False)
     predicted += batch * seq * shape.vocab * 4  # cross-entropy's saved fp32 log-softmax (part of logits_gb)

@@ -39,7 +39,10 @@ def test_loss_falls_over_30_steps_and_adapter_reloads_exactly(bundled_dir, pirat
     trained = extract_model_from_parallel(trained, keep_fp32_wrapper=False).float().eval()
     with torch.no_grad():
         expected = trained(**batch).logits.float()
-    base = AutoModelForCausalLM.from_pretrained(bundled_dir, dtype=torch.float32)
+    # A CPU that trains in bf16 keeps the frozen base in bf16 (finetune.train.keep_frozen_weights_in_bf16):
+    # the adapter must reproduce the trained model on that same base, cast up to fp32 like `trained` above.
+    base_dtype = torch.bfloat16 if summary["precision"] == "bf16" else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(bundled_dir, dtype=base_dtype).float()
     reloaded = PeftModel.from_pretrained(base, tmp_path / "run/adapter").eval()
     with torch.no_grad():
         got = reloaded(**batch).logits.float()

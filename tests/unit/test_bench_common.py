@@ -113,7 +113,7 @@ def _results() -> list[dict]:
     return [
         {"arm": "finetune", "precision": "bf16", "checkpointing": False, "tokens_per_s": 1000.0,
          "seconds_per_step": 0.9, "time_to_first_step_s": 12.3, "wall_s": 40.0, "peak_rss_mb": 2100.0,
-         "peak_anon_mb": 1900.0, "heldout_loss": 1.23456},
+         "peak_rss_steps_mb": 1900.0, "heldout_loss": 1.23456},
         {"arm": "trl-defaults", "precision": "bf16", "checkpointing": True, "tokens_per_s": 250.0,
          "seconds_per_step": 3.6, "time_to_first_step_s": 20.0, "wall_s": 95.0, "peak_rss_mb": 3000.0,
          "heldout_loss": 1.25},
@@ -139,7 +139,7 @@ def test_format_table_aligns_columns_and_marks_missing_values():
     table = format_table(_results(), cuda=False).splitlines()
     assert table[0].split() == [
         "arm", "precision", "ckpt", "tokens/s", "s/step", "first", "step", "s", "wall", "s",
-        "peak", "RSS", "MB", "anon", "MB", "held-out", "loss",
+        "peak", "RSS", "MB", "steps", "RSS", "MB", "held-out", "loss",
     ]
     assert len({len(line) for line in table}) == 1  # every line padded to the same width
     assert table[2].split() == ["finetune", "bf16", "off", "1000", "0.90", "12.3", "40.0", "2100", "1900",
