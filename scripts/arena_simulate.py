@@ -1,9 +1,12 @@
 """Cast arena votes with simulated raters who prefer the persona's voice, then print the leaderboard.
 
-A simulated rater sees only what a person sees (the blind pair), looks the two texts up in the compare
-folder's samples.jsonl, and picks the side with the higher automatic `scores.style` (or, without
-style scores, the higher `scores.marker`); near-equal scores give a tie, and with probability
---noise the rater picks the other side. It talks to a running server (--url) or, without --url, to an
+A simulated rater sees only what a person sees (the blind pair). With `--judge markers` (the default) it
+reads the two answers and counts the persona's marker phrases in each (the recipe's `style.markers`, the
+same regular expressions compare uses), so its votes are independent of compare's style classifier and
+the leaderboard's "agreement with the automatic style score" means something. With `--judge style` it
+looks the texts up in samples.jsonl and picks the higher automatic `scores.style`. Equal counts (or
+near-equal scores) give a tie, and with probability --noise the rater picks the other side.
+It talks to a running server (--url) or, without --url, to an
 in-process app on --db (default outputs/arena-sim.sqlite, kept apart from people's votes; with --url
 the votes go into that server's database, as votes of raters named sim-1, sim-2, ...).
 
@@ -14,7 +17,9 @@ the votes go into that server's database, as votes of raters named sim-1, sim-2,
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -46,6 +51,34 @@ def preference(
     return best
 
 
+def marker_preference(
+    left: str, right: str, markers: list[re.Pattern], rng: random.Random, noise: float
+) -> str:
+    """Return the simulated choice by reading the texts: more persona markers wins, equal counts tie."""
+    a, b = (sum(len(m.findall(text)) for m in markers) for text in (left, right))
+    if a == b:
+        return "tie"
+    best = "a" if a > b else "b"
+    if rng.random() < noise:
+        return "b" if best == "a" else "a"
+    return best
+
+
+def recipe_markers(compares: dict) -> list[re.Pattern]:
+    """The style markers of the recipe that each compare folder was made from (its report's settings)."""
+    from finetune.compare.metrics import compile_markers
+    from finetune.recipe import load_recipe
+
+    patterns: list[str] = []
+    for compare in compares.values():
+        report = json.loads((Path(compare.source) / "report.json").read_text(encoding="utf-8"))
+        recipe = load_recipe(Path(report["settings"]["recipe"]))
+        patterns += [p for p in recipe.style.markers if p not in patterns]
+    if not patterns:
+        raise SystemExit("the recipe names no style.markers: use --judge style")
+    return compile_markers(patterns)
+
+
 def _client(args: argparse.Namespace, compares: dict):  # noqa: ANN202 (httpx or starlette client)
     """Return an HTTP client for the server, or for an in-process app on --db."""
     headers = {"X-Arena-Token": args.token} if args.token else {}
@@ -72,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="a running `finetune arena` server (default: in-process)")
     parser.add_argument("--db", type=Path, help="in-process database (default outputs/arena-sim.sqlite)")
     parser.add_argument("--token", help="the server's token, if it has one")
+    parser.add_argument("--judge", default="markers", choices=["markers", "style"],
+                        help="read the texts for persona markers, or use compare's style scores")
     parser.add_argument("--votes", type=int, default=60, help="votes to cast in total")
     parser.add_argument("--raters", type=int, default=3, help="simulated raters (each sees a pair once)")
     parser.add_argument("--noise", type=float, default=0.15, help="probability of picking the other side")
@@ -89,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         for by_arm in c.samples.values()
         for s in by_arm.values()
     }
+    markers = recipe_markers(compares) if args.judge == "markers" else []
     rng = random.Random(args.seed)
     raters = [f"sim-{k + 1}" for k in range(args.raters)]
     cast = 0
@@ -103,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             left = index.get((pair["prompt_id"], pair["turn"], pair["a"]))
             right = index.get((pair["prompt_id"], pair["turn"], pair["b"]))
-            choice = preference(left, right, rng, args.noise, args.margin)
+            if args.judge == "markers":
+                choice = marker_preference(pair["a"], pair["b"], markers, rng, args.noise)
+            else:
+                choice = preference(left, right, rng, args.noise, args.margin)
             body = {"pair_id": pair["pair_id"], "rater": rater, "choice": choice}
             vote = client.post("/api/vote", json=body)
             vote.raise_for_status()
