@@ -930,6 +930,7 @@ class Estimate:
     currency: str
     assumptions: dict[str, Any]
     probe: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None  # a speed factor from an earlier --probe on this machine
 
     def to_json(self) -> dict[str, Any]:
         """The documented `--json` schema (docs/estimate.md)."""
@@ -949,6 +950,7 @@ class Estimate:
             "hosted_apis": self.hosted,
             "currency": self.currency,
             "probe": self.probe,
+            "calibration": self.calibration,
             "assumptions": {k: self.assumptions[k] for k in
                             ("utilisation", "cpu_utilisation", "quantised_slowdown", "scaling_efficiency",
                              "power_fraction", "cuda_context_gb", "allocator_margin")},
@@ -1106,10 +1108,11 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
         except cat.CatalogError:
             devices = []  # a label for the user's own machine (e.g. "cpu-2core"): priced as this machine
     probe_info = None
-    machine_speed = 1.0
+    calibration = remembered_speed()
     if probe:
         probe_info = run_probe_and_compare(recipe, shape, gpus, tokens, a)
-        machine_speed = probe_info["speed_factor"]
+        calibration = remember_speed(probe_info["speed_factor"], recipe.name)
+    machine_speed = calibration["speed_factor"] if calibration else 1.0
     if not gpu or probe or gpu.lower() == "all":
         devices.append(this_machine(gpus, a))
     rows = [_row(recipe, shape, d, tokens, num_gpus, strategy, currency, rates, a,
@@ -1147,6 +1150,7 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
         currency=currency,
         assumptions=a,
         probe=probe_info,
+        calibration=calibration,
     )
 
 
@@ -1195,6 +1199,52 @@ def calibrate_utilisation(predicted_seconds: float, measured_seconds: float, ass
     return assumed / speed_factor(predicted_seconds, measured_seconds)
 
 
+SPEED_FILE = "speed.json"
+
+
+def machine_key() -> str:
+    """This machine's device and torch version: a measured speed factor holds only where it was measured."""
+    import torch
+
+    from finetune.hardware import detect
+
+    return f"{detect().device}|{detect().name}|{torch.__version__}"
+
+
+def remember_speed(factor: float, recipe_name: str) -> dict[str, Any]:
+    """Store a probe's speed factor for this machine ($FINETUNE_HOME/speed.json) and return the record.
+
+    Later estimates here, and `finetune train`'s two-line estimate, scale this machine's times by it: an
+    uncalibrated CPU estimate can be 2x off (docs/estimate.md), a probed one was within 25%.
+    """
+    from datetime import datetime
+
+    from finetune import atomic
+    from finetune.paths import finetune_home
+
+    record = {"key": machine_key(), "speed_factor": round(factor, 4), "recipe": recipe_name,
+              "measured_at": datetime.now().astimezone().isoformat(timespec="seconds")}
+    try:
+        atomic.write_json(finetune_home() / SPEED_FILE, record)
+    except OSError:
+        pass  # a read-only cache costs later estimates their calibration, not this one its answer
+    return record
+
+
+def remembered_speed() -> dict[str, Any] | None:
+    """The speed factor a probe stored for this machine, or None (none yet, another machine or torch)."""
+    from finetune.paths import finetune_home
+
+    try:
+        record = json.loads((finetune_home() / SPEED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("key") != machine_key():
+        return None
+    factor = record.get("speed_factor")
+    return record if isinstance(factor, (int, float)) and factor > 0 else None
+
+
 def run_probe_and_compare(recipe: Recipe, shape: ModelShape, gpus: list[cat.GPU], tokens: Tokens,
                           a: dict[str, Any], steps: int = 4) -> dict[str, Any]:
     """Run a few real training steps here (finetune.train.run_probe) and compare them with the prediction."""
@@ -1237,7 +1287,9 @@ def estimate_for_training(recipe: Recipe, gpu_name: str | None = None) -> tuple[
     currency = display_currency(recipe.cost)
     strategy = recipe.distributed.strategy if recipe.distributed.strategy != "none" else "ddp"
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    row = _row(recipe, shape, device, tokens, world, strategy, currency, cat.load_rates(), a)
+    calibration = remembered_speed() if device.this_machine else None
+    speed = calibration["speed_factor"] if calibration else 1.0
+    row = _row(recipe, shape, device, tokens, world, strategy, currency, cat.load_rates(), a, speed)
     mem = row.memory
     assert mem is not None
     where = "available RAM" if device.kind == "cpu" else "GPU memory"
@@ -1251,6 +1303,10 @@ def estimate_for_training(recipe: Recipe, gpu_name: str | None = None) -> tuple[
     basis = f" ({cost['basis']})" if cost.get("basis") not in (None, "none") else ""
     line2 = (f"time: about {_hours_text(row.hours)} for {tokens.per_epoch:,} tokens/epoch x "
              f"{recipe.training.epochs:g} epochs; cost: {money}{basis}")
+    if calibration:
+        line2 += f"; speed calibrated by the probe of {calibration['measured_at'][:10]}"
+    else:
+        line2 += "; rough until `finetune estimate --probe` has measured this machine"
     if not row.fits and row.suggestions:
         line1 += f"; try {row.suggestions[0]}"
     return [line1, line2], row.fits

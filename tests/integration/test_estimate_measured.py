@@ -229,3 +229,32 @@ def test_activation_formula_matches_saved_tensors(tmp_path, mode, dropout, seq):
     predicted += batch * seq * shape.vocab * 4  # cross-entropy's saved fp32 log-softmax (part of logits_gb)
     message = f"predicted {predicted / 2**20:.1f} MiB, saved {saved / 2**20:.1f} MiB"
     assert predicted == pytest.approx(saved, rel=0.10), message
+
+
+@pytest.mark.slow
+def test_probe_through_the_cli_calibrates_later_estimates(bundled_dir, tmp_path):
+    """`finetune estimate --probe` runs real steps, stores its speed factor, and the next estimate uses it."""
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / bundled_dir.name).symlink_to(bundled_dir)  # no second conversion
+    for name in ("hardware.json",):
+        if (bundled_dir.parent.parent / name).exists():
+            (home / name).write_bytes((bundled_dir.parent.parent / name).read_bytes())
+    env = {**os.environ, "FINETUNE_HOME": str(home), "WANDB_MODE": "disabled"}
+    args = [sys.executable, "-m", "finetune", "estimate", str(RECIPE), "--json",
+            "--set", "dataset.max_length=64", "--set", "training.batch_size=2"]
+
+    def run(*extra: str) -> dict:
+        done = subprocess.run([*args, *extra], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout)
+
+    probed = run("--probe")
+    probe = probed["probe"]
+    assert probe["measured"]["seconds_per_step"] > 0 and probe["measured"]["peak_memory_mb"] > 0
+    assert probe["speed_factor"] > 0 and probed["calibration"]["speed_factor"] == round(probe["speed_factor"], 4)
+    mine = next(g for g in probed["gpus"] if g["this_machine"])
+    later = run()
+    assert later["probe"] is None and later["calibration"] == probed["calibration"]
+    again = next(g for g in later["gpus"] if g["this_machine"])
+    assert again["hours"] == pytest.approx(mine["hours"], rel=1e-6)

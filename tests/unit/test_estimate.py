@@ -534,3 +534,38 @@ def test_cli_json_output(tmp_path):
     table = CliRunner().invoke(app, ["estimate", str(recipe), "--gpu", "all"])
     assert table.exit_code == 0, table.output
     assert "RTX 4090" in table.output and "logits" in table.output
+
+
+def test_a_stored_probe_speed_scales_this_machine_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("FINETUNE_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    import shutil
+
+    from finetune.paths import finetune_home
+
+    real = Path.home() / ".cache" / "finetune" / "hardware.json"  # spare a fresh matmul measurement
+    if real.exists():
+        shutil.copy(real, finetune_home() / "hardware.json")
+    recipe = _recipe(tmp_path, "HuggingFaceTB/SmolLM2-135M-Instruct", quantization="{bits: null}",
+                     training="{batch_size: 2}")
+    before = {r.name: r.hours for r in E.estimate(recipe, gpu="all").rows}
+    assert E.remembered_speed() is None
+    lines_before, _ = E.estimate_for_training(recipe)
+    assert "rough until" in lines_before[1]
+
+    E.remember_speed(2.5, recipe.name)
+    result = E.estimate(recipe, gpu="all")
+    after = {r.name: r.hours for r in result.rows}
+    mine = next(name for name in after if name.startswith("this machine"))
+    assert after[mine] == pytest.approx(before[mine] * 2.5, rel=1e-6)
+    assert all(after[n] == before[n] for n in after if n != mine), "catalogue GPUs are not scaled"
+    assert result.to_json()["calibration"]["speed_factor"] == 2.5
+    lines_after, _ = E.estimate_for_training(recipe)
+    assert "calibrated by the probe" in lines_after[1]
+
+    # A factor measured on another machine (or torch) is ignored.
+    record = json.loads((finetune_home() / E.SPEED_FILE).read_text())
+    (finetune_home() / E.SPEED_FILE).write_text(json.dumps({**record, "key": "cpu|elsewhere|0.0"}))
+    assert E.remembered_speed() is None
+    (finetune_home() / E.SPEED_FILE).write_text("not json")
+    assert E.remembered_speed() is None
