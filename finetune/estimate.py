@@ -1107,14 +1107,14 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
             devices = [device_for_gpu(cat.find_gpu(recipe.cost.gpu, gpus), a)]
         except cat.CatalogError:
             devices = []  # a label for the user's own machine (e.g. "cpu-2core"): priced as this machine
-    probe_info = None
-    calibration = remembered_speed()
+    probe_info = calibration = None
     if probe:
         probe_info = run_probe_and_compare(recipe, shape, gpus, tokens, a)
         calibration = remember_speed(probe_info["speed_factor"], recipe.name)
-    machine_speed = calibration["speed_factor"] if calibration else 1.0
     if not gpu or probe or gpu.lower() == "all":
         devices.append(this_machine(gpus, a))
+        calibration = calibration or remembered_speed()  # only this machine's row is scaled by it
+    machine_speed = calibration["speed_factor"] if calibration else 1.0
     rows = [_row(recipe, shape, d, tokens, num_gpus, strategy, currency, rates, a,
                  machine_speed if d.this_machine else 1.0) for d in devices]
     if gpu and gpu.lower() == "all":
