@@ -1208,7 +1208,8 @@ def machine_key() -> str:
 
     from finetune.hardware import detect
 
-    return f"{detect().device}|{detect().name}|{torch.__version__}"
+    hw = detect()
+    return f"{hw.device}|{hw.name}|{torch.__version__}"
 
 
 def remember_speed(factor: float, recipe_name: str) -> dict[str, Any]:

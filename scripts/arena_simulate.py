@@ -45,7 +45,11 @@ def preference(
         return rng.choice(["a", "b"])
     if abs(a - b) < margin:
         return "tie"
-    best = "a" if a > b else "b"
+    return _noisy("a" if a > b else "b", rng, noise)
+
+
+def _noisy(best: str, rng: random.Random, noise: float) -> str:
+    """The better side, or with probability `noise` the other one (a rater's slips)."""
     if rng.random() < noise:
         return "b" if best == "a" else "a"
     return best
@@ -58,10 +62,7 @@ def marker_preference(
     a, b = (sum(len(m.findall(text)) for m in markers) for text in (left, right))
     if a == b:
         return "tie"
-    best = "a" if a > b else "b"
-    if rng.random() < noise:
-        return "b" if best == "a" else "a"
-    return best
+    return _noisy("a" if a > b else "b", rng, noise)
 
 
 def recipe_markers(compares: dict) -> list[re.Pattern]:
