@@ -1,0 +1,64 @@
+"""Answer-quality scores: loops flagged, clean replies not; distinct-n, end-of-turn, content kept."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from finetune.compare import quality
+
+# Loops quoted in issue 21 from the demo's samples.jsonl, and clean replies from the pirate dataset.
+LOOPS = [
+    "Arr, ye be right on time, matey! " * 6,
+    "Arr, ye'll be ready to answer any question ye be asked. " * 4,
+    "Aye, aye, aye, aye, aye, aye, aye, aye, aye, aye, aye, aye, aye, aye, aye, aye",
+    "You can't. You can't. You can't. You can't. You can't. You can't. You can't.",
+    "ごきげんよう。わたくしはお嬢様ですわ。" * 5,
+]
+CLEAN = [
+    "Arr, a fine question, matey! Rinse one cup o' rice, then simmer it with about one and a half cups o' "
+    "water and a pinch o' salt, lid on, fer 12 to 15 minutes. Let it rest off the heat fer five minutes, "
+    "then fluff it with a fork. Remember that, ye landlubber, and ye'll never run aground!",
+    "The capital of France is Paris. It sits on the Seine and is known for its museums.",
+    "ごきげんよう。わたくしが説明いたしますわ。お米は水で洗ってから炊きますのよ。",
+    "Yes.",
+]
+
+
+@pytest.mark.parametrize("text", LOOPS)
+def test_a_loop_is_flagged(text):
+    assert quality.is_loop(text)
+    assert quality.repeated_ngram_share(text) >= quality.LOOP_SHARE
+
+
+@pytest.mark.parametrize("text", CLEAN)
+def test_a_clean_reply_is_not(text):
+    assert not quality.is_loop(text)
+
+
+def test_distinct_n_and_end_of_turn():
+    assert quality.distinct_n("a b c d") == 1.0
+    assert quality.distinct_n("aye aye aye aye aye") == 0.25
+    assert quality.distinct_n("one") is None
+    assert quality.ended_at_eot(12, 64) and not quality.ended_at_eot(64, 64)
+
+
+def test_length_ratio_and_markers_removed():
+    markers = [re.compile(p, re.IGNORECASE) for p in (r"\barr+\b", r"\bmatey\b")]
+    assert quality.strip_markers("Arr, matey! Paris it is, matey.", markers) == ", ! Paris it is, ."
+    assert quality.length_ratio("one two", "one two three four") == 0.5
+    assert quality.length_ratio("x", "") is None
+
+
+def test_content_kept_uses_the_embedder_on_marker_free_text():
+    seen = []
+
+    def embed(texts):
+        seen.extend(texts)
+        return [[1.0, 0.0] if "paris" in t.lower() else [0.0, 1.0] for t in texts]
+
+    markers = [re.compile(r"\barr\b", re.IGNORECASE)]
+    kept = quality.content_kept(["Arr Paris", "Arr rice", "x"], ["Paris", "Paris", None], markers, embed)
+    assert kept == [1.0, 0.0, None]
+    assert all("arr" not in t.lower() for t in seen)
