@@ -171,6 +171,23 @@ class DistributedConfig(_Section):
     strategy: Literal["none", "ddp", "fsdp", "zero2", "zero3"] = "none"
 
 
+class DistillConfig(_Section):
+    """Context distillation (`finetune distill`): the prompted teacher's replies become dataset.path."""
+
+    prompts: str = "bundled"  # the bundled pool, or a JSONL of {"prompt"} / {"messages"} rows
+    n: int | None = Field(64, ge=1)  # prompts to distill (None: all)
+    candidates: int = Field(4, ge=1, le=32)  # sampled replies per prompt; the best passing one is kept
+    teacher: str | None = None  # None: base_model with system_prompt; a local model folder; an http(s) URL
+    teacher_model: str | None = None  # the model name sent to an endpoint teacher
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.8, gt=0)
+    min_style: float = Field(0.5, ge=0.0, le=1.0)
+    min_content: float = Field(0.3, ge=-1.0, le=1.0)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    timeout: float = Field(120, gt=0)  # seconds per endpoint request
+
+
 class Recipe(_Section):
     """A whole recipe: base model, data, LoRA, quantisation, training, cost, tracking, style."""
 
@@ -187,6 +204,7 @@ class Recipe(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     style: StyleConfig = Field(default_factory=StyleConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    distill: DistillConfig | None = None
 
     @field_validator("name")
     @classmethod
