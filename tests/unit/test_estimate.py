@@ -16,6 +16,7 @@ import pytest
 from finetune import catalog as cat
 from finetune import estimate as E
 from finetune.errors import ModelError
+from finetune.estimate.shape import _shape_cached
 from finetune.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,11 +87,11 @@ def test_user_models_file_adds_a_model(tmp_path, monkeypatch):
         "models:\n  me/tiny-llama:\n    architecture: llama\n    hidden_size: 256\n"
         "    intermediate_size: 512\n"
         "    num_layers: 2\n    heads: 4\n    vocab_size: 1000\n    max_position: 512\n")
-    E._shape_cached.cache_clear()
+    _shape_cached.cache_clear()
     try:
         shape = E.model_shape("me/tiny-llama")
     finally:
-        E._shape_cached.cache_clear()
+        _shape_cached.cache_clear()
     # 2 layers x (4 x 256^2 + 3 x 256 x 512) + embeddings + head + norms (2 per layer + final).
     assert shape.params == 2 * (4 * 256 * 256 + 3 * 256 * 512) + 2 * 1000 * 256 + (2 * 2 + 1) * 256
 
@@ -517,7 +518,7 @@ def test_cli_json_output(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from finetune.estimate_cli import estimate as command
+    from finetune.estimate.cli import estimate as command
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"name: cli\nbase_model: Qwen/Qwen2.5-0.5B-Instruct\n"

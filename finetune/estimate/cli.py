@@ -29,7 +29,7 @@ def estimate(
     catalog: Path | None = typer.Option(None, "--catalog", help="Your own GPU/model catalogue YAML file."),
 ) -> None:
     """Will the recipe fit, how long will it take, what will it cost (no weights are loaded)."""
-    from finetune.estimate import estimate as plan
+    from finetune.estimate.plan import estimate as plan
     from finetune.recipe import load_recipe
 
     loaded = load_recipe(recipe, set_)
@@ -43,7 +43,7 @@ def estimate(
 
 def render(result: object) -> None:
     """Print an Estimate as a few rich tables."""
-    from finetune.estimate import Estimate, hours_text
+    from finetune.estimate.plan import Estimate, hours_text
 
     assert isinstance(result, Estimate)
     shape, setup, tokens = result.model, result.setup, result.tokens
@@ -120,7 +120,7 @@ def _memory_table(result: object) -> None:
 
 def _gpu_table(result: object) -> None:
     """One row per target: fits, largest batch and sequence, hours, cost."""
-    from finetune.estimate import hours_text
+    from finetune.estimate.plan import hours_text
 
     rows = result.rows  # type: ignore[attr-defined]
     multi = any(r.num_gpus > 1 for r in rows)

@@ -1,0 +1,122 @@
+"""Estimation targets (a catalogue GPU or this machine) and a recipe's setups on one of them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from finetune import catalog as cat
+from finetune.estimate.memory import GIB, Setup
+from finetune.estimate.tokens import Tokens, logits_fractions, padded_tokens
+
+if TYPE_CHECKING:
+    from finetune.recipe import Recipe
+
+
+@dataclass
+class Device:
+    """A target to estimate for: a catalogue GPU or this machine."""
+
+    name: str
+    kind: str  # cuda or cpu
+    memory_gb: float  # nominal memory (GPU) or available RAM (CPU)
+    capacity_gb: float  # what a run may use
+    peak_tflops: dict[str, float]
+    power_w: float | None
+    gpu: cat.GPU | None = None
+    this_machine: bool = False
+    best_precision: str = "bf16"
+
+
+def device_for_gpu(gpu: cat.GPU, a: dict[str, Any]) -> Device:
+    """A catalogue GPU as an estimation target."""
+    return Device(
+        name=gpu.name, kind="cuda", memory_gb=gpu.memory_gb,
+        capacity_gb=gpu.memory_gb * a["usable_memory_fraction"],
+        peak_tflops={p: gpu.tflops(p) for p in ("fp32", "bf16", "fp16")},
+        power_w=gpu.power_w, gpu=gpu, best_precision=gpu.best_precision(),
+    )
+
+
+def this_machine(gpus: list[cat.GPU], a: dict[str, Any]) -> Device:
+    """The machine we run on: its CUDA GPU (catalogue speeds where known) or its CPU (measured matmuls)."""
+    from finetune.hardware import choose_precision, detect
+
+    hw = detect()
+    if hw.device == "cuda":
+        known = cat.match_device_name(hw.name, gpus)
+        peak = {p: known.tflops(p) for p in ("fp32", "bf16", "fp16")} if known else {}
+        if not peak:
+            peak = {"fp32": 20.0, "bf16": 80.0, "fp16": 80.0}  # an unknown card: a mid-range guess
+        return Device(
+            name=f"this machine ({hw.name})", kind="cuda", memory_gb=hw.memory_gb,
+            capacity_gb=hw.memory_gb * a["usable_memory_fraction"], peak_tflops=peak,
+            power_w=known.power_w if known else None, gpu=known, this_machine=True,
+            best_precision=choose_precision("auto", hw),
+        )
+    try:
+        import psutil
+
+        available = psutil.virtual_memory().available / GIB
+    except ImportError:
+        available = hw.memory_gb
+    gflops = _plausible_cpu_gflops(hw.gflops, a)
+    fp32, bf16 = gflops["fp32"] / 1000, gflops["bf16"] / 1000
+    return Device(
+        name=f"this machine (CPU: {hw.name})", kind="cpu", memory_gb=available,
+        capacity_gb=available * a["cpu_usable_memory_fraction"],
+        peak_tflops={"fp32": fp32, "bf16": bf16, "fp16": fp32},
+        power_w=a["cpu_power_w"], this_machine=True, best_precision=choose_precision("auto", hw),
+    )
+
+
+def _plausible_cpu_gflops(cached: dict[str, float], a: dict[str, Any]) -> dict[str, float]:
+    """The CPU's matmul speed: finetune.hardware's cached figures, re-measured if they look disturbed.
+
+    The cache keeps one short measurement; taken while other processes hammer the CPU it can be 40x
+    too low (seen on a shared 2-core machine), which would make every time estimate here wrong.
+    """
+    floor = (os.cpu_count() or 1) * float(a["cpu_min_gflops_per_core"])
+    if cached.get("fp32", 0.0) >= floor:
+        return {"fp32": cached["fp32"], "bf16": cached.get("bf16", cached["fp32"])}
+    from finetune.hardware import measure_matmul_gflops
+
+    fresh = {name: measure_matmul_gflops(name) for name in ("fp32", "bf16")}
+    return {name: max(fresh[name], cached.get(name, 0.0)) for name in fresh}
+
+
+def setup_for(recipe: Recipe, device: Device, num_gpus: int = 1, strategy: str = "ddp",
+              seq: int | None = None) -> Setup:
+    """The recipe's choices resolved for a device (auto precision and checkpointing as in training)."""
+    t = recipe.training
+    precision = device.best_precision if t.precision == "auto" else t.precision
+    ckpt = (device.kind == "cuda") if t.gradient_checkpointing == "auto" else bool(t.gradient_checkpointing)
+    targets = recipe.lora.target_modules
+    return Setup(
+        bits=recipe.quantization.bits,
+        double_quant=recipe.quantization.double_quant,
+        precision=precision,
+        device=device.kind,
+        lora_r=recipe.lora.r,
+        lora_dropout=recipe.lora.dropout,
+        target_modules=targets if isinstance(targets, str) else tuple(targets),
+        batch=t.batch_size,
+        seq=seq or recipe.dataset.max_length,
+        checkpointing=ckpt,
+        num_gpus=num_gpus if device.kind == "cuda" else 1,
+        strategy=strategy,
+    )
+
+
+def run_setups(recipe: Recipe, device: Device, tokens: Tokens, num_gpus: int = 1,
+               strategy: str = "ddp") -> tuple[Setup, Setup]:
+    """(peak-memory setup: the longest batch, average-step setup: mean padded length) for a device."""
+    t = recipe.training
+    longest = max(tokens.lengths, default=recipe.dataset.max_length)
+    seq = max(16, min(recipe.dataset.max_length, longest))
+    peak_frac, mean_frac = logits_fractions(tokens, t.batch_size, t.group_by_length, t.seed)
+    peak = replace(setup_for(recipe, device, num_gpus, strategy, seq=seq), logits_fraction=peak_frac)
+    padded, _ = padded_tokens(tokens.lengths, t.batch_size, t.group_by_length, t.seed)
+    mean_seq = max(1, round(padded / max(1, len(tokens.lengths)))) if tokens.lengths else seq
+    return peak, replace(peak, seq=mean_seq, logits_fraction=mean_frac)

@@ -1,0 +1,309 @@
+"""Peak memory of one training step on one device, by component, and what to change when it does not fit."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from finetune.estimate.assumptions import assumptions
+from finetune.estimate.shape import ModelShape
+
+GIB = 2**30
+STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The training choices that decide memory and speed, resolved for one device."""
+
+    bits: int | None = 4
+    double_quant: bool = True
+    precision: str = "bf16"  # compute precision: fp32, bf16 or fp16
+    device: str = "cuda"  # cuda or cpu
+    lora_r: int = 16
+    lora_dropout: float = 0.05
+    target_modules: str | tuple[str, ...] = "all-linear"
+    batch: int = 8
+    seq: int = 512
+    checkpointing: bool = True
+    num_gpus: int = 1
+    strategy: str = "ddp"
+    # Share of positions whose logits are computed: finetune.train asks the model for logits only where
+    # some row of the batch has a label (assistant tokens), not over prompts and padding.
+    logits_fraction: float = 1.0
+
+    @property
+    def compute_bytes(self) -> int:
+        """Bytes per element of the compute dtype."""
+        return 4 if self.precision == "fp32" else 2
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Peak memory of one training step on one device, in GiB, by component."""
+
+    weights_gb: float
+    lora_gb: float
+    optimizer_gb: float  # LoRA gradients + AdamW moments
+    activations_gb: float  # saved for backward, as configured (checkpointing on or off)
+    logits_gb: float
+    overhead_gb: float  # CUDA context or process baseline, allocator margin, transient buffers
+    activations_checkpointing_gb: float
+    activations_no_checkpointing_gb: float
+    loading_peak_gb: float = 0.0  # CPU: the process's peak while loading (and quantising) the weights
+
+    @property
+    def training_gb(self) -> float:
+        """The sum of the components: the peak of a training step."""
+        return (self.weights_gb + self.lora_gb + self.optimizer_gb + self.activations_gb + self.logits_gb
+                + self.overhead_gb)
+
+    @property
+    def total_gb(self) -> float:
+        """The predicted peak: a training step's, or loading's when that is higher (CPU quantisation)."""
+        return max(self.training_gb, self.loading_peak_gb)
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON view (rounded to MiB)."""
+        data = {k: round(v, 3) for k, v in asdict(self).items()}
+        data["training_gb"] = round(self.training_gb, 3)
+        data["total_gb"] = round(self.total_gb, 3)
+        return data
+
+
+Targets = str | tuple[str, ...] | list[str]
+
+
+def _targets(shape: ModelShape, target_modules: Targets) -> list[tuple[str, int, int]]:
+    """The linear modules of one layer that LoRA adapts (peft's 'all-linear' = every one but the head)."""
+    if target_modules == "all-linear":
+        return list(shape.lora_modules)
+    wanted = set(target_modules)
+    return [m for m in shape.lora_modules if m[0] in wanted or m[0].rsplit(".", 1)[-1] in wanted]
+
+
+def lora_params(shape: ModelShape, r: int, target_modules: Targets = "all-linear") -> int:
+    """Trainable LoRA weights: r x (in + out) for each adapted linear, in every layer."""
+    return shape.layers * sum(r * (i + o) for _, i, o in _targets(shape, target_modules))
+
+
+def weights_bytes(shape: ModelShape, setup: Setup, a: dict[str, Any]) -> float:
+    """Bytes of the frozen base weights as stored for training."""
+    unquantised = shape.embedding_params + shape.head_params + shape.other_params
+    if setup.bits is None:
+        # finetune.models loads frozen weights in the compute precision (bf16 on a CPU too).
+        return shape.params * setup.compute_bytes
+    # Non-quantised parts take the configured kbit upcast (or fp32 if asked); on a CPU in bf16
+    # finetune.train.keep_frozen_weights_in_bf16 casts them back to bf16.
+    other = max(int(a["kbit_unquantized_bytes"]), setup.compute_bytes)
+    if _cpu_bf16(setup):
+        other = 2
+    if setup.bits == 4:
+        block = int(a["nf4_block_size"])
+        if setup.double_quant:
+            constants = 1 / block + 4 / (block * int(a["double_quant_block_size"]))
+        else:
+            constants = 4 / block
+        return shape.layer_linear_params * (0.5 + constants) + unquantised * other
+    return shape.layer_linear_params + 4 * shape.layer_linear_out + unquantised * other
+
+
+def _cpu_bf16(setup: Setup) -> bool:
+    """A CPU run in bf16: every frozen weight in bf16 and LoRA inputs left in bf16 (finetune.train)."""
+    return setup.device == "cpu" and setup.precision == "bf16"
+
+
+def _fp32_storage(setup: Setup, a: dict[str, Any]) -> tuple[bool, bool]:
+    """(layer linears stored in fp32, embeddings/head stored in fp32) for this setup."""
+    if setup.precision == "fp32":
+        return setup.bits is None, True
+    if setup.bits is None or _cpu_bf16(setup):
+        return False, False
+    return False, int(a["kbit_unquantized_bytes"]) >= 4
+
+
+def _activation_mode(setup: Setup, a: dict[str, Any]) -> str:
+    """Which row of activation_coefficients applies."""
+    if setup.precision == "fp32":
+        mode = "fp32"
+    elif _cpu_bf16(setup):
+        mode = "cpu_bf16"
+    elif setup.bits is not None and int(a["kbit_unquantized_bytes"]) >= 4:
+        mode = "kbit"
+    else:
+        mode = "autocast" if a.get("autocast_16bit", True) else "pure16"
+    return mode + ("_dropout" if setup.lora_dropout > 0 else "")
+
+
+def activation_bytes_per_token_layer(shape: ModelShape, setup: Setup, a: dict[str, Any]) -> float:
+    """Bytes a decoder layer saves for backward per token (Korthikanti-style term, measured coefficients)."""
+    c = a["activation_coefficients"][_activation_mode(setup, a)]
+    b = setup.compute_bytes
+    mlp_share = 1.0 if shape.gated_mlp else 0.5  # fc -> act -> proj keeps half the tensors of gate/up/act/mul
+    per = c["c_h"] * shape.hidden + c["c_q"] * shape.q_dim + c["c_i"] * shape.intermediate * mlp_share
+    per += setup.lora_r * len(_targets(shape, setup.target_modules)) * b  # LoRA A outputs, kept for B's grad
+    per += setup.seq * b  # the additive padding mask, copied per layer
+    if shape.eager_attention:
+        per += 2 * shape.heads * setup.seq * b  # scores and probabilities (s x s per head)
+    elif _math_attention(setup):
+        per += 4 * shape.heads * setup.seq * b  # torch's matmul SDPA keeps four s x s tensors per head (measured)
+    return per
+
+
+def _math_attention(setup: Setup) -> bool:
+    """Whether finetune.train.attention_kernels picks torch's matmul attention for this setup."""
+    from finetune.train import MATH_ATTENTION_MAX_WIDTH
+
+    return _cpu_bf16(setup) and not setup.checkpointing and setup.seq <= MATH_ATTENTION_MAX_WIDTH
+
+
+def activations(shape: ModelShape, setup: Setup, a: dict[str, Any], checkpointing: bool) -> float:
+    """Bytes saved for backward over the whole model for one micro-batch (with or without checkpointing)."""
+    tokens = setup.batch * setup.seq
+    layer = activation_bytes_per_token_layer(shape, setup, a) * tokens
+    layers_fp32, head_fp32 = _fp32_storage(setup, a)
+    autocast = setup.precision != "fp32"
+    # Autocast saves a 16-bit copy of every fp32-stored frozen weight it multiplies with (measured).
+    layer_copies = 2 * shape.layer_linear_params if (autocast and layers_fp32) else 0
+    head_copy = 2 * shape.vocab * shape.hidden if (autocast and head_fp32) else 0
+    if _cpu_bf16(setup):  # autocast's bf16 copies of the fp32 LoRA weights, kept for backward (measured)
+        layer_copies += 2 * lora_params(shape, setup.lora_r, setup.target_modules)
+    if not checkpointing:
+        return layer * shape.layers + layer_copies + head_copy
+    residual = 4 if head_fp32 else setup.compute_bytes
+    # Each layer's input is kept; backward recomputes one layer at a time; the final norm keeps fp32.
+    kept = tokens * shape.hidden * (shape.layers * residual + 4)
+    return kept + layer + layer_copies / shape.layers + head_copy
+
+
+def memory(shape: ModelShape, setup: Setup, a: dict[str, Any] | None = None) -> Memory:
+    """Peak memory per device for one training step (the sum of the parts at the start of backward)."""
+    a = a or assumptions()
+    n = setup.num_gpus
+    weights = weights_bytes(shape, setup, a)
+    n_lora = lora_params(shape, setup.lora_r, setup.target_modules)
+    lora = n_lora * a["lora_param_bytes"]
+    optimizer = n_lora * (a["lora_param_bytes"] + a["adam_state_bytes"])  # gradients + two moments
+    act_ckpt = activations(shape, setup, a, checkpointing=True)
+    act_full = activations(shape, setup, a, checkpointing=False)
+    acts = act_ckpt if setup.checkpointing else act_full
+    logits = setup.batch * setup.seq * setup.logits_fraction * shape.vocab * a["logits_bytes_per_element"]
+    if n > 1 and setup.strategy != "ddp":
+        # ZeRO-2 shards gradients and optimizer state; FSDP / ZeRO-3 shard the weights too, and gather
+        # one layer's full weights at a time (plus one prefetched).
+        optimizer /= n
+        if setup.strategy in ("fsdp", "zero3"):
+            gather = 2 * weights / max(shape.layers, 1)
+            weights = weights / n + gather
+            lora /= n
+    if setup.device == "cuda":
+        base = a["cuda_context_gb"] * GIB
+        if setup.bits is not None:
+            base += shape.largest_linear * setup.compute_bytes  # the dequantised weight of the current matmul
+    else:
+        base = a["cpu_process_baseline_gb"] * GIB
+    margin = a["allocator_margin"] if setup.device == "cuda" else a["cpu_allocator_margin"]
+    overhead = base + margin * (acts + logits)
+    loading = 0.0
+    if setup.device == "cpu" and (setup.bits is not None or shape.checkpoint_bytes != setup.compute_bytes):
+        # Quantising on a CPU, or converting the checkpoint's dtype (the bundled fp32 file loaded in bf16),
+        # reads the checkpoint (memory-mapped: its pages count as resident) while it builds a 16-bit copy
+        # of the weights (measured on the bundled model: 1405 MB peak quantising; 818 MB over the process
+        # before loading for the bf16 conversion, 810 MB predicted). A checkpoint already in the compute
+        # dtype stays mapped and is only read as training touches it, so it has no such peak.
+        loading = base + shape.params * (shape.checkpoint_bytes + setup.compute_bytes)
+    return Memory(
+        weights_gb=weights / GIB,
+        lora_gb=lora / GIB,
+        optimizer_gb=optimizer / GIB,
+        activations_gb=acts / GIB,
+        logits_gb=logits / GIB,
+        overhead_gb=overhead / GIB,
+        activations_checkpointing_gb=act_ckpt / GIB,
+        activations_no_checkpointing_gb=act_full / GIB,
+        loading_peak_gb=loading / GIB,
+    )
+
+
+def fits(mem: Memory, capacity_gb: float) -> bool:
+    """Whether a predicted peak fits in `capacity_gb` of usable memory."""
+    return mem.total_gb <= capacity_gb
+
+
+def max_batch_size(
+    shape: ModelShape, setup: Setup, capacity_gb: float, a: dict[str, Any], limit: int = 4096
+) -> int:
+    """The largest micro-batch that fits at the setup's sequence length (0 if even one row does not)."""
+    if not fits(memory(shape, replace(setup, batch=1), a), capacity_gb):
+        return 0
+    lo, hi = 1, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(memory(shape, replace(setup, batch=mid), a), capacity_gb):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def max_seq_len(shape: ModelShape, setup: Setup, capacity_gb: float, a: dict[str, Any]) -> int:
+    """The longest sequence that fits at the setup's batch size (0 if not even 16 tokens do)."""
+    if not fits(memory(shape, replace(setup, seq=16), a), capacity_gb):
+        return 0
+    lo, hi = 16, max(16, shape.max_position)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(memory(shape, replace(setup, seq=mid), a), capacity_gb):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def suggestions(shape: ModelShape, setup: Setup, capacity_gb: float, grad_accum: int,
+                a: dict[str, Any]) -> list[str]:
+    """Concrete recipe changes that make a setup fit, least invasive first, each with its predicted peak."""
+    out: list[str] = []
+
+    def note(change: str, candidate: Setup) -> bool:
+        """Record `change` if `candidate` fits; say whether it did."""
+        total = memory(shape, candidate, a).total_gb
+        if total <= capacity_gb:
+            out.append(f"{change}: {total:.1f} GB")
+            return True
+        return False
+
+    best_batch = max_batch_size(shape, setup, capacity_gb, a)
+    if 0 < best_batch < setup.batch:
+        effective = setup.batch * grad_accum
+        accum = math.ceil(effective / best_batch)
+        note(f"training.batch_size={best_batch} training.gradient_accumulation={accum} "
+             f"(same effective batch {effective})", replace(setup, batch=best_batch))
+    if not setup.checkpointing:
+        note("training.gradient_checkpointing=true", replace(setup, checkpointing=True))
+    if setup.bits != 4:
+        note("quantization.bits=4 (QLoRA)", replace(setup, bits=4))
+    seq = max_seq_len(shape, setup, capacity_gb, a)
+    if 0 < seq < setup.seq:
+        note(f"dataset.max_length={seq}", replace(setup, seq=seq))
+    if setup.lora_r > 8:
+        note(f"lora.r={setup.lora_r // 2}", replace(setup, lora_r=setup.lora_r // 2))
+    if out:
+        return out
+    # Nothing alone is enough: try everything at once, then say how much memory it needs.
+    lean = replace(setup, bits=4, checkpointing=True, batch=1)
+    if note("all of: quantization.bits=4, training.gradient_checkpointing=true, training.batch_size=1", lean):
+        return out
+    seq = max_seq_len(shape, lean, capacity_gb, a)
+    if seq >= 16:
+        note(f"all of: quantization.bits=4, gradient checkpointing, batch_size=1, dataset.max_length={seq}",
+             replace(lean, seq=seq))
+        return out
+    for n, strategy in ((2, "fsdp"), (4, "fsdp"), (8, "fsdp")):
+        if note(f"--gpus {n} --strategy {strategy} with 4-bit, checkpointing and batch_size=1",
+                replace(lean, num_gpus=n, strategy=strategy)):
+            return out
+    need = memory(shape, lean, a).total_gb / a["usable_memory_fraction"]
+    out.append(f"needs a GPU with at least {need:.0f} GB even at 4-bit, batch 1")
+    return out

@@ -1,0 +1,349 @@
+"""The plan: a recipe's verdict, time and cost per target, tied to its dataset and the catalogues."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from finetune import catalog as cat
+from finetune.cost import convert, display_currency, run_cost
+from finetune.errors import DataError, RecipeError
+from finetune.estimate.assumptions import assumptions
+from finetune.estimate.calibration import remember_speed, remembered_speed, run_probe_and_compare
+from finetune.estimate.devices import Device, device_for_gpu, run_setups, setup_for, this_machine
+from finetune.estimate.memory import (
+    STRATEGIES,
+    Memory,
+    Setup,
+    fits,
+    lora_params,
+    max_batch_size,
+    max_seq_len,
+    memory,
+    suggestions,
+)
+from finetune.estimate.shape import ModelShape, model_shape
+from finetune.estimate.speed import flops_per_token, seconds_per_micro_batch
+from finetune.estimate.tokens import Tokens, count_tokens, padded_tokens
+
+if TYPE_CHECKING:
+    from finetune.recipe import Recipe
+
+
+@dataclass
+class GpuRow:
+    """One target's verdict: fits, largest batch and sequence, time, cost, and what to change."""
+
+    name: str
+    memory_gb: float
+    fits: bool
+    total_gb: float
+    hours: float
+    cost: dict[str, Any]
+    max_batch_size: int
+    max_seq_len: int
+    precision: str
+    gradient_checkpointing: bool
+    seconds_per_step: float
+    utilisation: float
+    num_gpus: int
+    strategy: str
+    suggestions: list[str] = field(default_factory=list)
+    this_machine: bool = False
+    memory: Memory | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON view of the row."""
+        data = {k: v for k, v in asdict(self).items() if k != "memory"}
+        data["per_gpu"] = self.memory.to_dict() if self.memory else None
+        data["hours"] = round(self.hours, 4)
+        data["total_gb"] = round(self.total_gb, 3)
+        data["seconds_per_step"] = round(self.seconds_per_step, 4)
+        if data["cost"].get("amount") is not None:
+            data["cost"]["amount"] = round(data["cost"]["amount"], 4)
+        return data
+
+
+@dataclass
+class Estimate:
+    """The whole answer of `finetune estimate`."""
+
+    recipe_name: str
+    model: ModelShape
+    trainable_params: int
+    setup: Setup
+    memory: Memory
+    memory_target: str
+    tokens: Tokens
+    epochs: float
+    compute_tokens: int
+    steps: int
+    rows: list[GpuRow]
+    hosted: list[dict[str, Any]]
+    currency: str
+    assumptions: dict[str, Any]
+    probe: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None  # a speed factor from an earlier --probe on this machine
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented `--json` schema (docs/estimate.md)."""
+        return {
+            "recipe": self.recipe_name,
+            "model": {"name": self.model.name, "params": self.model.params,
+                      "trainable_params": self.trainable_params, "architecture": self.model.architecture,
+                      "layers": self.model.layers, "hidden_size": self.model.hidden,
+                      "vocab_size": self.model.vocab, "licence": self.model.licence,
+                      "source": self.model.source},
+            "setup": asdict(self.setup),
+            "memory": {**self.memory.to_dict(), "target": self.memory_target},
+            "tokens": {**self.tokens.to_dict(), "epochs": self.epochs, "compute_tokens": self.compute_tokens,
+                       "total_training_tokens": int(self.tokens.per_epoch * self.epochs),
+                       "steps": self.steps},
+            "gpus": [row.to_dict() for row in self.rows],
+            "hosted_apis": self.hosted,
+            "currency": self.currency,
+            "probe": self.probe,
+            "calibration": self.calibration,
+            "assumptions": {k: self.assumptions[k] for k in
+                            ("utilisation", "cpu_utilisation", "quantised_slowdown", "scaling_efficiency",
+                             "power_fraction", "cuda_context_gb", "allocator_margin")},
+        }
+
+
+def _catalogue_gpu(name: str) -> cat.GPU | None:
+    """The catalogue GPU a recipe's `cost.gpu` names, or None for a free-form label like 'cpu-2core'."""
+    try:
+        return cat.find_gpu(name, cat.load_gpus())
+    except cat.CatalogError:
+        return None
+
+
+def _same_gpu(name: str, gpu: cat.GPU) -> bool:
+    """Whether a user's GPU name means this catalogue entry."""
+    return cat.normalise_gpu_name(name) in [cat.normalise_gpu_name(n) for n in [gpu.name, *gpu.aliases]]
+
+
+def _row_cost(recipe: Recipe, device: Device, seconds: float, num_gpus: int, currency: str,
+              rates: cat.Rates, a: dict[str, Any]) -> dict[str, Any]:
+    """A row's cost: the recipe's price for its own GPU, electricity for consumer cards, else rental."""
+    section = recipe.cost
+    if device.this_machine:
+        # The recipe's price is for this machine unless it names a catalogue GPU this machine is not.
+        named = section.gpu is not None and _catalogue_gpu(section.gpu) is not None
+        own = not named or (device.gpu is not None and _same_gpu(section.gpu, device.gpu))
+    else:
+        own = section.gpu is not None and device.gpu is not None and _same_gpu(section.gpu, device.gpu)
+    if own and (section.hourly_rate or section.electricity):
+        # The recipe's cost.power_w is what its own machine draws under load: use it as is.
+        power, share = (section.power_w, 1.0) if section.power_w else (device.power_w, a["power_fraction"])
+        result = run_cost(section, seconds, gpu_power_w=power, utilisation=share,
+                          to_currency=currency, num_gpus=num_gpus, rates=rates)
+        return {**result, "price": "recipe"}
+    if section.electricity and device.gpu is not None and device.gpu.kind == "consumer":
+        electricity = {"electricity": section.electricity.model_dump()}
+        result = run_cost(electricity, seconds, gpu_power_w=device.power_w, utilisation=a["power_fraction"],
+                          to_currency=currency, num_gpus=num_gpus, rates=rates)
+        return {**result, "price": "recipe"}
+    if device.gpu is not None and device.gpu.rental is not None:
+        rate = {"hourly_rate": {"amount": device.gpu.rental.usd_per_hour, "currency": "USD"}}
+        result = run_cost(rate, seconds, to_currency=currency, num_gpus=num_gpus, rates=rates)
+        return {**result, "price": "catalogue", "price_as_of": device.gpu.rental.as_of}
+    return {"amount": None, "currency": currency, "basis": "none", "estimated": False}
+
+
+
+
+def _row(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, num_gpus: int, strategy: str,
+         currency: str, rates: cat.Rates, a: dict[str, Any], speed_factor: float = 1.0) -> GpuRow:
+    """Estimate one target (`speed_factor`: measured over predicted step time, from a probe)."""
+    t = recipe.training
+    setup, average = run_setups(recipe, device, tokens, num_gpus, strategy)
+    mem = memory(shape, setup, a)
+    ok = fits(mem, device.capacity_gb)
+    util = a["utilisation"] if device.kind == "cuda" else a["cpu_utilisation"]
+    peak = device.peak_tflops.get(setup.precision) or device.peak_tflops["fp32"]
+    micro, _ = _work(recipe, tokens, setup)
+    per_micro = seconds_per_micro_batch(shape, average, peak, util, a) * speed_factor
+    eff = a["scaling_efficiency"].get(strategy, 1.0) if setup.num_gpus > 1 else 1.0
+    eval_seconds = _eval_seconds(recipe, shape, average, tokens, peak, util) * speed_factor
+    util /= speed_factor
+    seconds = (per_micro * micro + eval_seconds) / (setup.num_gpus * eff)
+    cost = _row_cost(recipe, device, seconds, setup.num_gpus, currency, rates, a)
+    return GpuRow(
+        name=device.name, memory_gb=round(device.memory_gb, 2), fits=ok, total_gb=mem.total_gb,
+        hours=seconds / 3600, cost=cost,
+        max_batch_size=max_batch_size(shape, setup, device.capacity_gb, a),
+        max_seq_len=max_seq_len(shape, setup, device.capacity_gb, a),
+        precision=setup.precision, gradient_checkpointing=setup.checkpointing,
+        seconds_per_step=per_micro * t.gradient_accumulation, utilisation=util,
+        num_gpus=setup.num_gpus, strategy=strategy if setup.num_gpus > 1 else "none",
+        suggestions=[] if ok else suggestions(shape, setup, device.capacity_gb, t.gradient_accumulation, a),
+        this_machine=device.this_machine, memory=mem,
+    )
+
+
+def _work(recipe: Recipe, tokens: Tokens, setup: Setup) -> tuple[int, int]:
+    """(micro-batches, padded tokens computed) over the whole run."""
+    t = recipe.training
+    padded, _ = padded_tokens(tokens.lengths, setup.batch, t.group_by_length, t.seed)
+    micro_per_epoch = max(1, math.ceil(tokens.rows_train / setup.batch))
+    if t.max_steps:
+        micro = t.max_steps * t.gradient_accumulation
+        return micro, int(padded / micro_per_epoch * micro)
+    micro = math.ceil(micro_per_epoch * t.epochs)
+    return micro, int(padded * t.epochs)
+
+
+def _eval_seconds(recipe: Recipe, shape: ModelShape, setup: Setup, tokens: Tokens, peak: float,
+                  util: float) -> float:
+    """Forward-only evaluation passes: one per epoch (a third of a training step's work per token)."""
+    if not tokens.eval_lengths:
+        return 0.0
+    passes = max(1, math.ceil(recipe.training.epochs))
+    work = sum(tokens.eval_lengths) * passes * flops_per_token(shape, replace(setup, checkpointing=False)) / 3
+    return work / (peak * 1e12 * util)
+
+
+def hosted_rows(total_tokens: int, params: int, currency: str, rates: cat.Rates) -> list[dict[str, Any]]:
+    """What the same training tokens cost on hosted fine-tuning services (reference rows)."""
+    out = []
+    for api in cat.load_hosted_apis():
+        if not api.covers(params) and (api.min_params_b is not None or api.max_params_b is not None):
+            continue
+        amount = total_tokens / 1e6 * api.price_per_million_tokens
+        out.append({"name": api.name, "amount": round(convert(amount, api.currency, currency, rates), 4),
+                    "currency": currency, "price_per_million_tokens": api.price_per_million_tokens,
+                    "price_currency": api.currency, "as_of": api.as_of, "source": api.source})
+    return out
+
+
+def _sort_key(row: GpuRow) -> tuple[int, int, float, float]:
+    """Fitting rows first, cheapest first (rows without a price after priced ones), then fastest."""
+    amount = row.cost.get("amount")
+    return (0 if row.fits else 1, 0 if amount is not None else 1, amount or 0.0, row.hours)
+
+
+def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy: str | None = None,
+             probe: bool = False, catalog_file: str | Path | None = None,
+             recipe_dir: Path | None = None) -> Estimate:
+    """Plan a recipe: memory by component, verdict per GPU (or all), hours, cost and hosted-API reference."""
+    a = assumptions()
+    strategy = strategy or (recipe.distributed.strategy if recipe.distributed.strategy != "none" else "ddp")
+    if strategy not in STRATEGIES:
+        raise RecipeError(f"--strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if num_gpus < 1:
+        raise RecipeError("--gpus: expected 1 or more")
+    shape = model_shape(recipe.base_model, catalog_file, recipe.trust_remote_code)
+    gpus = cat.load_gpus(catalog_file)
+    rates = cat.load_rates()
+    currency = display_currency(recipe.cost)
+    convert(1.0, currency, "USD", rates)  # fail early on an unknown display currency
+    tokens = count_tokens(recipe, recipe_dir, a)
+    devices: list[Device] = []
+    if gpu and gpu.lower() == "all":
+        devices = [device_for_gpu(g, a) for g in gpus]
+    elif gpu:
+        devices = [device_for_gpu(cat.find_gpu(gpu, gpus), a)]
+    elif recipe.cost.gpu:
+        try:
+            devices = [device_for_gpu(cat.find_gpu(recipe.cost.gpu, gpus), a)]
+        except cat.CatalogError:
+            devices = []  # a label for the user's own machine (e.g. "cpu-2core"): priced as this machine
+    probe_info = calibration = None
+    if probe:
+        probe_info = run_probe_and_compare(recipe, shape, gpus, tokens, a)
+        calibration = remember_speed(probe_info["speed_factor"], recipe.name)
+    if not gpu or probe or gpu.lower() == "all":
+        devices.append(this_machine(gpus, a))
+        calibration = calibration or remembered_speed()  # only this machine's row is scaled by it
+    machine_speed = calibration["speed_factor"] if calibration else 1.0
+    rows = [_row(recipe, shape, d, tokens, num_gpus, strategy, currency, rates, a,
+                 machine_speed if d.this_machine else 1.0) for d in devices]
+    if gpu and gpu.lower() == "all":
+        rows.sort(key=_sort_key)
+    # The memory breakdown shown is for the recipe's own GPU: the catalogue GPU its cost.gpu names, or
+    # this machine when cost.gpu is a label of the user's own (e.g. "cpu-2core"); else the first row.
+    named = _catalogue_gpu(recipe.cost.gpu) if recipe.cost.gpu else None
+    if named is not None:
+        primary = next((r for r in rows if r.name == named.name), rows[0])
+    elif recipe.cost.gpu:
+        primary = next((r for r in rows if r.this_machine), rows[0])
+    else:
+        primary = rows[0]
+    primary_device = next(d for d in devices if d.name == primary.name)
+    micro, compute = _work(recipe, tokens, setup_for(recipe, primary_device))
+    primary_setup, _ = run_setups(recipe, primary_device, tokens, num_gpus, strategy)
+    total_tokens = int(tokens.per_epoch * recipe.training.epochs)
+    if recipe.training.max_steps:
+        total_tokens = compute
+    return Estimate(
+        recipe_name=recipe.name,
+        model=shape,
+        trainable_params=lora_params(shape, recipe.lora.r, recipe.lora.target_modules),
+        setup=primary_setup,
+        memory=primary.memory,
+        memory_target=primary.name,
+        tokens=tokens,
+        epochs=recipe.training.epochs,
+        compute_tokens=compute,
+        steps=math.ceil(micro / recipe.training.gradient_accumulation),
+        rows=rows,
+        hosted=hosted_rows(total_tokens, shape.params, currency, rates),
+        currency=currency,
+        assumptions=a,
+        probe=probe_info,
+        calibration=calibration,
+    )
+
+
+def estimate_for_training(recipe: Recipe, gpu_name: str | None = None) -> tuple[list[str], bool]:
+    """Two short lines (memory vs the device; hours and cost) and whether the run fits, for training."""
+    a = assumptions()
+    shape = model_shape(recipe.base_model, None, recipe.trust_remote_code)
+    gpus = cat.load_gpus()
+    device = device_for_gpu(cat.find_gpu(gpu_name, gpus), a) if gpu_name else this_machine(gpus, a)
+    try:
+        tokens = count_tokens(recipe, None, a)
+    except DataError:
+        raise
+    currency = display_currency(recipe.cost)
+    strategy = recipe.distributed.strategy if recipe.distributed.strategy != "none" else "ddp"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    calibration = remembered_speed() if device.this_machine else None
+    speed = calibration["speed_factor"] if calibration else 1.0
+    row = _row(recipe, shape, device, tokens, world, strategy, currency, cat.load_rates(), a, speed)
+    mem = row.memory
+    assert mem is not None
+    where = "available RAM" if device.kind == "cpu" else "GPU memory"
+    verdict = "fits" if row.fits else "does NOT fit"
+    line1 = (f"memory: {mem.total_gb:.1f} GB predicted peak vs {device.capacity_gb:.1f} GB usable {where} "
+             f"on {device.name}: {verdict}")
+    from finetune.cost import format_money
+
+    cost = row.cost
+    money = format_money(cost.get("amount"), cost.get("currency", currency))
+    basis = f" ({cost['basis']})" if cost.get("basis") not in (None, "none") else ""
+    line2 = (f"time: about {_hours_text(row.hours)} for {tokens.per_epoch:,} tokens/epoch x "
+             f"{recipe.training.epochs:g} epochs; cost: {money}{basis}")
+    if calibration:
+        line2 += f"; speed calibrated by the probe of {calibration['measured_at'][:10]}"
+    else:
+        line2 += "; rough until `finetune estimate --probe` has measured this machine"
+    if not row.fits and row.suggestions:
+        line1 += f"; try {row.suggestions[0]}"
+    return [line1, line2], row.fits
+
+
+def _hours_text(hours: float) -> str:
+    """'3 min', '2.4 h', '5.1 days'."""
+    if hours < 1:
+        return f"{max(hours * 60, 0.1):.1f} min" if hours * 60 < 10 else f"{hours * 60:.0f} min"
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours / 24:.1f} days"
+
+
+hours_text = _hours_text
