@@ -7,6 +7,7 @@ import socket
 import sys
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
@@ -81,6 +82,9 @@ def serve_command(
     for c in criteria:
         if c not in CRITERIA:
             raise typer.BadParameter(f"{c!r} is not one of {', '.join(CRITERIA)}", param_hint="--criterion")
+    if token is not None and (len(token) < 8 or not token.isascii() or not token.isprintable() or " " in token):
+        # It travels in links and an HTTP header: printable ASCII, and long enough not to be guessed.
+        raise typer.BadParameter("expected at least 8 printable ASCII characters, no spaces", param_hint="--token")
     compares = load_compares(compare_dirs)
     loopback = is_loopback(host)
     if not loopback and not token:
@@ -97,7 +101,7 @@ def serve_command(
         sys.stdout.flush()
 
     web = create_app(arena, on_shutdown=write_reports)
-    query = f"?token={token}" if token else ""
+    query = f"?token={quote(token, safe='')}" if token else ""
     shown_host = host if loopback else socket.gethostname()
     url = f"http://{shown_host}:{port}/{query}"
     pairs = len(arena.items)

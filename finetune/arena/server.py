@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import random
+import re
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -62,11 +63,20 @@ def new_token() -> str:
     return secrets.token_urlsafe(16)
 
 
-def _host_name(header: str) -> str:
-    """Return the host part of a Host header ("[::1]:8765" -> "::1", "localhost:80" -> "localhost")."""
-    if header.startswith("["):
-        return header[1 : header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+_HOST_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]*))(?::\d*)?$")
+
+
+def _host_name(header: str) -> str | None:
+    """Return the lower-cased host of a Host header ("[::1]:8765" -> "::1"), or None if malformed."""
+    if header.count(":") > 1 and not header.startswith("["):
+        try:  # a bare IPv6 address: not a valid Host, but unambiguous
+            return str(ipaddress.IPv6Address(header))
+        except ValueError:
+            return None
+    match = _HOST_RE.match(header)
+    if match is None:
+        return None  # e.g. "[::1]evil.example": only a port may follow the host
+    return (match["v6"] or match["name"] or "").lower()
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -216,7 +226,7 @@ def create_app(arena: Arena, on_shutdown: Callable[[], None] | None = None) -> F
             await run_in_threadpool(on_shutdown)
 
     app = FastAPI(title="finetune arena", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    token_qs = f"?token={quote(arena.token)}" if arena.token else ""
+    token_qs = f"?token={quote(arena.token, safe='')}" if arena.token else ""
     pages = {route: _read_asset(name).replace("__TOKEN_QS__", token_qs) for route, name in _PAGES.items()}
     assets = {name: _read_asset(name) for name in _ASSETS}
 
@@ -224,12 +234,15 @@ def create_app(arena: Arena, on_shutdown: Callable[[], None] | None = None) -> F
     async def guard(request: Request, call_next):  # noqa: ANN001, ANN202 (starlette signature)
         if arena.check_host and _host_name(request.headers.get("host", "")) not in _LOOPBACK_NAMES:
             # A loopback server only answers to loopback names: stops DNS-rebinding pages voting.
-            return _error(400, "unexpected Host header for a loopback-only arena")
-        if arena.token:
-            given = request.query_params.get("token") or request.headers.get("x-arena-token") or ""
-            if not secrets.compare_digest(given.encode(), arena.token.encode()):
-                return _error(401, "missing or wrong token: open the link printed by `finetune arena`")
-        response = await call_next(request)
+            response = _error(400, "unexpected Host header for a loopback-only arena")
+        elif arena.token and not secrets.compare_digest(
+            (request.query_params.get("token") or request.headers.get("x-arena-token") or "").encode(),
+            arena.token.encode(),
+        ):
+            response = _error(401, "missing or wrong token: open the link printed by `finetune arena`")
+        else:
+            response = await call_next(request)
+        # Refusals too: an error page framed or sniffed is still a page on this origin.
         for name, value in _SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         return response

@@ -229,6 +229,23 @@ def test_non_loopback_bind_needs_a_token(tmp_path: Path, servers) -> None:
     assert lan.status_code == 200
 
 
+def test_a_user_supplied_token_is_used_as_given_and_checked(tmp_path: Path, servers) -> None:
+    compare = write_compare_dir(tmp_path / "cmp")
+    token = "night&owl=1/2+3%"
+    server = servers([str(compare), "--db", str(tmp_path / "a.sqlite"), "--host", "0.0.0.0", "--token", token])
+    printed = re.search(r"http://127\.0\.0\.1:\d+/(\?token=[^;\s]+)", server.output())
+    assert printed, server.output()
+    assert printed.group(1) == "?token=night%26owl%3D1%2F2%2B3%25", "the printed link must carry it encoded"
+    assert server.client.get("/api/config" + printed.group(1)).status_code == 200  # the link as printed works
+    assert server.client.get("/api/config", params={"token": "night"}).status_code == 401
+    assert server.client.get("/api/config", headers={"X-Arena-Token": token}).status_code == 200
+    runner = CliRunner()
+    for weak in ("short", "has space inside", "ünïcødé-token"):
+        refused = runner.invoke(arena_app, [str(compare), "--db", str(tmp_path / "b.sqlite"), "--token", weak])
+        assert refused.exit_code == 2 and "--token" in refused.output, refused.output
+    assert not (tmp_path / "b.sqlite").exists(), "a refused start creates nothing"
+
+
 def test_token_on_loopback_is_enforced_too(tmp_path: Path) -> None:
     compares = load_compares([write_compare_dir(tmp_path / "cmp")])
     arena = Arena(compares=compares, store=Store(tmp_path / "a.sqlite"), criteria=["style"], token="s3cret")

@@ -54,9 +54,19 @@ def test_unparsable_yaml_names_the_line(tmp_path):
     assert "invalid YAML" in message and "line" in message
 
 
-def test_yaml_tags_are_not_constructed(tmp_path):
-    message = error_of(tmp_path, "name: !!python/object/apply:os.system ['echo pwned']\n" + BASE[11:])
-    assert "not allowed" in message or "invalid YAML" in message
+@pytest.mark.parametrize("tag", ["!!python/object/apply:os.system ['touch {marker}']",
+                                 "!!python/object/apply:builtins.open ['{marker}', 'w']",
+                                 "!!python/object/new:subprocess.Popen [['touch', '{marker}']]"])
+def test_yaml_python_tags_are_never_constructed(tmp_path, tag):
+    marker = tmp_path / "pwned"
+    payload = tag.format(marker=marker)
+    message = error_of(tmp_path, f"name: {payload}\n" + BASE[11:])
+    assert "line 1" in message and ("not allowed" in message or "invalid YAML" in message), message
+    assert not marker.exists(), "a YAML tag in the file ran code"
+    # A --set value is YAML too: the tag stays a string the schema rejects.
+    assert "training.seed" in error_of(tmp_path, BASE, [f"training.seed={payload}"])
+    assert load_recipe(write(tmp_path, BASE), ["name=ok", f"dataset.path={payload}"]).dataset.path == payload
+    assert not marker.exists(), "a YAML tag in an override ran code"
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "..", "bad name"])
