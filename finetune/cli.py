@@ -1,21 +1,69 @@
-"""The `finetune` command line: parse, call, print. No training logic lives here."""
+"""The `finetune` command line: the app, its command table, and the one error funnel. No logic lives here.
+
+The run-folder commands (train, runs, show, recipe show, data check) are defined here; every other
+command lives in its feature's cli module and is named in `FEATURE_COMMANDS`, imported only when that
+command runs (or `finetune --help` lists it), so `finetune train` never imports fastapi.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
-import click
 import typer
-from rich.console import Console
-from rich.table import Table
-from typer._click.exceptions import ClickException  # typer vendors click; its usage errors are these
+from typer.core import TyperGroup
 
+from finetune.console import console, err_console, say
 from finetune.errors import FinetuneError
+
+# command name -> "module:attribute": a command function or a typer app (a group of commands).
+FEATURE_COMMANDS = {
+    "estimate": "finetune.estimate.cli:estimate",
+    "compare": "finetune.compare.cli:compare",
+    "arena": "finetune.arena.cli:app",
+    "export": "finetune.export_cli:export_command",
+    "merge-adapters": "finetune.export_cli:merge_adapters_command",
+    "chat": "finetune.chat_cli:chat_command",
+    "generate": "finetune.chat_cli:generate_command",
+}
+
+
+class _FeatureGroup(TyperGroup):
+    """A typer group that imports a feature's cli module only when one of its commands is needed."""
+
+    def _load(self, name: str) -> None:
+        if name in self.commands or name not in FEATURE_COMMANDS:
+            return
+        module, _, attribute = FEATURE_COMMANDS[name].partition(":")
+        target = getattr(importlib.import_module(module), attribute)
+        if not isinstance(target, typer.Typer):
+            single = typer.Typer(add_completion=False)
+            single.command(name)(target)
+            target = single
+        command = typer.main.get_command(target)
+        command.name = name
+        self.commands[name] = command
+
+    def list_commands(self, ctx: Any) -> list[str]:  # noqa: D102 (click's hook)
+        return [*self.commands, *(name for name in FEATURE_COMMANDS if name not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:  # noqa: D102 (click's hook)
+        self._load(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:  # noqa: D102 (click's hook)
+        if args and args[0] not in self.commands and args[0] not in FEATURE_COMMANDS:
+            for name in FEATURE_COMMANDS:  # a typo: let typer's did-you-mean see every command name
+                self._load(name)
+        return super().resolve_command(ctx, args)
+
 
 app = typer.Typer(
     name="finetune",
+    cls=_FeatureGroup,
     help="LoRA/QLoRA fine-tuning on one GPU (or a CPU), with estimates, A/B tests and a blind arena.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -25,12 +73,10 @@ recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
 
 
-@app.command()
-def train(
+@app.command("train")
+def train_command(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     output_dir: Path | None = typer.Option(None, "--output-dir", help="Run folder (default outputs/<name>)."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
@@ -48,10 +94,9 @@ def train(
         from finetune.distributed import launch
 
         raise typer.Exit(launch(recipe, loaded, num_processes, sys.argv))
-    from finetune.train import STATUS_EXIT
-    from finetune.train import train as run_training
+    from finetune.train import STATUS_EXIT, train
 
-    summary = run_training(
+    summary = train(
         loaded, output_dir=output_dir, max_steps=max_steps, force=force, resume=resume, until=until,
         say=lambda text: console.print(text, highlight=False),
     )
@@ -86,7 +131,7 @@ def _print_summary(summary: dict) -> None:
 
 
 @recipe_app.command("show")
-def recipe_show(
+def recipe_show_command(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: KEY=VALUE."),
 ) -> None:
@@ -97,7 +142,7 @@ def recipe_show(
 
 
 @data_app.command("check")
-def data_check(
+def data_check_command(
     file: Path = typer.Argument(..., help="JSONL dataset."),
     recipe: Path | None = typer.Option(None, "--recipe", help="Use this recipe's tokenizer and max_length."),
 ) -> None:
@@ -108,9 +153,9 @@ def data_check(
     report = read_dataset(file)
     if report.problems:
         for line in report.problems[:MAX_REPORTED]:
-            err_console.print(line, highlight=False, soft_wrap=True)
+            say(line)
         if len(report.problems) > MAX_REPORTED:
-            err_console.print(f"... and {len(report.problems) - MAX_REPORTED} more", highlight=False)
+            say(f"... and {len(report.problems) - MAX_REPORTED} more")
         raise typer.Exit(2)
     stats = token_stats(report, recipe)
     multi = sum(1 for c in report.conversations if sum(m["role"] == "user" for m in c.messages) > 1)
@@ -127,19 +172,17 @@ def data_check(
 
 
 @app.command("runs")
-def runs() -> None:
+def runs_command() -> None:
     """List the runs in outputs/."""
+    from rich.table import Table
+
+    from finetune.cost import format_money
     from finetune.runs import list_runs
     from finetune.telemetry import format_duration
 
     table = Table("name", "status", "steps", "final loss", "wall", "peak MB", "energy Wh", "cost", "date")
     for row in list_runs():
         cost = row.get("cost")
-        money = ""
-        if cost:
-            from finetune.cost import format_money
-
-            money = format_money(cost["amount"], cost["currency"])
         loss = row.get("train_loss")
         table.add_row(
             row["name"], row.get("status", "?"), str(row.get("steps", "")),
@@ -147,13 +190,14 @@ def runs() -> None:
             format_duration(row.get("wall_time_s")) if row.get("wall_time_s") is not None else "",
             f"{row['peak_memory_mb']:.0f}" if row.get("peak_memory_mb") else "",
             f"{row['energy_wh']:.1f}" if row.get("energy_wh") is not None else "-",
-            money, (row.get("finished_at") or "")[:16].replace("T", " "),
+            format_money(cost["amount"], cost["currency"]) if cost else "",
+            (row.get("finished_at") or "")[:16].replace("T", " "),
         )
     console.print(table)
 
 
 @app.command("show")
-def show(run: str = typer.Argument(..., help="Run name (in outputs/) or folder.")) -> None:
+def show_command(run: str = typer.Argument(..., help="Run name (in outputs/) or folder.")) -> None:
     """Print one run's summary and where its files are."""
     import json
 
@@ -169,15 +213,9 @@ def show(run: str = typer.Argument(..., help="Run name (in outputs/) or folder."
         console.print(f"  {item}{'/' if item.is_dir() else ''}", highlight=False)
 
 
-def _register_optional_commands() -> None:
-    """Commands that live in their own modules, registered here so `finetune --help` lists them."""
-    from finetune import commands
-
-    commands.register(app)
-
-
 def _quiet_libraries() -> None:
     """Library deprecation chatter is for library authors; users see our own lines."""
+    import logging
     import os
     import warnings
 
@@ -187,30 +225,22 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import logging
-
     # bitsandbytes warns at import that an optional CPU kernel package is absent; its fallback works.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def main() -> None:
-    """Entry point: one line and exit 2 for user errors; `--debug` shows the traceback."""
+    """Entry point and the one error funnel: a user error is one line and exit 2; `--debug` shows the traceback."""
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
     else:
         _quiet_libraries()
-    _register_optional_commands()
     try:
-        code = app(standalone_mode=False)
+        # typer's standalone mode prints its own usage errors (exit 2) and turns Ctrl-C into exit 130.
+        app()
     except FinetuneError as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        err_console.out(f"error: {exc}", highlight=False)
         sys.exit(2)
-    except (click.exceptions.Abort, typer.Abort):
-        sys.exit(130)
-    except (click.exceptions.ClickException, ClickException) as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
