@@ -282,12 +282,3 @@ def load_hosted_apis() -> list[HostedAPI]:
     if not isinstance(entries, list):
         raise CatalogError(f"{path}: expected a top-level 'apis:' list")
     return [_validate(HostedAPI, e, f"{path}: apis[{i}]") for i, e in enumerate(entries)]
-
-
-def load_assumptions() -> dict[str, Any]:
-    """The estimator's stated assumptions (utilisation, scaling, overheads, activation coefficients)."""
-    path = CATALOG_DIR / "estimate_assumptions.yaml"
-    data = _read_yaml(path)
-    if not isinstance(data, dict):
-        raise CatalogError(f"{path}: expected a mapping of assumption names to values")
-    return data

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from finetune import catalog as cat
 from finetune.errors import FinetuneError
+from finetune.estimate.assumptions import Assumptions
 from finetune.estimate.devices import Device, run_setups, this_machine
 from finetune.estimate.memory import memory
 from finetune.estimate.shape import ModelShape
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def predicted_step(recipe: Recipe, shape: ModelShape, device: Device, measured: dict[str, Any],
-                   tokens: Tokens, utilisation: float, a: dict[str, Any]) -> dict[str, float]:
+                   tokens: Tokens, utilisation: float, a: Assumptions) -> dict[str, float]:
     """What the model predicts for a probe's steps: seconds per optimizer step and peak memory (MiB).
 
     The probe reports real (non-padding) tokens per optimizer step; the time prediction spreads them over
@@ -39,7 +40,7 @@ def predicted_step(recipe: Recipe, shape: ModelShape, device: Device, measured: 
     mem = memory(shape, peak_setup, a)
     total = mem.total_gb
     if device.kind == "cuda":
-        total -= a["cuda_context_gb"]  # the probe reports torch's allocated peak, which excludes the context
+        total -= a.cuda_context_gb  # the probe reports torch's allocated peak, which excludes the context
     return {"seconds_per_step": seconds, "peak_memory_mb": total * 1024, "seq": seq, "peak_seq": peak_setup.seq}
 
 
@@ -108,7 +109,7 @@ def remembered_speed() -> dict[str, Any] | None:
 
 
 def run_probe_and_compare(recipe: Recipe, shape: ModelShape, gpus: list[cat.GPU], tokens: Tokens,
-                          a: dict[str, Any], steps: int = 4) -> dict[str, Any]:
+                          a: Assumptions, steps: int = 4) -> dict[str, Any]:
     """Run a few real training steps here (finetune.train.run_probe) and compare them with the prediction."""
     try:
         from finetune.train import run_probe
@@ -116,7 +117,7 @@ def run_probe_and_compare(recipe: Recipe, shape: ModelShape, gpus: list[cat.GPU]
         raise FinetuneError(f"--probe needs finetune.train.run_probe, not importable: {exc}") from None
     device = this_machine(gpus, a)
     measured = run_probe(recipe, steps=steps)
-    assumed = a["utilisation"] if device.kind == "cuda" else a["cpu_utilisation"]
+    assumed = a.utilisation if device.kind == "cuda" else a.cpu_utilisation
     predicted = predicted_step(recipe, shape, device, measured, tokens, assumed, a)
     factor = speed_factor(predicted["seconds_per_step"], measured["seconds_per_step"])
     return {

@@ -88,7 +88,7 @@ def render(result: object) -> None:
         c = result.calibration
         console.print(f"this machine's times scaled by {c['speed_factor']:.2f}, measured by `--probe` on "
                       f"{c['measured_at'][:10]} (recipe {c['recipe']})", highlight=False)
-    console.print(f"time assumes {result.assumptions['utilisation']:.0%} of a GPU's dense peak "
+    console.print(f"time assumes {result.assumptions.utilisation:.0%} of a GPU's dense peak "
                   f"({hours_text(primary.hours)} on {primary.name}); see docs/estimate.md", style="dim")
 
 

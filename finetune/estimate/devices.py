@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from finetune import catalog as cat
+from finetune.estimate.assumptions import Assumptions
 from finetune.estimate.memory import GIB, Setup
 from finetune.estimate.tokens import Tokens, logits_fractions, padded_tokens
 
@@ -29,17 +30,17 @@ class Device:
     best_precision: str = "bf16"
 
 
-def device_for_gpu(gpu: cat.GPU, a: dict[str, Any]) -> Device:
+def device_for_gpu(gpu: cat.GPU, a: Assumptions) -> Device:
     """A catalogue GPU as an estimation target."""
     return Device(
         name=gpu.name, kind="cuda", memory_gb=gpu.memory_gb,
-        capacity_gb=gpu.memory_gb * a["usable_memory_fraction"],
+        capacity_gb=gpu.memory_gb * a.usable_memory_fraction,
         peak_tflops={p: gpu.tflops(p) for p in ("fp32", "bf16", "fp16")},
         power_w=gpu.power_w, gpu=gpu, best_precision=gpu.best_precision(),
     )
 
 
-def this_machine(gpus: list[cat.GPU], a: dict[str, Any]) -> Device:
+def this_machine(gpus: list[cat.GPU], a: Assumptions) -> Device:
     """The machine we run on: its CUDA GPU (catalogue speeds where known) or its CPU (measured matmuls)."""
     from finetune.hardware import choose_precision, detect
 
@@ -51,7 +52,7 @@ def this_machine(gpus: list[cat.GPU], a: dict[str, Any]) -> Device:
             peak = {"fp32": 20.0, "bf16": 80.0, "fp16": 80.0}  # an unknown card: a mid-range guess
         return Device(
             name=f"this machine ({hw.name})", kind="cuda", memory_gb=hw.memory_gb,
-            capacity_gb=hw.memory_gb * a["usable_memory_fraction"], peak_tflops=peak,
+            capacity_gb=hw.memory_gb * a.usable_memory_fraction, peak_tflops=peak,
             power_w=known.power_w if known else None, gpu=known, this_machine=True,
             best_precision=choose_precision("auto", hw),
         )
@@ -65,19 +66,19 @@ def this_machine(gpus: list[cat.GPU], a: dict[str, Any]) -> Device:
     fp32, bf16 = gflops["fp32"] / 1000, gflops["bf16"] / 1000
     return Device(
         name=f"this machine (CPU: {hw.name})", kind="cpu", memory_gb=available,
-        capacity_gb=available * a["cpu_usable_memory_fraction"],
+        capacity_gb=available * a.cpu_usable_memory_fraction,
         peak_tflops={"fp32": fp32, "bf16": bf16, "fp16": fp32},
-        power_w=a["cpu_power_w"], this_machine=True, best_precision=choose_precision("auto", hw),
+        power_w=a.cpu_power_w, this_machine=True, best_precision=choose_precision("auto", hw),
     )
 
 
-def _plausible_cpu_gflops(cached: dict[str, float], a: dict[str, Any]) -> dict[str, float]:
+def _plausible_cpu_gflops(cached: dict[str, float], a: Assumptions) -> dict[str, float]:
     """The CPU's matmul speed: finetune.hardware's cached figures, re-measured if they look disturbed.
 
     The cache keeps one short measurement; taken while other processes hammer the CPU it can be 40x
     too low (seen on a shared 2-core machine), which would make every time estimate here wrong.
     """
-    floor = (os.cpu_count() or 1) * float(a["cpu_min_gflops_per_core"])
+    floor = (os.cpu_count() or 1) * a.cpu_min_gflops_per_core
     if cached.get("fp32", 0.0) >= floor:
         return {"fp32": cached["fp32"], "bf16": cached.get("bf16", cached["fp32"])}
     from finetune.hardware import measure_matmul_gflops

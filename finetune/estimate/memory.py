@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
 
-from finetune.estimate.assumptions import assumptions
+from finetune.estimate.assumptions import Assumptions, assumptions
 from finetune.estimate.shape import ModelShape
 
 GIB = 2**30
@@ -88,7 +87,7 @@ def lora_params(shape: ModelShape, r: int, target_modules: Targets = "all-linear
     return shape.layers * sum(r * (i + o) for _, i, o in _targets(shape, target_modules))
 
 
-def weights_bytes(shape: ModelShape, setup: Setup, a: dict[str, Any]) -> float:
+def weights_bytes(shape: ModelShape, setup: Setup, a: Assumptions) -> float:
     """Bytes of the frozen base weights as stored for training."""
     unquantised = shape.embedding_params + shape.head_params + shape.other_params
     if setup.bits is None:
@@ -96,13 +95,13 @@ def weights_bytes(shape: ModelShape, setup: Setup, a: dict[str, Any]) -> float:
         return shape.params * setup.compute_bytes
     # Non-quantised parts take the configured kbit upcast (or fp32 if asked); on a CPU in bf16
     # finetune.train.keep_frozen_weights_in_bf16 casts them back to bf16.
-    other = max(int(a["kbit_unquantized_bytes"]), setup.compute_bytes)
+    other = max(a.kbit_unquantized_bytes, setup.compute_bytes)
     if _cpu_bf16(setup):
         other = 2
     if setup.bits == 4:
-        block = int(a["nf4_block_size"])
+        block = a.nf4_block_size
         if setup.double_quant:
-            constants = 1 / block + 4 / (block * int(a["double_quant_block_size"]))
+            constants = 1 / block + 4 / (block * a.double_quant_block_size)
         else:
             constants = 4 / block
         return shape.layer_linear_params * (0.5 + constants) + unquantised * other
@@ -114,34 +113,34 @@ def _cpu_bf16(setup: Setup) -> bool:
     return setup.device == "cpu" and setup.precision == "bf16"
 
 
-def _fp32_storage(setup: Setup, a: dict[str, Any]) -> tuple[bool, bool]:
+def _fp32_storage(setup: Setup, a: Assumptions) -> tuple[bool, bool]:
     """(layer linears stored in fp32, embeddings/head stored in fp32) for this setup."""
     if setup.precision == "fp32":
         return setup.bits is None, True
     if setup.bits is None or _cpu_bf16(setup):
         return False, False
-    return False, int(a["kbit_unquantized_bytes"]) >= 4
+    return False, a.kbit_unquantized_bytes >= 4
 
 
-def _activation_mode(setup: Setup, a: dict[str, Any]) -> str:
+def _activation_mode(setup: Setup, a: Assumptions) -> str:
     """Which row of activation_coefficients applies."""
     if setup.precision == "fp32":
         mode = "fp32"
     elif _cpu_bf16(setup):
         mode = "cpu_bf16"
-    elif setup.bits is not None and int(a["kbit_unquantized_bytes"]) >= 4:
+    elif setup.bits is not None and a.kbit_unquantized_bytes >= 4:
         mode = "kbit"
     else:
-        mode = "autocast" if a.get("autocast_16bit", True) else "pure16"
+        mode = "autocast" if a.autocast_16bit else "pure16"
     return mode + ("_dropout" if setup.lora_dropout > 0 else "")
 
 
-def activation_bytes_per_token_layer(shape: ModelShape, setup: Setup, a: dict[str, Any]) -> float:
+def activation_bytes_per_token_layer(shape: ModelShape, setup: Setup, a: Assumptions) -> float:
     """Bytes a decoder layer saves for backward per token (Korthikanti-style term, measured coefficients)."""
-    c = a["activation_coefficients"][_activation_mode(setup, a)]
+    c = a.activation_coefficients.row(_activation_mode(setup, a))
     b = setup.compute_bytes
     mlp_share = 1.0 if shape.gated_mlp else 0.5  # fc -> act -> proj keeps half the tensors of gate/up/act/mul
-    per = c["c_h"] * shape.hidden + c["c_q"] * shape.q_dim + c["c_i"] * shape.intermediate * mlp_share
+    per = c.c_h * shape.hidden + c.c_q * shape.q_dim + c.c_i * shape.intermediate * mlp_share
     per += setup.lora_r * len(_targets(shape, setup.target_modules)) * b  # LoRA A outputs, kept for B's grad
     per += setup.seq * b  # the additive padding mask, copied per layer
     if shape.eager_attention:
@@ -158,7 +157,7 @@ def _math_attention(setup: Setup) -> bool:
     return _cpu_bf16(setup) and not setup.checkpointing and setup.seq <= MATH_ATTENTION_MAX_WIDTH
 
 
-def activations(shape: ModelShape, setup: Setup, a: dict[str, Any], checkpointing: bool) -> float:
+def activations(shape: ModelShape, setup: Setup, a: Assumptions, checkpointing: bool) -> float:
     """Bytes saved for backward over the whole model for one micro-batch (with or without checkpointing)."""
     tokens = setup.batch * setup.seq
     layer = activation_bytes_per_token_layer(shape, setup, a) * tokens
@@ -177,18 +176,18 @@ def activations(shape: ModelShape, setup: Setup, a: dict[str, Any], checkpointin
     return kept + layer + layer_copies / shape.layers + head_copy
 
 
-def memory(shape: ModelShape, setup: Setup, a: dict[str, Any] | None = None) -> Memory:
+def memory(shape: ModelShape, setup: Setup, a: Assumptions | None = None) -> Memory:
     """Peak memory per device for one training step (the sum of the parts at the start of backward)."""
     a = a or assumptions()
     n = setup.num_gpus
     weights = weights_bytes(shape, setup, a)
     n_lora = lora_params(shape, setup.lora_r, setup.target_modules)
-    lora = n_lora * a["lora_param_bytes"]
-    optimizer = n_lora * (a["lora_param_bytes"] + a["adam_state_bytes"])  # gradients + two moments
+    lora = n_lora * a.lora_param_bytes
+    optimizer = n_lora * (a.lora_param_bytes + a.adam_state_bytes)  # gradients + two moments
     act_ckpt = activations(shape, setup, a, checkpointing=True)
     act_full = activations(shape, setup, a, checkpointing=False)
     acts = act_ckpt if setup.checkpointing else act_full
-    logits = setup.batch * setup.seq * setup.logits_fraction * shape.vocab * a["logits_bytes_per_element"]
+    logits = setup.batch * setup.seq * setup.logits_fraction * shape.vocab * a.logits_bytes_per_element
     if n > 1 and setup.strategy != "ddp":
         # ZeRO-2 shards gradients and optimizer state; FSDP / ZeRO-3 shard the weights too, and gather
         # one layer's full weights at a time (plus one prefetched).
@@ -198,12 +197,12 @@ def memory(shape: ModelShape, setup: Setup, a: dict[str, Any] | None = None) -> 
             weights = weights / n + gather
             lora /= n
     if setup.device == "cuda":
-        base = a["cuda_context_gb"] * GIB
+        base = a.cuda_context_gb * GIB
         if setup.bits is not None:
             base += shape.largest_linear * setup.compute_bytes  # the dequantised weight of the current matmul
     else:
-        base = a["cpu_process_baseline_gb"] * GIB
-    margin = a["allocator_margin"] if setup.device == "cuda" else a["cpu_allocator_margin"]
+        base = a.cpu_process_baseline_gb * GIB
+    margin = a.allocator_margin if setup.device == "cuda" else a.cpu_allocator_margin
     overhead = base + margin * (acts + logits)
     loading = 0.0
     if setup.device == "cpu" and (setup.bits is not None or shape.checkpoint_bytes != setup.compute_bytes):
@@ -232,7 +231,7 @@ def fits(mem: Memory, capacity_gb: float) -> bool:
 
 
 def max_batch_size(
-    shape: ModelShape, setup: Setup, capacity_gb: float, a: dict[str, Any], limit: int = 4096
+    shape: ModelShape, setup: Setup, capacity_gb: float, a: Assumptions, limit: int = 4096
 ) -> int:
     """The largest micro-batch that fits at the setup's sequence length (0 if even one row does not)."""
     if not fits(memory(shape, replace(setup, batch=1), a), capacity_gb):
@@ -247,7 +246,7 @@ def max_batch_size(
     return lo
 
 
-def max_seq_len(shape: ModelShape, setup: Setup, capacity_gb: float, a: dict[str, Any]) -> int:
+def max_seq_len(shape: ModelShape, setup: Setup, capacity_gb: float, a: Assumptions) -> int:
     """The longest sequence that fits at the setup's batch size (0 if not even 16 tokens do)."""
     if not fits(memory(shape, replace(setup, seq=16), a), capacity_gb):
         return 0
@@ -262,7 +261,7 @@ def max_seq_len(shape: ModelShape, setup: Setup, capacity_gb: float, a: dict[str
 
 
 def suggestions(shape: ModelShape, setup: Setup, capacity_gb: float, grad_accum: int,
-                a: dict[str, Any]) -> list[str]:
+                a: Assumptions) -> list[str]:
     """Concrete recipe changes that make a setup fit, least invasive first, each with its predicted peak."""
     out: list[str] = []
 
@@ -304,6 +303,6 @@ def suggestions(shape: ModelShape, setup: Setup, capacity_gb: float, grad_accum:
         if note(f"--gpus {n} --strategy {strategy} with 4-bit, checkpointing and batch_size=1",
                 replace(lean, num_gpus=n, strategy=strategy)):
             return out
-    need = memory(shape, lean, a).total_gb / a["usable_memory_fraction"]
+    need = memory(shape, lean, a).total_gb / a.usable_memory_fraction
     out.append(f"needs a GPU with at least {need:.0f} GB even at 4-bit, batch 1")
     return out

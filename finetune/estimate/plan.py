@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from finetune import catalog as cat
 from finetune.cost import convert, display_currency, run_cost
 from finetune.errors import DataError, RecipeError
-from finetune.estimate.assumptions import assumptions
+from finetune.estimate.assumptions import Assumptions, assumptions
 from finetune.estimate.calibration import remember_speed, remembered_speed, run_probe_and_compare
 from finetune.estimate.devices import Device, device_for_gpu, run_setups, setup_for, this_machine
 from finetune.estimate.memory import (
@@ -84,7 +84,7 @@ class Estimate:
     rows: list[GpuRow]
     hosted: list[dict[str, Any]]
     currency: str
-    assumptions: dict[str, Any]
+    assumptions: Assumptions
     probe: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None  # a speed factor from an earlier --probe on this machine
 
@@ -107,9 +107,9 @@ class Estimate:
             "currency": self.currency,
             "probe": self.probe,
             "calibration": self.calibration,
-            "assumptions": {k: self.assumptions[k] for k in
-                            ("utilisation", "cpu_utilisation", "quantised_slowdown", "scaling_efficiency",
-                             "power_fraction", "cuda_context_gb", "allocator_margin")},
+            "assumptions": self.assumptions.model_dump(include={
+                "utilisation", "cpu_utilisation", "quantised_slowdown", "scaling_efficiency", "power_fraction",
+                "cuda_context_gb", "allocator_margin"}),
         }
 
 
@@ -127,7 +127,7 @@ def _same_gpu(name: str, gpu: cat.GPU) -> bool:
 
 
 def _row_cost(recipe: Recipe, device: Device, seconds: float, num_gpus: int, currency: str,
-              rates: cat.Rates, a: dict[str, Any]) -> dict[str, Any]:
+              rates: cat.Rates, a: Assumptions) -> dict[str, Any]:
     """A row's cost: the recipe's price for its own GPU, electricity for consumer cards, else rental."""
     section = recipe.cost
     if device.this_machine:
@@ -138,13 +138,13 @@ def _row_cost(recipe: Recipe, device: Device, seconds: float, num_gpus: int, cur
         own = section.gpu is not None and device.gpu is not None and _same_gpu(section.gpu, device.gpu)
     if own and (section.hourly_rate or section.electricity):
         # The recipe's cost.power_w is what its own machine draws under load: use it as is.
-        power, share = (section.power_w, 1.0) if section.power_w else (device.power_w, a["power_fraction"])
+        power, share = (section.power_w, 1.0) if section.power_w else (device.power_w, a.power_fraction)
         result = run_cost(section, seconds, gpu_power_w=power, utilisation=share,
                           to_currency=currency, num_gpus=num_gpus, rates=rates)
         return {**result, "price": "recipe"}
     if section.electricity and device.gpu is not None and device.gpu.kind == "consumer":
         electricity = {"electricity": section.electricity.model_dump()}
-        result = run_cost(electricity, seconds, gpu_power_w=device.power_w, utilisation=a["power_fraction"],
+        result = run_cost(electricity, seconds, gpu_power_w=device.power_w, utilisation=a.power_fraction,
                           to_currency=currency, num_gpus=num_gpus, rates=rates)
         return {**result, "price": "recipe"}
     if device.gpu is not None and device.gpu.rental is not None:
@@ -157,17 +157,17 @@ def _row_cost(recipe: Recipe, device: Device, seconds: float, num_gpus: int, cur
 
 
 def _row(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, num_gpus: int, strategy: str,
-         currency: str, rates: cat.Rates, a: dict[str, Any], speed_factor: float = 1.0) -> GpuRow:
+         currency: str, rates: cat.Rates, a: Assumptions, speed_factor: float = 1.0) -> GpuRow:
     """Estimate one target (`speed_factor`: measured over predicted step time, from a probe)."""
     t = recipe.training
     setup, average = run_setups(recipe, device, tokens, num_gpus, strategy)
     mem = memory(shape, setup, a)
     ok = fits(mem, device.capacity_gb)
-    util = a["utilisation"] if device.kind == "cuda" else a["cpu_utilisation"]
+    util = a.utilisation if device.kind == "cuda" else a.cpu_utilisation
     peak = device.peak_tflops.get(setup.precision) or device.peak_tflops["fp32"]
     micro, _ = _work(recipe, tokens, setup)
     per_micro = seconds_per_micro_batch(shape, average, peak, util, a) * speed_factor
-    eff = a["scaling_efficiency"].get(strategy, 1.0) if setup.num_gpus > 1 else 1.0
+    eff = a.scaling_efficiency.of(strategy) if setup.num_gpus > 1 else 1.0
     eval_seconds = _eval_seconds(recipe, shape, average, tokens, peak, util) * speed_factor
     util /= speed_factor
     seconds = (per_micro * micro + eval_seconds) / (setup.num_gpus * eff)

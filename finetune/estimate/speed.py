@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from finetune.estimate.assumptions import assumptions
+from finetune.estimate.assumptions import Assumptions, assumptions
 from finetune.estimate.memory import Setup, lora_params
 from finetune.estimate.shape import ModelShape
 
@@ -23,7 +21,7 @@ def flops_per_token(shape: ModelShape, setup: Setup) -> float:
 
 
 def step_overhead_seconds(shape: ModelShape, setup: Setup, peak_tflops: float,
-                          a: dict[str, Any] | None = None) -> float:
+                          a: Assumptions | None = None) -> float:
     """Time a step spends whatever its tokens: launching kernels (GPU) or dispatching ops (CPU), per layer.
 
     On a CPU it is counted in matmul-equivalent FLOPs at the same peak as the compute, so that a busy
@@ -31,15 +29,15 @@ def step_overhead_seconds(shape: ModelShape, setup: Setup, peak_tflops: float,
     """
     a = a or assumptions()
     if setup.device == "cuda":
-        return shape.layers * float(a["step_overhead_s_per_layer"])
-    return shape.layers * float(a["cpu_step_overhead_gflop_per_layer"]) / (peak_tflops * 1000)
+        return shape.layers * a.step_overhead_s_per_layer
+    return shape.layers * a.cpu_step_overhead_gflop_per_layer / (peak_tflops * 1000)
 
 
 def seconds_per_micro_batch(shape: ModelShape, setup: Setup, peak_tflops: float, utilisation: float,
-                            a: dict[str, Any] | None = None) -> float:
+                            a: Assumptions | None = None) -> float:
     """Predicted time of one forward+backward over `batch x seq` tokens on one device."""
     a = a or assumptions()
-    table = a["quantised_slowdown"] if setup.device == "cuda" else a["cpu_quantised_slowdown"]
+    table = a.quantised_slowdown if setup.device == "cuda" else a.cpu_quantised_slowdown
     slowdown = float(table.get(setup.bits, 1.0)) if setup.bits else 1.0
     work = setup.batch * setup.seq * flops_per_token(shape, setup)
     compute = work / (peak_tflops * 1e12 * utilisation) * slowdown

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune.errors import DataError, ModelError
-from finetune.estimate.assumptions import assumptions
+from finetune.estimate.assumptions import Assumptions, assumptions
 
 if TYPE_CHECKING:
     from finetune.recipe import Recipe
@@ -39,7 +39,7 @@ class Tokens:
                 "truncated_rows": self.truncated_rows, "longest": max(self.lengths, default=0)}
 
 
-def _char_tokens(messages: list[dict[str, Any]], a: dict[str, Any]) -> int:
+def _char_tokens(messages: list[dict[str, Any]], a: Assumptions) -> int:
     """Tokens of a conversation estimated from its characters (ASCII ~4 per token, other scripts ~1)."""
     if not messages:
         return 0
@@ -49,8 +49,8 @@ def _char_tokens(messages: list[dict[str, Any]], a: dict[str, Any]) -> int:
         n_ascii = sum(1 for ch in text if ord(ch) < 128)
         ascii_chars += n_ascii
         other += len(text) - n_ascii
-    estimate = ascii_chars / a["chars_per_token_ascii"] + other / a["chars_per_token_other"]
-    return int(estimate + a["template_tokens_per_message"] * len(messages)) + 1
+    estimate = ascii_chars / a.chars_per_token_ascii + other / a.chars_per_token_other
+    return int(estimate + a.template_tokens_per_message * len(messages)) + 1
 
 
 def _prompt_part(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -106,7 +106,7 @@ def _dataset_path(recipe: Recipe, recipe_dir: Path | None) -> Path:
 
 
 def _token_lengths(tokenizer: Any, conversations: list[list[dict[str, Any]]],
-                   a: dict[str, Any]) -> tuple[list[int], list[int]]:
+                   a: Assumptions) -> tuple[list[int], list[int]]:
     """(whole conversation, prompt part) token counts per row: tokenizer and chat template, or characters."""
     if tokenizer is None:
         return ([_char_tokens(m, a) for m in conversations],
@@ -121,14 +121,14 @@ def _token_lengths(tokenizer: Any, conversations: list[list[dict[str, Any]]],
     return full, head
 
 
-def count_tokens(recipe: Recipe, recipe_dir: Path | None = None, a: dict[str, Any] | None = None) -> Tokens:
+def count_tokens(recipe: Recipe, recipe_dir: Path | None = None, a: Assumptions | None = None) -> Tokens:
     """Tokens per training row: tokenizer and chat template if on disk, else estimated from the text."""
     from finetune.data import load_conversations, split_train_eval
 
     a = a or assumptions()
     path = _dataset_path(recipe, recipe_dir)
     max_len = recipe.dataset.max_length
-    if path.stat().st_size / 1e6 > a["large_dataset_mb"]:
+    if path.stat().st_size / 1e6 > a.large_dataset_mb:
         return _sampled_tokens(recipe, path, a)
     conversations = load_conversations(path, recipe.dataset.format)
     train, held_out = split_train_eval(conversations, recipe.dataset.eval_fraction, recipe.training.seed)
@@ -154,7 +154,7 @@ def count_tokens(recipe: Recipe, recipe_dir: Path | None = None, a: dict[str, An
     )
 
 
-def _sampled_tokens(recipe: Recipe, path: Path, a: dict[str, Any], sample: int = 2000) -> Tokens:
+def _sampled_tokens(recipe: Recipe, path: Path, a: Assumptions, sample: int = 2000) -> Tokens:
     """A large file: count its rows, estimate tokens from the characters of a sample of them."""
     rows = 0
     lengths: list[int] = []

@@ -101,7 +101,7 @@ def _predict(name: str, measured: dict) -> dict:
     shape = E.model_shape(recipe.base_model)
     device = E.this_machine(cat.load_gpus(), a)
     tokens = E.count_tokens(recipe, None, a)
-    util = a["utilisation"] if device.kind == "cuda" else a["cpu_utilisation"]
+    util = a.utilisation if device.kind == "cuda" else a.cpu_utilisation
     return E.predicted_step(recipe, shape, device, measured, tokens, util, a)
 
 

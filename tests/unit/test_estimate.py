@@ -16,6 +16,7 @@ import pytest
 from finetune import catalog as cat
 from finetune import estimate as E
 from finetune.errors import ModelError
+from finetune.estimate.assumptions import Assumptions
 from finetune.estimate.shape import _shape_cached
 from finetune.recipe import load_recipe
 
@@ -29,7 +30,7 @@ def gb(value_gib: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def a() -> dict:
+def a() -> Assumptions:
     return E.assumptions()
 
 
@@ -99,10 +100,10 @@ def test_user_models_file_adds_a_model(tmp_path, monkeypatch):
 # --- weights: rules of thumb and the QLoRA paper -------------------------------------------------------
 
 
-def weights(model_id: str, bits: int | None, a: dict, **over) -> float:
+def weights(model_id: str, bits: int | None, a: Assumptions, **over) -> float:
     shape = E.model_shape(model_id)
     setup = E.Setup(bits=bits, precision="bf16", device="cuda", batch=1, seq=16)
-    return E.memory(shape, setup, {**a, **over}).weights_gb
+    return E.memory(shape, setup, a.with_changes(**over)).weights_gb
 
 
 def test_rules_of_thumb_for_weight_memory(a):
@@ -145,22 +146,22 @@ def test_qlora_paper_figure_6_model_sizes(a, model_id, figure_mb):
     # artidoro/qlora issue #269; section 2 of the paper also says "the 4-bit base model consumes
     # 5,048 MB" for 7B). The figure does not say whether the CUDA context is included; our weights
     # alone are 9-17% below, weights + context within 15%.
-    mem = E.memory(E.model_shape(model_id), PAPER_SETUP, {**a, **PAPER})
-    assert (mem.weights_gb + a["cuda_context_gb"]) * 1024 == pytest.approx(figure_mb, rel=0.15)
+    mem = E.memory(E.model_shape(model_id), PAPER_SETUP, a.with_changes(**PAPER))
+    assert (mem.weights_gb + a.cuda_context_gb) * 1024 == pytest.approx(figure_mb, rel=0.15)
 
 
 def test_qlora_paper_65b_fits_one_48gb_gpu(a):
     # Abstract: "reduces memory usage enough to finetune a 65B parameter model on a single 48GB GPU";
     # s.1: "from >780GB of GPU memory to <48GB".
     shape = E.model_shape("huggyllama/llama-65b")
-    mem = E.memory(shape, PAPER_SETUP, {**a, **PAPER})
+    mem = E.memory(shape, PAPER_SETUP, a.with_changes(**PAPER))
     gpus = cat.load_gpus()
     a6000 = E.device_for_gpu(cat.find_gpu("RTX A6000", gpus), a)
     a100_40 = E.device_for_gpu(cat.find_gpu("A100 40GB", gpus), a)
     assert E.fits(mem, a6000.capacity_gb)
     assert not E.fits(mem, a100_40.capacity_gb)  # and it needs that much: 40 GB is not enough
     # 16-bit LoRA would need >780 GB for full finetuning; even frozen 16-bit weights alone are ~130 GB.
-    sixteen = E.memory(shape, replace(PAPER_SETUP, bits=None), {**a, **PAPER})
+    sixteen = E.memory(shape, replace(PAPER_SETUP, bits=None), a.with_changes(**PAPER))
     assert gb(sixteen.weights_gb) == pytest.approx(130, rel=0.05)
 
 
@@ -169,10 +170,67 @@ def test_qlora_paper_33b_on_24gb_with_paged_optimizer(a):
     # provide enough memory to make these models fit". The paged optimizer moves the optimizer state
     # to CPU RAM when memory runs out: without it the total is above 24 GB, without the optimizer
     # state it fits.
-    mem = E.memory(E.model_shape("huggyllama/llama-30b"), PAPER_SETUP, {**a, **PAPER})
-    capacity = 24 * a["usable_memory_fraction"]
+    mem = E.memory(E.model_shape("huggyllama/llama-30b"), PAPER_SETUP, a.with_changes(**PAPER))
+    capacity = 24 * a.usable_memory_fraction
     assert mem.total_gb > capacity * 0.9
     assert mem.total_gb - mem.optimizer_gb < capacity
+
+
+# --- the assumptions file ------------------------------------------------------------------------------
+
+
+def _assumptions_file(tmp_path: Path, old: str, new: str) -> Path:
+    """The shipped assumptions file with one line changed."""
+    from finetune.estimate.assumptions import ASSUMPTIONS_FILE
+
+    text = ASSUMPTIONS_FILE.read_text(encoding="utf-8")
+    assert old in text
+    path = tmp_path / "assumptions.yaml"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path
+
+
+def _line_of(path: Path, start: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if line.lstrip().startswith(start))
+
+
+def test_assumptions_are_typed_and_frozen(a):
+    from pydantic import ValidationError
+
+    assert isinstance(a.cpu_utilisation, float) and a.quantised_slowdown[4] > 1
+    assert a.activation_coefficients.row("fp32").c_h > 0 and a.scaling_efficiency.of("ddp") <= 1
+    with pytest.raises(ValidationError):
+        a.utilisation = 0.5  # shared by every estimate in the process: never changed in place
+    assert a.with_changes(utilisation=0.5).utilisation == 0.5 and a.utilisation != 0.5
+    with pytest.raises(ValidationError, match="utilisaton"):
+        a.with_changes(utilisaton=0.5)
+
+
+def test_unknown_assumption_key_names_file_line_and_key(tmp_path):
+    from finetune.estimate.assumptions import load_assumptions
+
+    path = _assumptions_file(tmp_path, "cpu_utilisation: 0.35", "cpu_utilisaton: 0.35")
+    with pytest.raises(cat.CatalogError) as info:
+        load_assumptions(path)
+    message = str(info.value)
+    line = _line_of(path, "cpu_utilisaton")
+    assert message.startswith(f"{path}: line {line}: cpu_utilisaton: unknown key (did you mean 'cpu_utilisation'?)")
+    assert "\n" not in message
+
+
+def test_bad_assumption_value_names_the_nested_key(tmp_path):
+    from finetune.estimate.assumptions import load_assumptions
+
+    path = _assumptions_file(tmp_path, "fp32:            {c_h: 16,", "fp32:            {c_h: lots,")
+    with pytest.raises(cat.CatalogError, match=rf"line {_line_of(path, 'fp32:')}: "
+                                              r"activation_coefficients\.fp32\.c_h: .*'lots'"):
+        load_assumptions(path)
+    path = _assumptions_file(tmp_path, "usable_memory_fraction: 0.97", "usable_memory_fraction: 1.5")
+    with pytest.raises(cat.CatalogError, match=r"usable_memory_fraction: .*less than or equal to 1"):
+        load_assumptions(path)
+    path = _assumptions_file(tmp_path, "lora_param_bytes: 4\n", "")
+    with pytest.raises(cat.CatalogError, match="lora_param_bytes: required key is missing"):
+        load_assumptions(path)
 
 
 # --- memory structure ------------------------------------------------------------------------------
@@ -251,7 +309,7 @@ def test_70b_qlora_fits_two_24gb_cards_only_when_sharded(a):
     # weights are sharded (FSDP / ZeRO-3), at a short sequence (batch 1 x 256 tokens, checkpointing).
     shape = E.model_shape("meta-llama/Llama-2-70b-hf")
     setup = E.Setup(bits=4, batch=1, seq=256, checkpointing=True, num_gpus=2)
-    capacity = 24 * a["usable_memory_fraction"]
+    capacity = 24 * a.usable_memory_fraction
     assert not E.fits(E.memory(shape, setup, a), capacity)  # DDP: a full copy per card
     assert E.fits(E.memory(shape, replace(setup, strategy="fsdp"), a), capacity)
     assert E.fits(E.memory(shape, replace(setup, strategy="zero3"), a), capacity)
@@ -288,7 +346,7 @@ def test_seconds_scale_with_peak_utilisation_and_quantisation(a):
     shape = E.model_shape("meta-llama/Llama-2-7b-hf")
     setup = E.Setup(bits=None, batch=4, seq=512)
     overhead = E.step_overhead_seconds(shape, setup, 100, a)
-    assert overhead == pytest.approx(32 * a["step_overhead_s_per_layer"])
+    assert overhead == pytest.approx(32 * a.step_overhead_s_per_layer)
 
     def compute(**kw):  # the token-proportional part of a micro-batch's time
         return E.seconds_per_micro_batch(shape, replace(setup, **kw.pop("s", {})), kw.get("peak", 100),
@@ -297,11 +355,11 @@ def test_seconds_scale_with_peak_utilisation_and_quantisation(a):
     base = compute()
     assert compute(peak=200) == pytest.approx(base / 2)
     assert compute(util=0.25) == pytest.approx(base * 2)
-    assert compute(s={"bits": 4}) == pytest.approx(base * a["quantised_slowdown"][4])
+    assert compute(s={"bits": 4}) == pytest.approx(base * a.quantised_slowdown[4])
     assert base == pytest.approx(4 * 512 * E.flops_per_token(shape, setup) / (100e12 * 0.5))
     cpu = replace(setup, bits=4, device="cpu")
     assert E.seconds_per_micro_batch(shape, cpu, 1.0, 0.5, a) - E.step_overhead_seconds(shape, cpu, 1.0, a) == \
-        pytest.approx(4 * 512 * E.flops_per_token(shape, cpu) / (1e12 * 0.5) * a["cpu_quantised_slowdown"][4])
+        pytest.approx(4 * 512 * E.flops_per_token(shape, cpu) / (1e12 * 0.5) * a.cpu_quantised_slowdown[4])
     # A CPU's per-step overhead stretches with its speed, like the compute.
     assert E.step_overhead_seconds(shape, cpu, 0.5, a) == pytest.approx(2 * E.step_overhead_seconds(shape, cpu, 1.0, a))
 
@@ -348,7 +406,7 @@ def test_suggestions_are_concrete_and_each_fits(a):
     # Mistral 7B in 16-bit with batch 8 x 2048 on a 16 GB card: far too big.
     shape = E.model_shape("mistralai/Mistral-7B-Instruct-v0.3")
     setup = E.Setup(bits=None, batch=8, seq=2048, checkpointing=False, lora_r=64)
-    capacity = 16 * a["usable_memory_fraction"]
+    capacity = 16 * a.usable_memory_fraction
     assert not E.fits(E.memory(shape, setup, a), capacity)
     tips = E.suggestions(shape, setup, capacity, grad_accum=2, a=a)
     assert tips, "a 7B model can always be made to fit 16 GB"
