@@ -79,9 +79,11 @@ def _cpu_speed_cache() -> dict[str, float]:
     path = finetune_home() / "hardware.json"
     try:
         cached = json.loads(path.read_text())
-        if cached.get("key") == key:
-            return cached["gflops"]
-    except (OSError, ValueError, KeyError):
+        gflops = cached["gflops"] if cached.get("key") == key else None
+        # A cache cut short or hand-edited is measured again, never trusted into a wrong precision.
+        if all(isinstance(gflops.get(n), (int, float)) and gflops[n] > 0 for n in ("fp32", "bf16")):
+            return {n: float(gflops[n]) for n in ("fp32", "bf16")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     # Best of three short runs: a neighbour's burst of work must not stick in the cache as our speed.
     # bf16 on a CPU without native support is emulated and can be 25x slower: measure, never assume.
