@@ -9,10 +9,11 @@ import re
 import shutil
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from finetune import atomic
-from finetune.distributed import effective_strategy
 from finetune.errors import RunError
 from finetune.paths import outputs_dir
 from finetune.recipe import Recipe
@@ -106,52 +107,117 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+class _Fixed(BaseModel):
+    """A part of summary.json: every field required, no others allowed, not changed after it is built."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Examples(_Fixed):
+    """Rows in each split."""
+
+    train: int
+    eval: int
+
+
+class Cost(_Fixed):
+    """What the run cost, priced by the recipe's cost section (finetune/cost.py run_cost)."""
+
+    amount: float | None
+    currency: str
+    basis: str
+    estimated: bool
+
+
+class HardwareInfo(_Fixed):
+    """The device the run trained on."""
+
+    device: Literal["cuda", "cpu"]
+    name: str
+    features: list[str]
+
+
+class Summary(_Fixed):
+    """summary.json, schema_version 1: every field is documented in docs/runs.md."""
+
+    schema_version: Literal[1] = SUMMARY_SCHEMA_VERSION
+    name: str
+    status: Literal["completed", "interrupted", "time_budget", "diverged", "failed"]
+    message: str | None
+    steps: int
+    max_steps: int
+    epochs: float
+    examples: Examples
+    tokens: int
+    train_loss: float | None
+    eval_loss: float | None
+    wall_time_s: float
+    seconds_per_step: float | None
+    tokens_per_s: float | None
+    time_to_first_step_s: float | None
+    peak_memory_mb: float
+    energy_wh: float | None
+    cost: Cost | None
+    hardware: HardwareInfo
+    precision: Literal["bf16", "fp16", "fp32"]
+    gradient_checkpointing: bool
+    quantization: Literal[4, 8] | None
+    num_processes: int
+    strategy: Literal["none", "ddp", "fsdp", "zero2", "zero3"]
+    versions: dict[str, str]
+    recipe_sha256: str
+    dataset_sha256: str
+    base_model: str
+    adapter: str | None
+    started_at: str
+    finished_at: str
+
+
 def build_summary(
-    recipe: Recipe, run_dir: Path, run_state: Any, telemetry: Any, trainer_state: Any, hw: Any,
-    precision: str, checkpointing: bool, num_processes: int, eval_loss: float | None,
+    *, recipe: Recipe, run_dir: Path, run_state: Any, telemetry: Any, trainer_state: Any, hw: Any,
+    precision: str, checkpointing: bool, num_processes: int, strategy: str, eval_loss: float | None,
     started: datetime, dataset_sha256: str, train_rows: int, eval_rows: int,
 ) -> dict[str, Any]:
-    """The fixed summary.json schema (docs/summary.md documents every field)."""
+    """summary.json's content, validated against `Summary` (docs/runs.md documents every field)."""
     losses = [h["loss"] for h in trainer_state.log_history if "loss" in h]
     last = telemetry.last_line
     wall = telemetry.elapsed()
     energy = last.get("energy_wh")
     utilisation = (last.get("gpu_util") or 0) / 100 if last.get("gpu_util") is not None else None
-    cost = telemetry.cost(wall, energy, utilisation)
     peak = max(telemetry.ledger.peak_memory_mb, last.get("peak_memory_mb") or 0)
-    return {
-        "schema_version": SUMMARY_SCHEMA_VERSION,
-        "name": recipe.name,
-        "status": run_state.status,
-        "message": run_state.message,
-        "steps": trainer_state.global_step,
-        "max_steps": trainer_state.max_steps,
-        "epochs": round(trainer_state.epoch or 0.0, 4),
-        "examples": {"train": train_rows, "eval": eval_rows},
-        "tokens": int(getattr(trainer_state, "num_input_tokens_seen", 0) or 0),
-        "train_loss": losses[-1] if losses else None,
-        "eval_loss": eval_loss,
-        "wall_time_s": round(wall, 2),
-        "seconds_per_step": last.get("seconds_per_step"),
-        "tokens_per_s": last.get("tokens_per_s"),
-        "time_to_first_step_s": None if run_state.first_step_s is None else round(run_state.first_step_s, 2),
-        "peak_memory_mb": round(peak, 1),
-        "energy_wh": energy,
-        "cost": cost,
-        "hardware": {"device": hw.device, "name": hw.name, "features": list(hw.features)},
-        "precision": precision,
-        "gradient_checkpointing": checkpointing,
-        "quantization": recipe.quantization.bits,
-        "num_processes": num_processes,
-        "strategy": effective_strategy(recipe.distributed.strategy, num_processes),
-        "versions": library_versions(),
-        "recipe_sha256": recipe.sha256(),
-        "dataset_sha256": dataset_sha256,
-        "base_model": recipe.base_model,
-        "adapter": str(run_dir / "adapter") if (run_dir / "adapter").is_dir() else None,
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
+    summary = Summary(
+        name=recipe.name,
+        status=run_state.status,
+        message=run_state.message,
+        steps=trainer_state.global_step,
+        max_steps=trainer_state.max_steps,
+        epochs=round(trainer_state.epoch or 0.0, 4),
+        examples=Examples(train=train_rows, eval=eval_rows),
+        tokens=int(getattr(trainer_state, "num_input_tokens_seen", 0) or 0),
+        train_loss=losses[-1] if losses else None,
+        eval_loss=eval_loss,
+        wall_time_s=round(wall, 2),
+        seconds_per_step=last.get("seconds_per_step"),
+        tokens_per_s=last.get("tokens_per_s"),
+        time_to_first_step_s=None if run_state.first_step_s is None else round(run_state.first_step_s, 2),
+        peak_memory_mb=round(peak, 1),
+        energy_wh=energy,
+        cost=telemetry.cost(wall, energy, utilisation),
+        hardware=HardwareInfo(device=hw.device, name=hw.name, features=list(hw.features)),
+        precision=precision,
+        gradient_checkpointing=checkpointing,
+        quantization=recipe.quantization.bits,
+        num_processes=num_processes,
+        strategy=strategy,
+        versions=library_versions(),
+        recipe_sha256=recipe.sha256(),
+        dataset_sha256=dataset_sha256,
+        base_model=recipe.base_model,
+        adapter=str(run_dir / "adapter") if (run_dir / "adapter").is_dir() else None,
+        started_at=started.isoformat(timespec="seconds"),
+        finished_at=datetime.now().astimezone().isoformat(timespec="seconds"),
+    )
+    return summary.model_dump(mode="json")
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from finetune import atomic, hardware
 from finetune.data import collate, file_sha256, load_conversations, split_train_eval, tokenize_conversations
-from finetune.distributed import peak_over_ranks, save_sharded_adapter
+from finetune.distributed import effective_strategy, peak_over_ranks, save_sharded_adapter
 from finetune.errors import RunError
 from finetune.models import load_config, load_model, load_tokenizer
 from finetune.recipe import Recipe
@@ -534,9 +534,11 @@ def train(
         elif (error is None or run_state.status == "interrupted") and not saved_by_ranks:
             _save_adapter(trainer.model, tokenizer, adapter_dir)
         summary = build_summary(
-            recipe, run_dir, run_state, telemetry, trainer.state, hw, precision, checkpointing,
-            num_processes, eval_loss, started, file_sha256(recipe.dataset.path),
-            len(train_rows), len(eval_rows),
+            recipe=recipe, run_dir=run_dir, run_state=run_state, telemetry=telemetry,
+            trainer_state=trainer.state, hw=hw, precision=precision, checkpointing=checkpointing,
+            num_processes=num_processes, strategy=effective_strategy(recipe.distributed.strategy, num_processes),
+            eval_loss=eval_loss, started=started, dataset_sha256=file_sha256(recipe.dataset.path),
+            train_rows=len(train_rows), eval_rows=len(eval_rows),
         )
         atomic.write_json(run_dir / "summary.json", summary)
         _plot_curves(run_dir)
