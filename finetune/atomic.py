@@ -177,6 +177,12 @@ def staged_dir(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def publish_dir(folder: str | Path, target: str | Path) -> None:
+    """Put a finished folder written beside `target` (e.g. by several ranks) in its place, as staged_dir does."""
+    with staged_dir(target) as staging:
+        os.replace(folder, staging)  # a folder may replace an empty one in one rename (same file system)
+
+
 # --- JSON lines -----------------------------------------------------------------------------------------------
 
 

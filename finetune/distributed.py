@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finetune import atomic
 from finetune.errors import RecipeError, RunError
 
 if TYPE_CHECKING:
@@ -246,7 +247,7 @@ def save_sharded_adapter(trainer: Any, adapter_dir: Path) -> bool:
 
     The weights are sharded over the ranks there, so the main process alone cannot write them: the
     trainer's save_model gathers them (FSDP: as a full state dict on rank 0) and saves the adapter and
-    tokenizer from the main process, which then renames the folder into place.
+    tokenizer from the main process, which then publishes the folder atomically.
     """
     if not (getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)):
         return False
@@ -262,7 +263,5 @@ def save_sharded_adapter(trainer: Any, adapter_dir: Path) -> bool:
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; one-process adapters have none
-        if adapter_dir.exists():
-            shutil.rmtree(adapter_dir)
-        os.replace(tmp, adapter_dir)
+        atomic.publish_dir(tmp, adapter_dir)
     return True

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from finetune import atomic
 from finetune.paths import finetune_home
 
 
@@ -89,10 +90,7 @@ def _cpu_speed_cache() -> dict[str, float]:
     # bf16 on a CPU without native support is emulated and can be 25x slower: measure, never assume.
     gflops = {name: max(measure_matmul_gflops(name, seconds=0.1) for _ in range(3)) for name in ("fp32", "bf16")}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"key": key, "gflops": gflops}))
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps({"key": key, "gflops": gflops}))
     except OSError:
         pass
     return gflops

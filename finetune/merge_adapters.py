@@ -134,8 +134,6 @@ def merge_adapters(
         check_target,
         logits_of,
         max_abs_diff,
-        publish,
-        staging_dir,
         verify_inputs,
         write_tokenizer,
     )
@@ -166,8 +164,7 @@ def merge_adapters(
     for name in names:
         model.delete_adapter(name)
 
-    tmp = staging_dir(out_dir)
-    try:
+    with atomic.staged_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp), selected_adapters=[MERGED], safe_serialization=True)
         nested = tmp / MERGED  # peft saves named adapters in a subfolder
         if nested.is_dir():
@@ -219,10 +216,6 @@ def merge_adapters(
         )
         licence = resolve_license(model_license(recipe.base_model), hub_id)
         atomic.write_text(tmp / "README.md", render_card(card, licence))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish(tmp, out_dir)
     say(
         f"merged {len(sources)} adapters ({method}, rank {config.get('r')}) into {out_dir}; reloaded folder "
         f"matches to {reloaded:.3g}"

@@ -6,7 +6,6 @@ import fcntl
 import importlib.util
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from finetune import atomic
 from finetune.errors import ModelError
 from finetune.paths import finetune_home
 
@@ -61,24 +61,22 @@ def _convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    # save_pretrained refuses GGUF-loaded models, so the weights and config are written by hand.
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)  # tied: safetensors refuses shared storage
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
-    config.pop("_model_name_or_path", None)
-    config["architectures"] = [type(model).__name__]  # llama.cpp's converters need it
-    config["dtype"] = "float32"
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    if model.generation_config is not None:
-        model.generation_config.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+    # Called under the conversion lock, only when target has no config.json: nothing to keep there.
+    with atomic.staged_dir(target) as tmp:
+        # save_pretrained refuses GGUF-loaded models, so the weights and config are written by hand.
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if model.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)  # tied: safetensors refuses shared storage
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        config.pop("_model_name_or_path", None)
+        config["architectures"] = [type(model).__name__]  # llama.cpp's converters need it
+        config["dtype"] = "float32"
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def bundled_model_path(name: str) -> Path:

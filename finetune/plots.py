@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
-from finetune.atomic import read_jsonl
+from finetune.atomic import read_jsonl, write_bytes
 
 
 def plot_curves(metrics_path: Path, out_path: Path) -> None:
@@ -36,7 +37,7 @@ def plot_curves(metrics_path: Path, out_path: Path) -> None:
     axes[2].set_ylabel("tokens/s")
     axes[2].set_xlabel("step")
     fig.tight_layout()
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
-    tmp.replace(out_path)
+    write_bytes(out_path, buffer.getvalue())

@@ -183,7 +183,8 @@ def _trainer_class() -> type:
         def _save_checkpoint(self, model, trial):  # noqa: ANN001
             if self.run_state.non_finite_steps or not _weights_finite(model):
                 return  # never overwrite a good checkpoint with diverging weights
-            # Write into a staging folder, then rename: a killed run never leaves half a checkpoint.
+            # Every rank writes its part (RNG state, optimizer shards) under one staging root that they
+            # all agree on; the main process then publishes the whole checkpoint in one atomic swap.
             save_began = time.monotonic()
             final_root = self.args.output_dir
             staging = os.path.join(final_root, ".staging")
@@ -196,10 +197,7 @@ def _trainer_class() -> type:
             if self.is_world_process_zero():
                 name = f"checkpoint-{self.state.global_step}"
                 atomic.write_text(Path(staging) / name / LEDGER_FILE, self.run_state.ledger_json())
-                target = os.path.join(final_root, name)
-                if os.path.exists(target):
-                    shutil.rmtree(target)
-                os.replace(os.path.join(staging, name), target)
+                atomic.publish_dir(Path(staging) / name, Path(final_root) / name)
                 shutil.rmtree(staging, ignore_errors=True)
                 rotate_checkpoints(output_dir=final_root, save_total_limit=self.args.save_total_limit, use_mtime=False)
             self.run_state.last_save = time.monotonic()
@@ -569,27 +567,18 @@ def _check_it_fits(recipe: Recipe, force: bool, say: Any) -> None:
 
 
 def _save_adapter(model: Any, tokenizer: Any, adapter_dir: Path) -> None:
-    """Save the PEFT adapter and tokenizer atomically (temporary folder, then rename)."""
-    tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    os.replace(tmp, adapter_dir)
+    """Save the PEFT adapter and tokenizer atomically (the previous adapter stays until the new one is whole)."""
+    with atomic.staged_dir(adapter_dir) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
 
 
 def _copy_adapter(checkpoint: Path, adapter_dir: Path, tokenizer: Any) -> None:
     """Use a checkpoint's adapter as the run's adapter (after divergence)."""
-    tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        shutil.copy2(checkpoint / name, tmp / name)
-    tokenizer.save_pretrained(tmp)
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    os.replace(tmp, adapter_dir)
+    with atomic.staged_dir(adapter_dir) as staging:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(checkpoint / name, staging / name)
+        tokenizer.save_pretrained(staging)
 
 
 def _configure_wandb(recipe: Recipe, run_dir: Path) -> None:

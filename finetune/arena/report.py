@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from finetune import atomic
 from finetune.arena.criteria import QUESTIONS
 from finetune.arena.store import now
 from finetune.errors import DataError
 
 SECTION = "## Blind arena"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write text next to `path` in a temp file, then replace it, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def arena_section(results: dict, source: str, database: str) -> dict | None:
@@ -117,11 +102,11 @@ def update_reports(results: dict, database: str) -> list[Path]:
             if not isinstance(report, dict):
                 raise DataError(f"{report_json}: expected a JSON object at the top level")
             report["arena"] = arena
-            _atomic_write(report_json, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+            atomic.write_text(report_json, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
             written.append(report_json)
         report_md = folder / "report.md"
         if report_md.is_file():
             text = report_md.read_text(encoding="utf-8")
-            _atomic_write(report_md, replace_section(text, markdown_section(arena)))
+            atomic.write_text(report_md, replace_section(text, markdown_section(arena)))
             written.append(report_md)
     return written
