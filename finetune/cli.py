@@ -172,8 +172,10 @@ def data_check_command(
 
 
 @app.command("runs")
-def runs_command() -> None:
-    """List the runs in outputs/."""
+def runs_command(
+    folders: list[Path] = typer.Argument(None, help="Run folders, or folders of runs (default outputs/)."),
+) -> None:
+    """List the runs in outputs/ (or in the given folders)."""
     from rich.table import Table
 
     from finetune.cost import format_money
@@ -181,7 +183,7 @@ def runs_command() -> None:
     from finetune.telemetry import format_duration
 
     table = Table("name", "status", "steps", "final loss", "wall", "peak MB", "energy Wh", "cost", "date")
-    for row in list_runs():
+    for row in list_runs(*(folders or [])):
         cost = row.get("cost")
         loss = row.get("train_loss")
         table.add_row(

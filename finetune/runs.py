@@ -237,13 +237,19 @@ def resolve_run(name_or_path: str) -> Path:
     raise RunError(f"{name_or_path}: no such run (looked in . and {outputs_dir()})")
 
 
-def list_runs(root: Path | None = None) -> list[dict[str, Any]]:
-    """Summaries of every run in outputs/, newest first (a run without a summary is running or was killed)."""
-    root = root or outputs_dir()
+def list_runs(*folders: Path) -> list[dict[str, Any]]:
+    """Summaries of the runs in outputs/ (or in `folders`: run folders or folders of runs), newest first.
+
+    A run without a summary is running or was killed.
+    """
     rows = []
-    if not root.is_dir():
-        return rows
-    for run_dir in root.iterdir():
+    candidates: list[Path] = []
+    for folder in folders or (outputs_dir(),):
+        if folders and not folder.is_dir():
+            raise RunError(f"{folder}: no such folder")
+        is_run = (folder / "recipe.yaml").is_file()
+        candidates += [folder] if is_run else sorted(folder.iterdir()) if folder.is_dir() else []
+    for run_dir in dict.fromkeys(candidates):
         if not run_dir.is_dir() or not (run_dir / "recipe.yaml").is_file():
             continue
         summary = read_summary(run_dir) or {"name": run_dir.name, "status": "no summary (running or killed)"}

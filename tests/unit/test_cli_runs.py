@@ -1,0 +1,97 @@
+"""`finetune runs [FOLDER...]`, `finetune show RUN` and `finetune recipe show`: what they list and refuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finetune.cli import main
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["finetune", *args])
+    monkeypatch.setenv("COLUMNS", "250")  # rich would wrap the table's cells on a narrow terminal
+    with pytest.raises(SystemExit) as info:
+        main()
+    captured = capsys.readouterr()
+    return info.value.code or 0, captured.out, captured.err.strip()
+
+
+def make_run(folder: Path, name: str, summary: dict | None, age_s: float = 0.0) -> Path:
+    """A run folder as train leaves it: recipe.yaml, and summary.json unless it was killed."""
+    folder.mkdir(parents=True)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump({"name": name}))
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps({"name": name, **summary}))
+    stamp = folder.stat().st_mtime - age_s
+    os.utime(folder, (stamp, stamp))
+    return folder
+
+
+DONE = {"status": "completed", "steps": 117, "train_loss": 1.23456, "wall_time_s": 288.0, "peak_memory_mb": 5065.0,
+        "energy_wh": None, "cost": {"amount": 1.5, "currency": "JPY"}, "finished_at": "2026-12-01T03:04:05+09:00"}
+
+
+def test_runs_lists_outputs_newest_first_and_killed_runs_too(monkeypatch, capsys):
+    outputs = Path(os.environ["FINETUNE_OUTPUTS"])
+    make_run(outputs / "older", "older", {**DONE, "status": "time_budget", "steps": 40}, age_s=3600)
+    make_run(outputs / "newer", "newer", DONE)
+    make_run(outputs / "killed", "killed", None, age_s=60)
+    (outputs / "not-a-run").mkdir()  # no recipe.yaml: some other folder
+    code, out, _ = run_cli(monkeypatch, capsys, "runs")
+    assert code == 0
+    rows = [line for line in out.splitlines() if any(n in line for n in ("older", "newer", "killed"))]
+    assert [next(n for n in ("older", "newer", "killed") if n in r) for r in rows] == ["newer", "killed", "older"]
+    assert "completed" in rows[0] and "117" in rows[0] and "1.2346" in rows[0] and "2026-12-01 03:04" in rows[0]
+    assert "no summary" in rows[1]
+    assert "time_budget" in rows[2] and "not-a-run" not in out
+
+
+def test_runs_takes_folders_of_runs_and_run_folders(tmp_path, monkeypatch, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    make_run(elsewhere / "a", "alpha", DONE)
+    make_run(elsewhere / "b", "beta", {**DONE, "status": "interrupted"})
+    single = make_run(tmp_path / "one-off", "gamma", {**DONE, "status": "diverged"})
+    code, out, _ = run_cli(monkeypatch, capsys, "runs", str(elsewhere), str(single), str(single))
+    assert code == 0
+    for name, status in (("alpha", "completed"), ("beta", "interrupted"), ("gamma", "diverged")):
+        line = next(line for line in out.splitlines() if name in line)
+        assert status in line
+    assert out.count("gamma") == 1, "a folder named twice is listed once"
+    code, _, err = run_cli(monkeypatch, capsys, "runs", str(tmp_path / "nope"))
+    assert code == 2 and err == f"error: {tmp_path / 'nope'}: no such folder"
+
+
+def test_show_finds_a_run_by_name_or_folder_and_refuses_others(tmp_path, monkeypatch, capsys):
+    outputs = Path(os.environ["FINETUNE_OUTPUTS"])
+    run = make_run(outputs / "pirate", "pirate", DONE)
+    (run / "adapter").mkdir()
+    for ref in ("pirate", str(run)):
+        code, out, _ = run_cli(monkeypatch, capsys, "show", ref)
+        assert code == 0
+        assert '"status": "completed"' in out and '"steps": 117' in out
+        assert f"{run / 'adapter'}/" in out and str(run / "summary.json") in out
+    killed = make_run(tmp_path / "killed", "killed", None)
+    code, out, _ = run_cli(monkeypatch, capsys, "show", str(killed))
+    assert code == 0 and "no summary.json yet" in out
+    code, _, err = run_cli(monkeypatch, capsys, "show", "no-such-run")
+    assert code == 2 and err.startswith("error: no-such-run: no such run") and "\n" not in err
+
+
+def test_recipe_show_prints_every_default_and_the_overrides(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: demo\ndataset:\n  path: data.jsonl\n")
+    code, out, _ = run_cli(monkeypatch, capsys, "recipe", "show", str(path), "--set", "training.max_steps=20",
+                           "--set", "lora.r=8")
+    assert code == 0
+    shown = yaml.safe_load(out)
+    assert shown["training"]["max_steps"] == 20 and shown["lora"]["r"] == 8
+    assert shown["lora"]["alpha"] == 32 and shown["quantization"]["bits"] == 4  # defaults filled in
+    assert shown["base_model"] == "bundled:smollm2-135m-instruct" and shown["training"]["precision"] == "auto"
+    code, _, err = run_cli(monkeypatch, capsys, "recipe", "show", str(path), "--set", "lora.rr=8")
+    assert code == 2 and "lora.rr" in err and "did you mean 'r'" in err
