@@ -90,9 +90,7 @@ def keep_frozen_weights_in_bf16(model: Any) -> None:
     for param in model.parameters():
         if not param.requires_grad and param.dtype == torch.float32:
             param.data = param.data.to(torch.bfloat16)
-    for module in model.modules():
-        if hasattr(module, "cast_input_dtype_enabled"):
-            module.cast_input_dtype_enabled = False
+    # peft's input casting is switched off around each forward (compute_loss) with its public helper.
 
 
 def attention_kernels(cpu_bf16: bool, width: int, checkpointing: bool) -> Any:
@@ -114,6 +112,7 @@ def _trainer_class() -> type:
     """The Trainer subclass, built lazily so importing this module does not import transformers."""
     import torch
     import torch.nn.functional as F
+    from peft.helpers import disable_input_dtype_casting
     from transformers import Trainer
     from transformers.trainer_pt_utils import get_length_grouped_indices
     from transformers.trainer_utils import rotate_checkpoints
@@ -162,7 +161,9 @@ def _trainer_class() -> type:
             keep = (targets != -100).any(dim=0).nonzero().squeeze(-1)
             cpu_bf16 = self.args.bf16 and self.args.device.type == "cpu"
             width = inputs["input_ids"].shape[1]
-            with attention_kernels(cpu_bf16, width, self.args.gradient_checkpointing):
+            # peft.helpers.disable_input_dtype_casting: see keep_frozen_weights_in_bf16 for why.
+            with attention_kernels(cpu_bf16, width, self.args.gradient_checkpointing), \
+                    disable_input_dtype_casting(model, active=cpu_bf16):
                 outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
             logits = outputs.logits.float()
             picked = targets[:, keep]

@@ -23,6 +23,9 @@ def source(report_file: Path | None) -> str:
 
 def main() -> None:
     """Print one line (and a hint when a large CUDA build was chosen on a machine without a GPU)."""
+    import warnings
+
+    warnings.filterwarnings("ignore")  # numpy is installed after torch: torch's warning about it is noise here
     import torch
 
     report = Path(sys.argv[1]) if len(sys.argv) > 1 else None

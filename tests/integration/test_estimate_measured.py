@@ -192,6 +192,7 @@ def test_activation_formula_matches_saved_tensors(tmp_path, mode, dropout, seq):
     # all linear layers, built with finetune.train's own helpers where it has them.
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft.helpers import disable_input_dtype_casting
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from finetune.train import attention_kernels, keep_frozen_weights_in_bf16
@@ -218,7 +219,8 @@ def test_activation_formula_matches_saved_tensors(tmp_path, mode, dropout, seq):
     ids = torch.randint(0, config.vocab_size, (batch, seq))
     mask = torch.ones_like(ids)
     mask[0, seq // 2:] = 0  # padding, as in real batches (it makes SDPA repeat k and v for GQA)
-    with attention_kernels(cpu_bf16, seq, checkpointing=False):
+    # As train's compute_loss: peft's LoRA inputs stay bf16 on a bf16 CPU (its public casting switch).
+    with attention_kernels(cpu_bf16, seq, checkpointing=False), disable_input_dtype_casting(model, active=cpu_bf16):
         saved = _saved_bytes(model, {"input_ids": ids, "attention_mask": mask}, autocast=mode != "fp32")
     shape = E.shape_from_config(config, "smollm2-4-layers")
     setup = E.Setup(bits=4 if mode == "4bit" else None, precision="fp32" if mode == "fp32" else "bf16",

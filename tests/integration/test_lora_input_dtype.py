@@ -1,0 +1,28 @@
+"""On a CPU training in bf16, LoRA's inputs stay bf16: peft's input casting is off around each forward."""
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from finetune.recipe import parse_recipe
+from finetune.train import train
+from tests.conftest import recipe_dict
+
+pytestmark = pytest.mark.slow
+
+
+def test_lora_inputs_stay_bf16_on_a_bf16_cpu(tiny_llama, pirate_rows, tmp_path):
+    seen: list[torch.dtype] = []
+
+    class Watch(TrainerCallback):
+        """Record the dtype reaching one LoRA A matrix during the real training steps."""
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            layer = next(m for n, m in model.named_modules() if n.endswith("lora_A.default"))
+            layer.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].dtype))
+
+    spec = recipe_dict(str(tiny_llama), pirate_rows, max_steps=2, batch_size=2, precision="bf16")
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", callbacks=[Watch()], say=lambda *_: None)
+    assert summary["precision"] == "bf16" and seen
+    # peft would upcast each input to the fp32 LoRA weight (dropout noise drawn and kept in fp32).
+    assert set(seen) == {torch.bfloat16}
