@@ -21,6 +21,7 @@ from finetune.arena.report import update_reports
 from finetune.arena.samples import load_compares
 from finetune.arena.server import Arena, create_app, is_loopback, new_token, serve
 from finetune.arena.store import Store
+from finetune.console import console, echo, say
 from finetune.errors import RunError
 from finetune.paths import outputs_dir
 
@@ -43,7 +44,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
 
 
 def default_db() -> Path:
@@ -97,7 +97,7 @@ def serve_command(
     def write_reports() -> None:
         # Runs inside the server's shutdown: uvicorn re-raises SIGTERM afterwards, ending the process.
         for path in update_reports(arena.results(None), str(db_path)):
-            typer.echo(f"updated {path}")
+            echo(f"updated {path}")
         sys.stdout.flush()
 
     web = create_app(arena, on_shutdown=write_reports)
@@ -105,12 +105,12 @@ def serve_command(
     shown_host = host if loopback else socket.gethostname()
     url = f"http://{shown_host}:{port}/{query}"
     pairs = len(arena.items)
-    typer.echo(f"arena: {len(compares)} compare folder(s), {pairs} pairs per rater, database {db_path}")
-    typer.echo(f"Open {url}")
+    echo(f"arena: {len(compares)} compare folder(s), {pairs} pairs per rater, database {db_path}")
+    echo(f"Open {url}")
     if not loopback:
-        typer.echo(f"(on this machine: http://127.0.0.1:{port}/{query}; share the link only with raters)")
-    typer.echo(f"A link that names its rater: {url}{'&' if query else '?'}rater=NAME")
-    typer.echo("Ctrl-C stops the server.")
+        echo(f"(on this machine: http://127.0.0.1:{port}/{query}; share the link only with raters)")
+    echo(f"A link that names its rater: {url}{'&' if query else '?'}rater=NAME")
+    echo("Ctrl-C stops the server.")
     sys.stdout.flush()
     try:
         serve(web, host, port)
@@ -211,9 +211,9 @@ def results_command(
         raise typer.BadParameter(f"no votes involve arm {anchor!r}", param_hint="--anchor")
     results = build_results(rows, rounds=rounds, seed=seed, anchor=anchor)
     if as_json:
-        typer.echo(json.dumps(results, indent=2, ensure_ascii=False))
+        echo(json.dumps(results, indent=2, ensure_ascii=False))
     else:
         print_results(results)
     if update:
         for path in update_reports(results, str(db)):
-            typer.echo(f"updated {path}", err=as_json)
+            (say if as_json else echo)(f"updated {path}")
