@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 
 def compare(
@@ -80,8 +79,8 @@ def compare(
     """A/B test adapters against a system prompt: style, drift, retained skill, cost, with 95% CIs."""
     from finetune.compare.report import console_table
     from finetune.compare.run import CompareOptions, run_compare
+    from finetune.console import console
 
-    console = Console()
     options = CompareOptions(
         recipe_path=recipe,
         adapters=adapter,

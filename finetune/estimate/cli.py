@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from finetune.console import console, echo
 from finetune.cost import format_money
-
-# Tables are wider than 80 columns: give them room when the output is not a terminal (pipes, logs).
-console = Console(width=None if sys.stdout.isatty() else 120)
-
 
 def estimate(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
@@ -36,7 +31,7 @@ def estimate(
     result = plan(loaded, gpu=gpu, num_gpus=gpus, strategy=strategy, probe=probe, catalog_file=catalog,
                   recipe_dir=recipe.parent)
     if json_out:
-        typer.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+        echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
         return
     render(result)
 
