@@ -231,8 +231,11 @@ def _quiet_libraries() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
-def main() -> None:
-    """Entry point and the one error funnel: a user error is one line and exit 2; `--debug` shows the traceback."""
+def main(typer_app: typer.Typer | None = None, prog_name: str | None = None) -> None:
+    """Entry point and the one error funnel: a user error is one line and exit 2; `--debug` shows the traceback.
+
+    `python -m finetune.arena` runs its own app through here too (typer_app, prog_name).
+    """
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
@@ -240,7 +243,7 @@ def main() -> None:
         _quiet_libraries()
     try:
         # typer's standalone mode prints its own usage errors (exit 2) and turns Ctrl-C into exit 130.
-        app()
+        (typer_app or app)(prog_name=prog_name)
     except FinetuneError as exc:
         if debug:
             traceback.print_exc()

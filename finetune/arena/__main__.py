@@ -1,12 +1,7 @@
-"""`python -m finetune.arena ...`: the arena commands without the main `finetune` CLI."""
-
-import sys
+"""`python -m finetune.arena ...`: the arena commands without the main `finetune` CLI (same error funnel)."""
 
 from finetune.arena.cli import app
-from finetune.errors import FinetuneError
+from finetune.cli import main
 
-try:
-    app(prog_name="finetune arena")
-except FinetuneError as exc:
-    print(f"error: {exc}", file=sys.stderr)
-    sys.exit(2)
+if __name__ == "__main__":
+    main(app, prog_name="finetune arena")
