@@ -134,6 +134,25 @@ def _arena(arena: dict[str, Any]) -> list[str]:
         return ["### Blind arena", "", "```yaml", yaml.safe_dump(arena, sort_keys=False).rstrip(), "```"]
 
 
+def _decision(inputs: CardInputs) -> list[str]:
+    """"Adapter or prompt?" from the newest compare report, re-decided so later arena votes count."""
+    if not inputs.compare:
+        return ["## Adapter or prompt?", "", "Not compared yet: run `finetune compare` before relying on it.", ""]
+    from finetune.compare.decision import decide
+    from finetune.compare.report import decision_markdown
+    from finetune.compare.schema import validate_report
+
+    report = dict(inputs.compare)
+    try:
+        chosen = decide(validate_report(report))
+        if chosen is not None:
+            report["decision"] = chosen.model_dump()
+    except ValueError:  # a report from another version: show what it decided, if anything
+        pass
+    lines = decision_markdown(report)
+    return lines or ["## Adapter or prompt?", "", "The comparison holds no adapter arm to decide on.", ""]
+
+
 def _comparison(inputs: CardInputs) -> list[str]:
     """The A/B section from the newest compare report, or a line saying there is none."""
     lines = ["## A/B results", ""]
@@ -209,6 +228,8 @@ def render_card(inputs: CardInputs, license: dict[str, Any] | None) -> str:
     if inputs.kind == "merged":
         purpose = f"`{inputs.base_hub_id}` with a LoRA adapter trained with finetune merged into its weights"
     lines.append(purpose + ".")
+    if not inputs.sources:
+        lines += ["", *_decision(inputs)]
     if inputs.system_prompt:
         quoted = [f"> {line}" for line in inputs.system_prompt.splitlines()]
         lines += [

@@ -7,12 +7,13 @@ in METRICS. No model is needed here, so every number in a report can be recomput
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
-from finetune.compare import stats
+from finetune.compare import quality, stats
 
 Scores = dict[str, Any]
 
@@ -38,6 +39,21 @@ METRICS = [
     Metric("style_long", "style score in long answers", "long", "style", True),
     Metric("marker_rate_long", "marker rate in long answers", "long", "marker", True),
     Metric("perplexity", "held-out perplexity", "ppl", None, False, log_scale=True),
+    # Answer quality, independent of the voice (finetune/compare/quality.py; docs/compare.md).
+    Metric("loop_share", "loop share", "single", "loop", False),
+    Metric("loop_share_multi", "loop share in conversations", "multi", "loop", False),
+    Metric("loop_share_long", "loop share in long answers", "long", "loop", False),
+    Metric("distinct_2", "distinct-2", "single", "distinct_2", True),
+    Metric("distinct_2_multi", "distinct-2 in conversations", "multi", "distinct_2", True),
+    Metric("distinct_2_long", "distinct-2 in long answers", "long", "distinct_2", True),
+    Metric("ended_share", "share ended at end-of-turn", "single", "ended", True),
+    Metric("ended_share_multi", "share ended at end-of-turn in conversations", "multi", "ended", True),
+    Metric("ended_share_long", "share of long answers ended at end-of-turn", "long", "ended", True),
+    Metric("content_ref", "content kept (vs reference)", "single", "content_ref", True),
+    Metric("content_base", "content kept (vs base reply)", "single", "content_base", True),
+    Metric("content_base_multi", "content kept in conversations (vs base)", "multi", "content_base", True),
+    Metric("content_base_long", "content kept in long answers (vs base)", "long", "content_base", True),
+    Metric("length_ratio", "length / reference length", "single", "length_ratio", None, compared=False),
     Metric("prompt_tokens", "prompt tokens per request", "single", "prompt_tokens", False, compared=False),
     Metric(
         "completion_tokens", "generated tokens per reply", "single", "completion_tokens", None, compared=False
@@ -46,7 +62,22 @@ METRICS = [
     Metric("s_per_token", "seconds per generated token", "single", "s_per_token", False, compared=False),
 ]
 METRIC_KEYS = [m.key for m in METRICS]
-HEADLINE = ["style", "marker_rate", "perplexity", "style_multi", "style_long"]
+HEADLINE = [
+    "style",
+    "marker_rate",
+    "loop_share",
+    "content_ref",
+    "perplexity",
+    "style_multi",
+    "loop_share_multi",
+    "style_long",
+    "loop_share_long",
+]
+# An arm that loops in more than this share of its replies gets a warning line above every verdict: a
+# style win built on stuck repetition is no win (issue 21). The demo's target is at most 10%.
+LOOP_ALERT = 0.10
+# Content kept more than this far below the prompt arm's counts against an adapter in the decision.
+CONTENT_MARGIN = 0.10
 
 
 def mc_label(name: str) -> str:
@@ -70,18 +101,33 @@ def item_values(arm_scores: Scores, metric: Metric) -> dict[str, float | None]:
 
 
 def estimate(values: dict[str, float | None], seed: int, log_scale: bool = False) -> dict[str, Any]:
-    """Bootstrap estimate of the mean of per-item values (exp'd back for log-scale metrics)."""
-    est = stats.bootstrap_mean_ci([v for v in values.values() if v is not None], seed=seed)
+    """Mean of per-item values with a 95% CI: Wilson for 0/1 shares, else a percentile bootstrap (exp'd back
+    for log-scale metrics)."""
+    present = [v for v in values.values() if v is not None]
+    if not log_scale and stats.is_binary(present):
+        return stats.wilson_ci(present)
+    est = stats.bootstrap_mean_ci(present, seed=seed)
     return stats.exp_estimate(est) if log_scale else est
 
 
 def paired(
     a: dict[str, float | None], b: dict[str, float | None], seed: int, log_scale: bool = False
 ) -> dict:
-    """Paired difference a - b over items both have (a ratio a / b for log-scale metrics)."""
+    """Paired difference a - b over items both have, with a paired t-interval and p-value (a ratio a / b of
+    geometric means for log-scale metrics: the test runs on the log differences)."""
     keys = [k for k in a if k in b and a[k] is not None and b[k] is not None]
-    est = stats.paired_difference([a[k] for k in keys], [b[k] for k in keys], seed=seed)
-    return stats.exp_estimate(est) if log_scale else est
+    est = stats.paired_t([a[k] - b[k] for k in keys])
+    va, vb = [a[k] for k in keys], [b[k] for k in keys]
+    if not log_scale and est["p_value"] is not None and stats.is_binary(va) and stats.is_binary(vb):
+        # Paired 0/1 outcomes (marker hit, loop, right answer): McNemar's exact test is the right test and,
+        # unlike the t-test on such coarse differences, keeps its error rate (docs/compare.md).
+        est["p_value"] = stats.mcnemar_exact(va, vb)
+        est["test"] = "mcnemar-exact"
+    if log_scale:
+        est = stats.exp_estimate(est)
+        if est.get("mde") is not None:
+            est["mde"] = math.exp(est["mde"])  # the smallest detectable ratio above 1
+    return est
 
 
 def arm_section(scores: dict[str, Scores], arms: list[str], seed: int) -> dict[str, dict[str, Any]]:
@@ -158,6 +204,7 @@ def differences(
                     "significant": sig,
                     "better": better,
                     "higher_is_better": higher,
+                    "p_holm": None,
                 }
             )
     return out
@@ -300,4 +347,99 @@ def drift_lines(drift: dict[str, Any]) -> list[str]:
                 section["change"],
             )
         )
+    return lines
+
+
+def _entry(diffs: list[dict[str, Any]], metric: str, a: str, b: str) -> dict[str, Any] | None:
+    """The stored difference of a and b on a metric, in whichever order it was computed (not a copy)."""
+    for d in diffs:
+        if d["metric"] == metric and {d["a"], d["b"]} == {a, b}:
+            return d
+    return None
+
+
+def verdict_family(diffs: list[dict[str, Any]], drift: dict[str, Any], arms: list[str], mc_sets: list[str]) -> list:
+    """Every test a verdict line reports: the verdict comparisons and the drift changes (the Holm family)."""
+    family: list[dict[str, Any]] = []
+    for a, b, metrics in verdict_pairs(arms):
+        for key in metrics or [*HEADLINE, *(f"mc:{s}" for s in mc_sets)]:
+            d = _entry(diffs, key, a, b)
+            if d is not None and d not in family:
+                family.append(d)
+    for kind in ("multi", "long"):
+        for arm, section in drift[kind].items():
+            if arm != "base" and (kind == "long" or len(section["by_turn"]) >= 2):
+                family.append(section["change"])
+    return family
+
+
+def apply_holm(diffs: list[dict[str, Any]], drift: dict[str, Any], arms: list[str], mc_sets: list[str]) -> int:
+    """Holm-correct the p-values of every verdict (family-wise error <= 5%); returns the family's size.
+
+    Sets `p_holm` on each test in the family and re-decides `significant` and `better` from it; paired
+    differences outside the verdicts keep their uncorrected p-value (the report says so).
+    """
+    family = verdict_family(diffs, drift, arms, mc_sets)
+    adjusted = stats.holm([t.get("p_value") if t.get("n", 0) >= stats.MIN_SIGNIFICANT_N else None for t in family])
+    for test, p in zip(family, adjusted, strict=True):
+        test["p_holm"] = p
+        if "better" in test:  # a difference between arms (drift changes have no winner)
+            null = 1.0 if test["scale"] == "ratio" else 0.0
+            test["significant"] = stats.significant(test, null)
+            test["better"] = None
+            if test["significant"]:
+                a_better = (test["mean"] > null) == test["higher_is_better"]
+                test["better"] = test["a"] if a_better else test["b"]
+    return sum(1 for p in adjusted if p is not None)
+
+
+QUALITY_SETS = [
+    ("loop_share", "ended_share", "replies"),
+    ("loop_share_multi", "ended_share_multi", "conversation replies"),
+    ("loop_share_long", "ended_share_long", "long answers"),
+]
+
+
+def statistics_settings(family_size: int) -> dict[str, Any]:
+    """How the report's intervals and tests were computed (settings.statistics)."""
+    return {
+        "per_arm": "Wilson score interval for shares (0/1 per item), percentile bootstrap for other means",
+        "paired": "paired t-interval and t-test on per-item differences (log differences for perplexity); "
+        "exact sign test when all differences are equal",
+        "multiple_choice": "McNemar's exact test on paired right/wrong answers",
+        "correction": "Holm over the verdicts' tests; other paired differences are uncorrected",
+        "family_size": family_size,
+        "alpha": stats.ALPHA,
+        "min_items": stats.MIN_SIGNIFICANT_N,
+        "mde": f"smallest true difference a two-sided paired t-test at alpha {stats.ALPHA} finds with power "
+        f"{stats.POWER}, from the observed spread",
+        "loop": f"repeated {quality.LOOP_N_WORDS}-word ({quality.LOOP_N_CJK}-character CJK) n-gram share >= "
+        f"{quality.LOOP_SHARE}",
+    }
+
+
+def _pct(value: float | None) -> str:
+    """0.4 -> '40%'."""
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def quality_lines(section: dict[str, dict[str, Any]], arms: list[str]) -> list[str]:
+    """A WARNING line per arm that loops in more than LOOP_ALERT of its replies in any prompt set.
+
+    These open the verdicts, so "wins on style but loops in 40% of replies" cannot be missed.
+    """
+    lines = []
+    for arm in arms:
+        parts = []
+        for loop_key, ended_key, what in QUALITY_SETS:
+            loop, ended = section[arm].get(loop_key), section[arm].get(ended_key)
+            if not loop or loop.get("mean") is None or loop["mean"] <= LOOP_ALERT:
+                continue
+            text = (f"loops in {_pct(loop['mean'])} of {what} [{_pct(loop['ci_low'])}, {_pct(loop['ci_high'])}], "
+                    f"n={loop['n']}")
+            if ended and ended.get("mean") is not None:
+                text += f"; {_pct(1 - ended['mean'])} hit the token limit"
+            parts.append(text)
+        if parts:
+            lines.append(f"WARNING {arm}: " + "; ".join(parts) + " (its style and marker scores count the loops)")
     return lines

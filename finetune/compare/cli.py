@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 
 def compare(
@@ -111,8 +112,17 @@ def compare(
     )
     folder, report = run_compare(options, say=lambda text: console.print(text, highlight=False))
     console.print(console_table(report))
+    decision = report.get("decision")
+    if decision:
+        headline = escape(decision["headline"])
+        console.print(f"[bold]Adapter or prompt?[/bold] {headline}", highlight=False, soft_wrap=True)
+        for reason in decision["reasons"]:
+            console.print(f"  {reason['topic']}: {escape(reason['text'])}", highlight=False, soft_wrap=True)
     for line in report["verdicts"]:
-        console.print(f"• {line}", highlight=False, soft_wrap=True)
+        if line.startswith("WARNING"):  # a loop-ridden arm must be impossible to miss
+            console.print(f"[bold red]• {escape(line)}[/bold red]", highlight=False, soft_wrap=True)
+        else:
+            console.print(f"• {line}", highlight=False, soft_wrap=True)
     for line in report["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
     console.print(f"report: {folder / 'report.html'}  samples: {folder / 'samples.jsonl'}", highlight=False)

@@ -96,9 +96,9 @@ def length_ratio(reply: str, reference: str) -> float | None:
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     """Cosine similarity of two vectors (0 when either is all zeros)."""
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(y * y for y in b))
-    return 0.0 if na == 0 or nb == 0 else dot / (na * nb)
+    dot = float(sum(float(x) * float(y) for x, y in zip(a, b, strict=True)))
+    na, nb = math.sqrt(sum(float(x) ** 2 for x in a)), math.sqrt(sum(float(y) ** 2 for y in b))
+    return 0.0 if na == 0 or nb == 0 else dot / (na * nb)  # a plain float: reports are JSON
 
 
 Embed = Callable[[list[str]], Sequence[Sequence[float]]]

@@ -17,9 +17,20 @@ from finetune.compare.charts import drift_chart, metric_chart
 TABLE_METRICS = [
     "style",
     "marker_rate",
+    "loop_share",
+    "ended_share",
+    "distinct_2",
+    "content_ref",
+    "content_base",
+    "length_ratio",
     "perplexity",
     "style_multi",
+    "loop_share_multi",
+    "content_base_multi",
     "style_long",
+    "loop_share_long",
+    "ended_share_long",
+    "content_base_long",
     "prompt_tokens",
     "latency_s",
     "s_per_token",
@@ -31,6 +42,17 @@ _SHORT = {
     "perplexity": "perplexity",
     "style_multi": "style, conv.",
     "style_long": "style, long",
+    "loop_share": "loops",
+    "ended_share": "ended at EOT",
+    "distinct_2": "distinct-2",
+    "content_ref": "content vs ref",
+    "content_base": "content vs base",
+    "length_ratio": "length / ref",
+    "loop_share_multi": "loops, conv.",
+    "content_base_multi": "content, conv.",
+    "loop_share_long": "loops, long",
+    "ended_share_long": "EOT, long",
+    "content_base_long": "content, long",
     "prompt_tokens": "prompt tokens",
     "latency_s": "latency (s)",
     "s_per_token": "ms / token",
@@ -43,7 +65,7 @@ def fmt_estimate(est: dict[str, Any] | None, digits: int = 2) -> str:
     if not est or est.get("mean") is None:
         return "-"
     if est.get("ci_low") is None:
-        return f"{est['mean']:.{digits}f}"
+        return f"{est['mean']:.{digits}f} (n={est.get('n')}: not enough data for a CI)"
     return f"{est['mean']:.{digits}f} [{est['ci_low']:.{digits}f}, {est['ci_high']:.{digits}f}]"
 
 
@@ -121,7 +143,9 @@ def markdown(report: dict[str, Any]) -> str:
             "> " + s["system_prompt"].replace("\n", "\n> "),
             "",
         ]
-    out += ["## Verdicts", ""] + [f"- {v}" for v in report["verdicts"]] + [""]
+    out = out[:2] + decision_markdown(report) + out[2:]
+    out += ["## Verdicts", ""] + [f"- **{v}**" if v.startswith("WARNING") else f"- {v}" for v in report["verdicts"]]
+    out += ["", _statistics_line(report), ""]
     out += [
         "## Metrics per arm (mean [95% CI])",
         "",
@@ -189,11 +213,11 @@ def markdown(report: dict[str, Any]) -> str:
     out += [
         "## Paired differences (a vs b; ratio a/b for perplexity)",
         "",
-        "| metric | a | b | difference [95% CI] | n | significant |",
-        "|---|---|---|---:|---:|---|",
+        "| metric | a | b | difference [95% CI] | n | p | test | significant |",
+        "|---|---|---|---:|---:|---:|---|---|",
     ]
     out += [
-        f"| {d['label']} | {d['a']} | {d['b']} | {fmt_estimate(d)} | {d['n']} | "
+        f"| {d['label']} | {d['a']} | {d['b']} | {fmt_estimate(d)} | {d['n']} | {_p(d)} | {d.get('test') or '-'} | "
         f"{'yes: ' + d['better'] if d['significant'] else 'no'} |"
         for d in report["differences"]
     ]
@@ -202,6 +226,36 @@ def markdown(report: dict[str, Any]) -> str:
         out += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     out += ["## Settings", "", "```json", json.dumps(s, indent=2, ensure_ascii=False), "```", ""]
     return "\n".join(out)
+
+
+def decision_markdown(report: dict[str, Any], heading: str = "##") -> list[str]:
+    """The "Adapter or prompt?" section: the recommendation in bold, then one line of evidence per topic."""
+    decision = report.get("decision")
+    if not decision:
+        return []
+    out = [f"{heading} Adapter or prompt?", "", f"**{decision['headline']}**", ""]
+    out += [f"- {r['topic']}: {r['text']}" for r in decision["reasons"]]
+    return out + [""]
+
+
+def _statistics_line(report: dict[str, Any]) -> str:
+    """How significance was decided, for the foot of the verdicts."""
+    st = report["settings"].get("statistics") or {}
+    if not st:
+        return "Significance: the 95% CI excludes no difference (uncorrected)."
+    return (
+        f"Significance: {st['paired']}; {st['multiple_choice']}; {st['correction']} "
+        f"({st['family_size']} tests, family-wise error {st['alpha']:.0%}). Per-arm intervals: {st['per_arm']}. "
+        f"\"Detectable at this n\": {st['mde']}. A loop: {st['loop']}."
+    )
+
+
+def _p(d: dict[str, Any]) -> str:
+    """'0.003 (Holm 0.03)' for the differences table."""
+    if d.get("p_value") is None:
+        return "-"
+    text = f"{d['p_value']:.2g}"
+    return text + (f" (Holm {d['p_holm']:.2g})" if d.get("p_holm") is not None else "")
 
 
 def _cost_markdown(report: dict[str, Any]) -> list[str]:
@@ -229,6 +283,7 @@ _CSS = (
     "td,th{border:1px solid #ccc;padding:.25em .6em;font-size:.9em}"
     "td.n{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}"
     "blockquote{color:#555;border-left:3px solid #ccc;margin:0;padding-left:1em}li{margin:.2em 0}"
+    "li.warn{color:#b00}"
 )
 
 
@@ -261,7 +316,21 @@ def to_html(report: dict[str, Any], charts: dict[str, str | None]) -> str:
             f"<p>System prompt ({e(s['system_prompt_source'])}):</p><blockquote>{e(s['system_prompt'])}"
             "</blockquote>"
         )
-    parts.append("<h2>Verdicts</h2><ul>" + "".join(f"<li>{e(v)}</li>" for v in report["verdicts"]) + "</ul>")
+    decision = report.get("decision")
+    if decision:
+        parts.append(
+            f"<h2>Adapter or prompt?</h2><p><strong>{e(decision['headline'])}</strong></p><ul>"
+            + "".join(f"<li>{e(r['topic'])}: {e(r['text'])}</li>" for r in decision["reasons"])
+            + "</ul>"
+        )
+    parts.append(
+        "<h2>Verdicts</h2><ul>"
+        + "".join(
+            f"<li class=warn><strong>{e(v)}</strong></li>" if v.startswith("WARNING") else f"<li>{e(v)}</li>"
+            for v in report["verdicts"]
+        )
+        + f"</ul><p>{e(_statistics_line(report))}</p>"
+    )
     parts.append("<h2>Metrics per arm (mean [95% CI])</h2>")
     parts.append(_table_html(["metric", *arms], [[label, *cells] for label, cells in _text_rows(report)]))
     if charts.get("metrics"):
@@ -284,7 +353,7 @@ def to_html(report: dict[str, Any], charts: dict[str, str | None]) -> str:
     parts.append("<h2>Paired differences</h2>")
     parts.append(
         _table_html(
-            ["metric", "a", "b", "difference [95% CI]", "n", "significant"],
+            ["metric", "a", "b", "difference [95% CI]", "n", "p", "test", "significant"],
             [
                 [
                     d["label"],
@@ -292,6 +361,8 @@ def to_html(report: dict[str, Any], charts: dict[str, str | None]) -> str:
                     d["b"],
                     fmt_estimate(d),
                     str(d["n"]),
+                    _p(d),
+                    d.get("test") or "-",
                     ("yes: " + d["better"]) if d["significant"] else "no",
                 ]
                 for d in report["differences"]

@@ -10,9 +10,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from finetune.compare import CompareError, analysis, breakeven, prompts, stats
+from finetune.compare import CompareError, analysis, breakeven, prompts, quality, stats
 from finetune.compare.arms import Arm, parse_arms
 from finetune.compare.classifier import StyleClassifier, embedder_path
+from finetune.compare.decision import decide
 from finetune.compare.generation import (
     ArmModels,
     GenSettings,
@@ -196,6 +197,8 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
     ref_hash = prompts.content_hash(references)
     for arm in arms:
         scores[arm.name] = _score_arm(arm, replies[arm.name], singles, longs, classifier, markers)
+        base_replies = replies.get("base") if arm.name != "base" else None
+        _add_quality(scores[arm.name], replies[arm.name], base_replies, singles, markers, classifier.embed, settings)
         samples.extend(_samples(run_name, arm, replies[arm.name], singles, longs, scores[arm.name]))
         sent_refs = [with_system(ref, arm, system_prompt) for _, ref in references]
         arm_prompt = system_prompt if arm.prompt else None
@@ -223,8 +226,15 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
     }
     diffs = analysis.differences(scores, names, list(mc_sets), opts.seed)
     drift = analysis.drift_section(scores, names, opts.seed)
+    family = analysis.apply_holm(diffs, drift, names, list(mc_sets))
+    arm_metrics = analysis.arm_section(scores, names, opts.seed)
     cost, cost_lines = _cost_section(opts, arms, adapters, singles, tokenizer, system_prompt, warnings)
-    verdicts = analysis.verdict_lines(diffs, names, list(mc_sets)) + analysis.drift_lines(drift) + cost_lines
+    verdicts = (
+        analysis.quality_lines(arm_metrics, names)
+        + analysis.verdict_lines(diffs, names, list(mc_sets))
+        + analysis.drift_lines(drift)
+        + cost_lines
+    )
     timings["total_s"] = time.perf_counter() - started
 
     report = {
@@ -278,18 +288,24 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
             "device": device,
             "dtype": dtype,
             "versions": library_versions(),
+            "statistics": analysis.statistics_settings(family),
         },
-        "arms": analysis.arm_section(scores, names, opts.seed),
+        "arms": arm_metrics,
         "differences": diffs,
         "drift": drift,
         "multiple_choice": analysis.mc_section(scores, names, mc_meta, opts.seed),
         "cost": cost,
         "classifier": {**info, "embedder": str(embedder_path())},
         "verdicts": verdicts,
+        "decision": None,  # filled from the typed report below
         "warnings": warnings,
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
-    validate_report(report)  # a schema slip is our bug: fail here, not in a reader later
+    typed = validate_report(report)  # a schema slip is our bug: fail here, not in a reader later
+    chosen = decide(typed)
+    if chosen is not None:
+        report["decision"] = chosen.model_dump()
+        say(f"Adapter or prompt? {chosen.headline}")
 
     # 8. Write the folder: samples.jsonl (the arena reads it), report.json, report.md, report.html.
     from finetune.compare.report import write_outputs
@@ -445,9 +461,61 @@ def _score_arm(
     return {"single": single, "multi": multi, "long": long}
 
 
+def _reference_reply(prompt: Any) -> str | None:
+    """The held-out reference's reply to a single prompt: the first assistant turn after its messages."""
+    ref = prompt.reference or []
+    later = [m for m in ref[len(prompt.messages) :] if m["role"] == "assistant"]
+    return later[0]["content"] if later else None
+
+
+def _add_quality(
+    scores: dict[str, Any],
+    replies: dict[str, list[dict[str, Any]]],
+    base: dict[str, list[dict[str, Any]]] | None,
+    singles: list,
+    markers: list,
+    embed: Callable[[list[str]], Any],
+    settings: GenSettings,
+) -> None:
+    """Add the voice-independent quality scores (finetune/compare/quality.py) to each scored row, in place.
+
+    Content kept is the embedding similarity to the held-out reference (single prompts) and to the base
+    arm's reply to the same prompt and turn, persona markers removed from both (None for the base arm).
+    """
+    limits = {"single": settings.max_new_tokens, "multi": settings.max_new_tokens, "long": settings.long_max_new_tokens}
+    for kind, limit in limits.items():
+        texts = [r["text"] for r in replies[kind]]
+        for row, reply in zip(scores[kind], replies[kind], strict=True):
+            row.update(quality.reply_quality(reply["text"], reply["completion_tokens"], limit))
+        if base is not None:
+            if kind == "multi":
+                by_key = {(r["prompt_id"], r["turn"]): r["text"] for r in base["multi"]}
+                others = [by_key.get((r["prompt_id"], r["turn"])) for r in replies["multi"]]
+            else:
+                others = [r["text"] for r in base[kind]]
+            kept = quality.content_kept(texts, others, markers, embed)
+        else:
+            kept = [None] * len(texts)
+        for row, value in zip(scores[kind], kept, strict=True):
+            row["content_base"] = value
+    references = [_reference_reply(p) for p in singles]
+    kept = quality.content_kept([r["text"] for r in replies["single"]], references, markers, embed)
+    for row, reply, ref, value in zip(scores["single"], replies["single"], references, kept, strict=True):
+        row["content_ref"] = value
+        row["length_ratio"] = quality.length_ratio(reply["text"], ref) if ref else None
+
+
 def _round(value: float | None, digits: int = 4) -> float | None:
     """Rounded for samples.jsonl (None stays None)."""
     return None if value is None else round(value, digits)
+
+
+def _quality_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The quality scores a samples.jsonl line carries: loop, ended, content kept (rounded)."""
+    fields = {"loop": row.get("loop"), "ended": row.get("ended"), "content_base": _round(row.get("content_base"))}
+    if "content_ref" in row:
+        fields["content_ref"] = _round(row["content_ref"])
+    return fields
 
 
 def _samples(
@@ -487,7 +555,7 @@ def _samples(
                 turn,
                 prompt.messages,
                 reply,
-                {"marker": s["marker"], "style": _round(s["style"])},
+                {"marker": s["marker"], "style": _round(s["style"]), **_quality_fields(s)},
             )
         )
     for reply, s in zip(replies["multi"], scores["multi"], strict=True):
@@ -498,7 +566,7 @@ def _samples(
                 reply["turn"],
                 reply["conversation"],
                 reply,
-                {"marker": s["marker"], "style": _round(s["style"])},
+                {"marker": s["marker"], "style": _round(s["style"]), **_quality_fields(s)},
             )
         )
     for prompt, reply, s in zip(longs, replies["long"], scores["long"], strict=True):
@@ -514,6 +582,7 @@ def _samples(
                     "style": _round(s["style"]),
                     "style_first_third": _round(s["first_style"]),
                     "style_last_third": _round(s["last_style"]),
+                    **_quality_fields(s),
                 },
             )
         )

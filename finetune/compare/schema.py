@@ -38,9 +38,33 @@ class ArmMetrics(_Strict):
     completion_tokens: Estimate | None
     latency_s: Estimate | None
     s_per_token: Estimate | None
+    # Answer quality (docs/compare.md "Answer quality"); absent in reports written before it existed.
+    loop_share: Estimate | None = None
+    loop_share_multi: Estimate | None = None
+    loop_share_long: Estimate | None = None
+    distinct_2: Estimate | None = None
+    distinct_2_multi: Estimate | None = None
+    distinct_2_long: Estimate | None = None
+    ended_share: Estimate | None = None
+    ended_share_multi: Estimate | None = None
+    ended_share_long: Estimate | None = None
+    content_ref: Estimate | None = None
+    content_base: Estimate | None = None
+    content_base_multi: Estimate | None = None
+    content_base_long: Estimate | None = None
+    length_ratio: Estimate | None = None
 
 
-class Difference(Estimate):
+class PairedEstimate(Estimate):
+    """A paired estimate with its test: p-value, Holm-adjusted p-value (verdicts only), minimum detectable effect."""
+
+    p_value: float | None = None
+    p_holm: float | None = None
+    test: str | None = None  # paired-t | sign | mcnemar-exact | too-few-items
+    mde: float | None = None
+
+
+class Difference(PairedEstimate):
     """A paired comparison of arm a with arm b on one metric (a - b, or a / b when scale is ratio)."""
 
     metric: str
@@ -65,7 +89,7 @@ class MultiDrift(_Strict):
     """Style by turn, and the paired change from the first to each conversation's last turn."""
 
     by_turn: list[TurnDrift]
-    change: Estimate
+    change: PairedEstimate
 
 
 class ThirdScores(_Strict):
@@ -80,7 +104,7 @@ class LongDrift(_Strict):
 
     first_third: ThirdScores
     last_third: ThirdScores
-    change: Estimate
+    change: PairedEstimate
 
 
 class Drift(_Strict):
@@ -168,6 +192,23 @@ class PromptSet(_Strict):
     hash: str | None
 
 
+class Reason(_Strict):
+    """One clause of the decision and the evidence behind it."""
+
+    topic: str  # style | quality | drift | ability | arena | latency | cost
+    text: str
+
+
+class Decision(_Strict):
+    """"Adapter or prompt?": one recommendation with the evidence behind each clause."""
+
+    recommendation: Literal["adapter", "prompt", "both", "neither", "not enough evidence"]
+    arm: str | None  # the adapter arm the decision is about
+    headline: str
+    reasons: list[Reason]
+    more_prompts: int | None  # with "not enough evidence": how many more prompts would settle it
+
+
 class Settings(_Strict):
     """Everything needed to reproduce the comparison."""
 
@@ -191,6 +232,7 @@ class Settings(_Strict):
     device: str
     dtype: str
     versions: dict[str, str]
+    statistics: dict[str, Any] | None = None  # tests, correction and family size (docs/compare.md)
 
 
 class Report(_Strict):
@@ -207,6 +249,7 @@ class Report(_Strict):
     cost: Cost
     classifier: Classifier
     verdicts: list[str]
+    decision: Decision | None = None
     warnings: list[str]
     timings: dict[str, float]
     arena: dict[str, Any] | None = None  # written later by `finetune arena results --update-reports`

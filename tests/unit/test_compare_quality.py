@@ -62,3 +62,13 @@ def test_content_kept_uses_the_embedder_on_marker_free_text():
     kept = quality.content_kept(["Arr Paris", "Arr rice", "x"], ["Paris", "Paris", None], markers, embed)
     assert kept == [1.0, 0.0, None]
     assert all("arr" not in t.lower() for t in seen)
+
+
+def test_content_kept_returns_plain_floats_from_numpy_embeddings():
+    import json
+
+    import numpy as np
+
+    kept = quality.content_kept(["a b", "c d"], ["a b", "x y"], (), lambda t: np.eye(len(t), 3, dtype=np.float32))
+    assert all(type(k) is float for k in kept)
+    json.dumps(kept)  # reports are JSON
