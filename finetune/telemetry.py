@@ -246,9 +246,11 @@ class Telemetry:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self._progress = Progress(
+        from finetune.console import err_console
+
+        self._progress = Progress(  # on stderr, like the plain lines: stdout is for results
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False,
+            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False, console=err_console,
         )
         self._progress.start()
         self._task = self._progress.add_task("train", total=max_steps, completed=initial_step, info="")
