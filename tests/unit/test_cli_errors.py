@@ -116,3 +116,17 @@ def test_existing_run_is_not_overwritten_without_force(tmp_path, monkeypatch, ca
     assert code == 2 and "completed run" in err and "--force" in err
     assert json.loads((run / "summary.json").read_text()) == {"status": "completed"}
     assert Path(run / "summary.json").exists()
+
+
+def test_usage_errors_are_typers_own_exit_2(monkeypatch, capsys):
+    code, err = run_cli(monkeypatch, capsys, "train")
+    assert code == 2 and "Missing argument" in err and "Traceback" not in err
+    code, err = run_cli(monkeypatch, capsys, "exprot", "run")
+    assert code == 2 and "Did you mean 'export'?" in err, err
+
+
+def test_arena_module_goes_through_the_same_funnel(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "finetune.arena", "results", str(tmp_path / "none.sqlite")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
