@@ -195,7 +195,8 @@ def test_activation_formula_matches_saved_tensors(tmp_path, mode, dropout, seq):
     from peft.helpers import disable_input_dtype_casting
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from finetune.train import attention_kernels, keep_frozen_weights_in_bf16
+    from finetune.train import keep_frozen_weights_in_bf16
+    from finetune.trainer import attention_kernels
 
     entry = cat.find_model("bundled:smollm2-135m-instruct", cat.load_models())[1]
     config = E.config_from_catalogue(entry)

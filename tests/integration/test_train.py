@@ -5,12 +5,22 @@ import math
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from finetune.recipe import parse_recipe
 from finetune.train import train
 from tests.conftest import make_tiny_model, recipe_dict
 
 pytestmark = pytest.mark.slow
+
+
+class KeepModel(TrainerCallback):
+    """Hands the test the model the trainer trained (train() itself returns only the summary)."""
+
+    model = None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        self.model = model
 
 
 def test_loss_falls_over_30_steps_and_adapter_reloads_exactly(bundled_dir, pirate_rows, tmp_path):
@@ -21,7 +31,9 @@ def test_loss_falls_over_30_steps_and_adapter_reloads_exactly(bundled_dir, pirat
                        learning_rate=5e-4, lr_scheduler="constant", warmup_ratio=0.0)
     spec["dataset"]["eval_fraction"] = 0.0
     recipe = parse_recipe(spec)
-    summary, trained = train(recipe, output_dir=tmp_path / "run", return_model=True, say=lambda *_: None)
+    keep = KeepModel()
+    summary = train(recipe, output_dir=tmp_path / "run", callbacks=[keep], say=lambda *_: None)
+    trained = keep.model
     assert summary["status"] == "completed" and summary["steps"] == 30
 
     losses = [r["loss"] for r in map(json.loads, (tmp_path / "run/metrics.jsonl").read_text().splitlines())
@@ -71,7 +83,9 @@ def test_each_architecture_trains_two_lora_steps(model_type, bundled_dir, pirate
 def test_qlora_4bit_trains_on_this_machine(tiny_llama, pirate_rows, tmp_path):
     spec = recipe_dict(str(tiny_llama), pirate_rows, max_steps=2, batch_size=2)
     spec["quantization"] = {"bits": 4, "quant_type": "nf4", "double_quant": True}
-    summary, model = train(parse_recipe(spec), output_dir=tmp_path / "run", return_model=True, say=lambda *_: None)
+    keep = KeepModel()
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", callbacks=[keep], say=lambda *_: None)
+    model = keep.model
     assert summary["status"] == "completed" and summary["quantization"] == 4
     import bitsandbytes as bnb
 

@@ -1,0 +1,412 @@
+"""The Trainer machinery behind train.py: our loss and sampler, atomic checkpoints, run control, signals.
+
+train.py reads as the run; what happens inside trainer.train() (how the loss is computed, when to stop,
+how a checkpoint is written) lives here, with the TrainingArguments the recipe and the hardware decide.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from finetune import atomic
+from finetune.data import collate
+from finetune.distributed import peak_over_ranks
+from finetune.recipe import Recipe
+from finetune.runs import LEDGER_FILE
+from finetune.telemetry import Ledger, Telemetry
+
+# Longest padded batch that uses the matmul attention kernel on a CPU in bf16 (see attention_kernels).
+MATH_ATTENTION_MAX_WIDTH = 160
+
+
+def attention_kernels(cpu_bf16: bool, width: int, checkpointing: bool) -> Any:
+    """torch's matmul attention for short bf16 batches on a CPU; its default kernel choice otherwise."""
+    from contextlib import nullcontext
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # On a CPU in bf16 the flash-attention kernel was ~1.7x slower than the matmul path up to ~160 tokens
+    # (forward and backward; a 9% faster step on the bundled model, docs/bench.md). The matmul path keeps the
+    # L x L attention weights for backward, so longer batches stay on flash; checkpointing would recompute
+    # outside this context, with the other kernel.
+    if cpu_bf16 and width <= MATH_ATTENTION_MAX_WIDTH and not checkpointing:
+        return sdpa_kernel([SDPBackend.MATH])
+    return nullcontext()
+
+
+def build_trainer(
+    model: Any, args: Any, train_ds: Any, eval_ds: Any, tokenizer: Any, run_state: RunState,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """Our Trainer for this run: the recipe's arguments, run control first, our telemetry instead of tqdm."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=partial(collate, pad_id=tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[_control_callback(run_state), *(callbacks or [])],
+        run_state=run_state,
+    )
+    trainer.remove_callback(PrinterCallback)  # our telemetry prints progress
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def _trainer_class() -> type:
+    """The Trainer subclass, built on first use so importing this module does not import transformers."""
+    import torch
+    import torch.nn.functional as F
+    from peft.helpers import disable_input_dtype_casting
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+    from transformers.trainer_utils import rotate_checkpoints
+
+    class EpochSeededLengthSampler(torch.utils.data.Sampler):
+        """Length-grouped order drawn from seed + epoch, so a resumed run sees exactly the same batches.
+
+        transformers' own LengthGroupedSampler draws from the global RNG, whose state at an epoch's start
+        differs after a resume, and the resumed run then trains on other batches than the original would.
+        """
+
+        def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+            self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __len__(self) -> int:
+            return len(self.lengths)
+
+        def __iter__(self):  # noqa: ANN204
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+    class LoRATrainer(Trainer):
+        """transformers' Trainer with a loss computed only where labels exist, and atomic checkpoints."""
+
+        loss_is_scaled_for_ga = True  # compute_loss already divides by the accumulated token count
+
+        def __init__(self, *args: Any, run_state: RunState, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.run_state = run_state
+
+        def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            return EpochSeededLengthSampler(lengths, self.args.per_device_train_batch_size, self.args.data_seed)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            labels = inputs.pop("labels")
+            targets = labels[:, 1:]
+            # The vocabulary projection is the largest tensor for small models: compute it only at
+            # positions where some row has a label (assistant tokens), not over prompts and padding.
+            keep = (targets != -100).any(dim=0).nonzero().squeeze(-1)
+            cpu_bf16 = self.args.bf16 and self.args.device.type == "cpu"
+            width = inputs["input_ids"].shape[1]
+            # peft.helpers.disable_input_dtype_casting: see keep_frozen_weights_in_bf16 for why.
+            with attention_kernels(cpu_bf16, width, self.args.gradient_checkpointing), \
+                    disable_input_dtype_casting(model, active=cpu_bf16):
+                outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+            logits = outputs.logits.float()
+            picked = targets[:, keep]
+            total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), picked.reshape(-1), reduction="sum")
+            count = num_items_in_batch if num_items_in_batch is not None else (picked != -100).sum()
+            loss = total / torch.clamp(torch.as_tensor(count, device=total.device), min=1)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks
+            if model.training:
+                self.run_state.observe_loss(loss.detach(), self.state.global_step + 1)
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            # Enrich the trainer's own log record so wandb sees the same fields as metrics.jsonl.
+            self.run_state.on_log(self, logs)
+            super().log(logs, start_time)
+
+        def _save_checkpoint(self, model, trial):  # noqa: ANN001
+            if self.run_state.non_finite_steps or not _weights_finite(model):
+                return  # never overwrite a good checkpoint with diverging weights
+            # Every rank writes its part (RNG state, optimizer shards) under one staging root that they
+            # all agree on; the main process then publishes the whole checkpoint in one atomic swap.
+            save_began = time.monotonic()
+            final_root = self.args.output_dir
+            staging = os.path.join(final_root, ".staging")
+            self.args.output_dir = staging
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.output_dir = final_root
+            self.accelerator.wait_for_everyone()
+            if self.is_world_process_zero():
+                name = f"checkpoint-{self.state.global_step}"
+                atomic.write_text(Path(staging) / name / LEDGER_FILE, self.run_state.ledger_json())
+                atomic.publish_dir(Path(staging) / name, Path(final_root) / name)
+                shutil.rmtree(staging, ignore_errors=True)
+                rotate_checkpoints(output_dir=final_root, save_total_limit=self.args.save_total_limit, use_mtime=False)
+            self.run_state.last_save = time.monotonic()
+            self.run_state.save_seconds = max(self.run_state.save_seconds, time.monotonic() - save_began)
+            self.accelerator.wait_for_everyone()
+
+    return LoRATrainer
+
+
+def _weights_finite(model: Any) -> bool:
+    """Whether every trainable (LoRA) parameter is finite; checked before each checkpoint."""
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+
+
+class RunState:
+    """What the training loop decides between steps: stop for the time budget, a signal or divergence."""
+
+    def __init__(
+        self, recipe: Recipe, telemetry: Telemetry, budget_s: float | None, session_start: float | None = None
+    ) -> None:
+        self.recipe = recipe
+        self.telemetry = telemetry
+        self.budget_s = budget_s
+        # The budget counts from the command's start: loading the model is part of the night too.
+        self.session_start = session_start if session_start is not None else time.monotonic()
+        self.last_save = time.monotonic()
+        self.status = "completed"
+        self.message: str | None = None
+        self.non_finite_steps = 0
+        self.first_bad_step: int | None = None
+        self.signal_received: int | None = None
+        self.step_times: list[float] = []
+        self.last_step_end = time.monotonic()
+        self.save_seconds = 0.0
+        self.first_step_s: float | None = None
+
+    def observe_loss(self, loss: Any, step: int) -> None:
+        """Count consecutive non-finite losses (divergence)."""
+        if math.isfinite(float(loss)):
+            self.non_finite_steps = 0
+            self.first_bad_step = None
+        else:
+            self.non_finite_steps += 1
+            self.first_bad_step = self.first_bad_step or step
+
+    def ledger_json(self) -> str:
+        """The ledger as of now, stored in each checkpoint so a resumed run keeps its totals."""
+        ledger = self.telemetry.ledger
+        return Ledger(
+            elapsed_before_s=self.telemetry.elapsed(),
+            energy_before_wh=(self.telemetry.last_line.get("energy_wh") or ledger.energy_before_wh),
+            peak_memory_mb=ledger.peak_memory_mb,
+        ).to_json()
+
+    def on_log(self, trainer: Any, logs: dict[str, Any]) -> None:
+        """Build the metrics record for a trainer log call; write it on the main process only."""
+        state = trainer.state
+        if "loss" not in logs:
+            # Evaluation results and the trainer's closing totals: no new steps, so no throughput.
+            if "eval_loss" in logs and trainer.is_world_process_zero():
+                record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
+                          "eval_loss": logs["eval_loss"], "elapsed_s": round(self.telemetry.elapsed(), 2)}
+                atomic.append_jsonl(self.telemetry.run_dir / "metrics.jsonl", record)
+                self.telemetry.last_eval_loss = logs["eval_loss"]
+            return
+        tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+        record = self.telemetry.line(state.global_step, state.epoch or 0.0, tokens, logs, state.max_steps)
+        peak_over_ranks(record, self.telemetry)  # every rank logs at the same steps, so this cannot hang
+        for key in ("tokens_per_s", "peak_memory_mb", "energy_wh", "power_w"):
+            if record.get(key) is not None:
+                logs[key] = record[key]
+        if record.get("cost"):
+            logs["cost"] = record["cost"]["amount"]
+        if trainer.is_world_process_zero():
+            atomic.append_jsonl(self.telemetry.run_dir / "metrics.jsonl", record)
+            self.telemetry.show(record)
+
+    def should_stop(self, step: int) -> str | None:
+        """The reason to stop after this step, if any (decided identically on every rank)."""
+        now = time.monotonic()
+        self.step_times.append(now - self.last_step_end)
+        if self.first_step_s is None:
+            self.first_step_s = now - self.session_start
+        self.last_step_end = now
+        if self.signal_received is not None:
+            return "interrupted"
+        if self.non_finite_steps >= self.recipe.training.divergence_patience:
+            return "diverged"
+        if self.budget_s is not None:
+            recent = self.step_times[-5:]
+            step_s = max(recent) if recent else 0.0
+            # Leave room for one more step plus saving the adapter and a checkpoint.
+            # (A checkpoint and the adapter cost about one save each; the summary and plot a few seconds.)
+            margin = 1.5 * step_s + 2 * max(self.save_seconds, 2.0) + 3.0
+            if now - self.session_start + margin >= self.budget_s:
+                return "time_budget"
+        return None
+
+
+def _control_callback(run_state: RunState) -> Any:
+    """A TrainerCallback that applies RunState's decisions at step ends."""
+    from transformers import TrainerCallback
+
+    class RunControl(TrainerCallback):
+        """Stops and saves for time budgets, signals and divergence; saves every N minutes."""
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            reason = run_state.should_stop(state.global_step)
+            reason = _agree_across_ranks(reason)
+            if reason is not None:
+                run_state.status = reason
+                control.should_training_stop = True
+                control.should_save = reason != "diverged"
+            minutes = run_state.recipe.training.save_minutes
+            if minutes and time.monotonic() - run_state.last_save >= minutes * 60:
+                control.should_save = True
+            return control
+
+    return RunControl()
+
+
+_REASONS = [None, "time_budget", "interrupted", "diverged"]
+
+
+def _agree_across_ranks(reason: str | None) -> str | None:
+    """Every rank must stop at the same step, or collective ops deadlock: take the most severe reason."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return reason
+    from finetune.distributed import reduce_max
+
+    return _REASONS[int(reduce_max([_REASONS.index(reason)])[0])]
+
+
+def training_arguments(
+    recipe: Recipe, checkpoints_dir: Path, precision: str, device: str, checkpointing: bool,
+    max_steps: int | None, has_eval: bool,
+) -> Any:
+    """transformers TrainingArguments from the recipe and the hardware choices."""
+    import importlib.util
+
+    from transformers import TrainingArguments
+
+    t = recipe.training
+    report_to = [] if recipe.tracking.wandb == "disabled" else ["wandb"]
+    liger = device == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+    eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
+    return TrainingArguments(
+        output_dir=str(checkpoints_dir),
+        num_train_epochs=t.epochs,
+        max_steps=max_steps or t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of total steps in transformers 5
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        report_to=report_to,
+        run_name=recipe.name,
+        disable_tqdm=True,
+        dataloader_pin_memory=device == "cuda",
+        ddp_find_unused_parameters=False,
+        # Liger's Triton kernels (RMSNorm, RoPE, SwiGLU) on CUDA when installed; its fused linear cross-entropy
+        # stays off because compute_loss already builds logits only at labelled positions.
+        use_liger_kernel=liger,
+        liger_kernel_config={"fused_linear_cross_entropy": False} if liger else None,
+    )
+
+
+def configure_wandb(recipe: Recipe, run_dir: Path) -> None:
+    """wandb through the trainer's integration: offline by default, files inside the run folder."""
+    if recipe.tracking.wandb == "disabled":
+        return
+    os.environ.setdefault("WANDB_MODE", recipe.tracking.wandb)
+    os.environ["WANDB_DIR"] = str(run_dir.resolve())
+    os.environ.setdefault("WANDB_PROJECT", recipe.tracking.project)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_LOG_MODEL", "false")
+
+
+def finish_wandb(recipe: Recipe) -> None:
+    """Close the wandb run so its offline folder is complete now, not at interpreter exit."""
+    if recipe.tracking.wandb == "disabled":
+        return
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+    except Exception:  # tracking trouble must never cost a run its adapter
+        pass
+
+
+@contextmanager
+def stop_on_signals(run_state: RunState) -> Iterator[None]:
+    """Within the block, SIGINT/SIGTERM mean "finish this step, save, stop"; the old handlers come back after."""
+    previous = _install_signal_handlers(run_state)
+    try:
+        yield
+    finally:
+        _restore_signal_handlers(previous)
+
+
+def _install_signal_handlers(run_state: RunState) -> dict[int, Any]:
+    """First SIGINT/SIGTERM: stop after this step and save. A second one: exit at once."""
+    previous: dict[int, Any] = {}
+
+    first_at: list[float] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if run_state.signal_received is not None:
+            # Under `accelerate launch` a terminal Ctrl-C reaches each rank twice within milliseconds
+            # (from the terminal, then passed on by the launcher): that is still the first request.
+            if time.monotonic() - first_at[0] < 2.0:
+                return
+            os._exit(128 + signum)
+        run_state.signal_received = signum
+        first_at.append(time.monotonic())
+        print(f"\nsignal {signum}: finishing this step, then saving (again to quit at once)", flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (e.g. a test runner thread)
+            pass
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    """Put the earlier handlers back."""
+    for sig, old in previous.items():
+        signal.signal(sig, old)
