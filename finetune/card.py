@@ -145,12 +145,13 @@ def _decision(inputs: CardInputs) -> list[str]:
     report = dict(inputs.compare)
     try:
         chosen = decide(validate_report(report))
-        if chosen is not None:
-            report["decision"] = chosen.model_dump()
     except ValueError:  # a report from another version: show what it decided, if anything
-        pass
-    lines = decision_markdown(report)
-    return lines or ["## Adapter or prompt?", "", "The comparison holds no adapter arm to decide on.", ""]
+        lines = decision_markdown(report)
+        why = "This comparison predates the decision: rerun `finetune compare` for one."
+        return lines or ["## Adapter or prompt?", "", why, ""]
+    if chosen is None:
+        return ["## Adapter or prompt?", "", "The comparison holds no adapter arm to decide on.", ""]
+    return decision_markdown({**report, "decision": chosen.model_dump()})
 
 
 def _comparison(inputs: CardInputs) -> list[str]:

@@ -131,6 +131,38 @@ def test_markdown_and_self_contained_html(compared):
     assert "<script" not in page and "src='http" not in page
 
 
+def test_answer_quality_and_the_decision_on_real_replies(compared):
+    # Issue 21: quality rows for every arm and set, WARNING lines exactly for arms that loop, and the
+    # "Adapter or prompt?" section opening every report.
+    from finetune.compare.analysis import LOOP_ALERT
+    from finetune.compare.quality import is_loop
+
+    folder, report, _ = compared
+    for arm in ARMS:
+        metrics = report["arms"][arm]
+        assert metrics["loop_share"]["n"] == 16 and metrics["ended_share"]["n"] == 16
+        assert metrics["content_ref"]["n"] == 16 and 0 < metrics["content_ref"]["mean"] <= 1
+        assert metrics["loop_share_multi"]["n"] == 2 and metrics["loop_share_long"]["n"] == 2
+        assert (metrics["content_base"] is None) == (arm == "base")
+        loops = max(metrics[k]["mean"] for k in ("loop_share", "loop_share_multi", "loop_share_long"))
+        warned = any(v.startswith(f"WARNING {arm}:") for v in report["verdicts"])
+        assert warned == (loops > LOOP_ALERT), (arm, loops, report["verdicts"])
+    lines = [json.loads(line) for line in (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    for line in lines:  # every reply's loop flag is the shared quality function's
+        assert line["scores"]["loop"] == float(is_loop(line["text"]))
+    assert any(" loop share " in v and "adapter" in v and "prompt" in v for v in report["verdicts"])
+    decision = report["decision"]
+    assert decision["recommendation"] in ("adapter", "prompt", "both", "neither", "not enough evidence")
+    assert [r["topic"] for r in decision["reasons"]] == [
+        "style", "quality", "drift", "ability", "arena", "latency", "cost"]
+    assert report["settings"]["statistics"]["family_size"] >= 10
+    md = (folder / "report.md").read_text(encoding="utf-8").splitlines()
+    assert md[2] == "## Adapter or prompt?" and md[4] == f"**{decision['headline']}**"
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert page.index("Adapter or prompt?") < page.index("<h2>Verdicts</h2>")
+    assert "NaN" not in (folder / "report.json").read_text(encoding="utf-8")
+
+
 def test_base_outputs_are_cached_across_runs(pirate_run, compared, tmp_path, one_thread):
     first_folder, first, cache = compared
     folder, again = run_compare(options(pirate_run, tmp_path / "again", cache, arms="base,prompt"),

@@ -172,3 +172,24 @@ def test_newest_compare_report_supplies_verdicts_and_arena(tmp_path: Path) -> No
 def test_no_compare_report_says_so(tmp_path: Path) -> None:
     assert latest_compare(tmp_path) is None
     assert "No comparison has been run yet" in render_card(_inputs(), None)
+
+
+def test_card_opens_with_the_decision_and_counts_later_arena_votes(tmp_path: Path) -> None:
+    from test_compare_stats import _fixture, _typed_report, _with_quality  # synthetic per-item scores
+
+    scores = _fixture()
+    for arm in scores:  # the adapter loops in 12 of 30 replies
+        _with_quality(scores[arm], {f"p{i}" for i in range(12)} if arm == "adapter" else set(), 0.8)
+    report, decision = _typed_report(scores, ["base", "prompt", "adapter"], ["quiz"])
+    report["decision"] = decision.model_dump()
+    report["arena"] = {"criteria": {"overall": {"votes": 9, "arms": [{"arm": "adapter", "rating": 1042.0}]}}}
+    card = render_card(_inputs(compare=report, compare_path="compare/x/report.json"), None)
+    body = card.split("---\n", 2)[2]
+    assert body.index("## Adapter or prompt?") < body.index("## Recipe") < body.index("## A/B results")
+    assert f"**{decision.headline}**" in card and decision.recommendation != "adapter"
+    assert "- quality: adapter: LOOPS" in card
+    assert "- arena: blind arena ratings: overall: adapter 1042 (9 votes)" in card
+    assert "WARNING adapter: loops in 40% of replies" in card
+    # A report from before the decision existed still gets a card, saying so.
+    old = render_card(_inputs(compare={"run": "pirate", "verdicts": ["v"]}), None)
+    assert "## Adapter or prompt?\n\nThis comparison predates the decision" in old
