@@ -56,8 +56,10 @@ def main() -> None:
     finetune("train", RECIPE, "--force")
     print("\n$ (three held-out prompts, base vs adapter)", flush=True)
     side_by_side()
+    # Conversations and long answers too: answer quality and drift are measured on every kind of prompt.
     finetune("compare", RECIPE, "--adapter", RUN, "--arms", "base,prompt,adapter,adapter+prompt",
-             "--samples", "24", "--turns", "4")
+             "--samples", "24", "--conversations", "datasets/eval/pirate_conversations.jsonl", "--turns", "4",
+             "--max-conversations", "4", "--long", "datasets/eval/long_prompts.jsonl", "--max-long", "4")
     finetune("runs")
 
 
