@@ -1,0 +1,121 @@
+"""What --resume checks before it continues: the recipe's changed keys, intact checkpoints, the run lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune.errors import RunError
+from finetune.recipe import parse_recipe
+from finetune.resume import check_same_run, checkpoint_is_final, checkpoint_problem, pick_checkpoint, recipe_changes
+from finetune.runlock import PID_FILE, RunLock
+
+
+def recipe(**training):
+    return parse_recipe({"name": "r", "dataset": {"path": "d.jsonl"}, "lora": {"r": 8},
+                         "training": {"learning_rate": 1e-3, **training}})
+
+
+def test_recipe_changes_name_each_key_but_not_run_control_keys():
+    saved = recipe().model_dump(mode="json")
+    edited = recipe(learning_rate=2e-3, max_time="8h", save_minutes=5, logging_steps=1, max_steps=99)
+    edited.lora.r = 16
+    edited.dataset.path = "other.jsonl"
+    edited.tracking.wandb = "disabled"
+    assert recipe_changes(saved, edited) == [
+        'dataset.path: "d.jsonl" -> "other.jsonl"', "lora.r: 8 -> 16", "training.learning_rate: 0.001 -> 0.002"]
+    assert recipe_changes(saved, recipe()) == []
+
+
+def test_check_same_run_refuses_with_the_diff_unless_forced(tmp_path):
+    (tmp_path / "recipe.yaml").write_text(recipe().to_yaml())
+    (tmp_path / "summary.json").write_text(json.dumps({"dataset_sha256": "a" * 64}))
+    said: list[str] = []
+    with pytest.raises(RunError) as info:
+        check_same_run(tmp_path, recipe(learning_rate=5e-4), "b" * 64, None, False, said.append)
+    message = str(info.value)
+    assert "training.learning_rate: 0.001 -> 0.0005" in message and "d.jsonl changed" in message
+    assert "aaaaaaaaaaaa" in message and "bbbbbbbbbbbb" in message and "--force" in message and "\n" not in message
+    check_same_run(tmp_path, recipe(learning_rate=5e-4), "b" * 64, None, True, said.append)
+    assert said and said[0].startswith("warning: resuming anyway (--force)")
+    check_same_run(tmp_path, recipe(max_time="9h"), "a" * 64, None, False, said.append)  # nothing to refuse
+
+
+def make_checkpoint(folder: Path, step: int, max_steps: int = 10) -> Path:
+    """A checkpoint folder with the files transformers and finetune write (real formats, tiny tensors)."""
+    from safetensors.torch import save_file
+
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    save_file({"base_model.model.layer.lora_A.weight": torch.randn(4, 8)}, path / "adapter_model.safetensors")
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": max_steps,
+                                                          "log_history": []}))
+    torch.save({"state": {}, "param_groups": []}, path / "optimizer.pt")
+    torch.save({"last_epoch": step}, path / "scheduler.pt")
+    (path / "finetune_ledger.json").write_text(json.dumps({"extra": {"dataset_sha256": "c" * 64}}))
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncate weights", "empty optimizer", "cut optimizer", "no scheduler",
+                                    "bad state json", "state of another step"])
+def test_a_damaged_checkpoint_is_named_and_passed_over(tmp_path, damage):
+    good = make_checkpoint(tmp_path, 5)
+    latest = make_checkpoint(tmp_path, 10)
+    assert checkpoint_problem(latest) is None
+    if damage == "truncate weights":
+        data = (latest / "adapter_model.safetensors").read_bytes()
+        (latest / "adapter_model.safetensors").write_bytes(data[: len(data) - 10])
+    elif damage == "empty optimizer":
+        (latest / "optimizer.pt").write_bytes(b"")
+    elif damage == "cut optimizer":
+        data = (latest / "optimizer.pt").read_bytes()
+        (latest / "optimizer.pt").write_bytes(data[: len(data) // 2])
+    elif damage == "no scheduler":
+        (latest / "scheduler.pt").unlink()
+    elif damage == "bad state json":
+        (latest / "trainer_state.json").write_text('{"global_step": 10, "lo')
+    else:
+        (latest / "trainer_state.json").write_text(json.dumps({"global_step": 5}))
+    assert checkpoint_problem(latest)
+    said: list[str] = []
+    assert pick_checkpoint(tmp_path, said.append) == good
+    assert len(said) == 1 and "checkpoint-10 is damaged" in said[0]
+
+
+def test_no_intact_checkpoint_gives_none_and_final_is_judged_by_the_target(tmp_path):
+    assert pick_checkpoint(tmp_path / "none", print) is None
+    ckpt = make_checkpoint(tmp_path, 10, max_steps=10)
+    assert checkpoint_is_final(ckpt, -1) and checkpoint_is_final(ckpt, 10)
+    assert not checkpoint_is_final(ckpt, 12), "--max-steps beyond the checkpoint trains on"
+
+
+def test_the_run_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    run = tmp_path / "run"
+    first = RunLock(run)
+    first.acquire(create=True)
+    first.mark()
+    assert (run / PID_FILE).read_text().strip() == str(os.getpid())
+    with pytest.raises(RunError) as info:
+        RunLock(run).acquire(create=True)
+    assert f"pid {os.getpid()}" in str(info.value) and "in use" in str(info.value)
+    # Another process is refused too, and the lock dies with its holder (no stale lock after a crash).
+    code = ("import sys; from pathlib import Path; from finetune.runlock import RunLock\n"
+            "try:\n    RunLock(Path(sys.argv[1])).acquire(create=True)\nexcept Exception as e:\n"
+            "    print(e); sys.exit(3)\n")
+    other = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True)
+    assert other.returncode == 3 and "in use" in other.stdout
+    first.release()
+    assert not (run / PID_FILE).exists()
+    other = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True)
+    assert other.returncode == 0, other.stdout + other.stderr
+    again = RunLock(run)
+    again.acquire(create=False)
+    again.release()
+    RunLock(tmp_path / "absent").acquire(create=False)  # --resume of a missing folder: prepare_run_dir says so
+    assert not (tmp_path / "absent").exists()
