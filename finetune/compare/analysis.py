@@ -268,10 +268,13 @@ def _find(diffs: list[dict[str, Any]], metric: str, a: str, b: str) -> dict[str,
             return d
         if (d["a"], d["b"]) == (b, a):
             flipped = dict(d, a=a, b=b)
-            if d["scale"] == "ratio":
-                flipped.update(mean=1 / d["mean"], ci_low=1 / d["ci_high"], ci_high=1 / d["ci_low"])
-            else:
-                flipped.update(mean=-d["mean"], ci_low=-d["ci_high"], ci_high=-d["ci_low"])
+
+            def flip(x: float | None, ratio: bool = d["scale"] == "ratio") -> float | None:
+                if x is None:  # too few items: no interval to flip
+                    return None
+                return 1 / x if ratio else -x
+
+            flipped.update(mean=flip(d["mean"]), ci_low=flip(d["ci_high"]), ci_high=flip(d["ci_low"]))
             return flipped
     return None
 

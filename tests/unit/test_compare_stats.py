@@ -527,3 +527,17 @@ def test_an_arm_with_no_replies_or_identical_replies_gives_stated_cells_not_nan(
     report["decision"] = decision.model_dump()
     md = markdown(report)
     assert md.splitlines()[2] == "## Adapter or prompt?"
+
+
+def test_verdicts_in_any_arm_order_with_too_few_items_do_not_crash():
+    # Arms given adapter first: differences are stored (prompt, adapter) and flipped for the verdict, even
+    # when three items leave no interval to flip.
+    scores = _fixture()
+    for arm in scores:
+        scores[arm]["single"] = scores[arm]["single"][:3]
+        scores[arm]["ppl"] = dict(list(scores[arm]["ppl"].items())[:3])
+    arms = ["adapter", "prompt", "base"]
+    diffs = analysis.differences(scores, arms, [], seed=0)
+    lines = analysis.verdict_lines(diffs, arms, [])
+    wanted = "not enough data to compare adapter and prompt on held-out perplexity"
+    assert any(line.startswith(wanted) for line in lines)
