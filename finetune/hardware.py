@@ -13,6 +13,11 @@ from pathlib import Path
 from finetune import atomic
 from finetune.paths import finetune_home
 
+# Longest padded batch that uses torch's matmul attention kernel on a CPU in bf16: up to ~160 tokens the
+# flash kernel was ~1.7x slower there (docs/bench.md); the matmul path keeps the L x L attention weights for
+# backward, so longer batches stay on flash. Training picks its kernel by it and the estimate counts memory by it.
+MATH_ATTENTION_MAX_WIDTH = 160
+
 
 @dataclass(frozen=True)
 class Hardware:
@@ -141,3 +146,11 @@ def choose_checkpointing(requested: str | bool, hw: Hardware) -> bool:
     if requested != "auto":
         return bool(requested)
     return hw.device == "cuda"
+
+
+def math_attention(cpu_bf16: bool, width: int, checkpointing: bool) -> bool:
+    """Whether a batch `width` tokens wide runs torch's matmul attention (CPU bf16, short, no checkpointing).
+
+    Checkpointing recomputes the forward outside the training step's kernel choice, with the default kernel.
+    """
+    return cpu_bf16 and width <= MATH_ATTENTION_MAX_WIDTH and not checkpointing

@@ -11,11 +11,11 @@ from finetune.estimate.assumptions import assumptions
 from finetune.estimate.calibration import (
     SPEED_FILE,
     calibrate_utilisation,
+    compare_probe,
     machine_key,
     predicted_step,
     remember_speed,
     remembered_speed,
-    run_probe_and_compare,
     speed_factor,
 )
 from finetune.estimate.devices import Device, device_for_gpu, run_setups, setup_for, this_machine
@@ -34,18 +34,27 @@ from finetune.estimate.memory import (
     suggestions,
     weights_bytes,
 )
-from finetune.estimate.plan import Estimate, GpuRow, estimate, estimate_for_training, hosted_rows, hours_text
+from finetune.estimate.plan import (
+    Estimate,
+    GpuRow,
+    check_options,
+    estimate,
+    estimate_for_training,
+    hosted_rows,
+    hours_text,
+)
 from finetune.estimate.shape import ModelShape, config_from_catalogue, model_shape, shape_from_config
 from finetune.estimate.speed import flops_per_token, seconds_per_micro_batch, step_overhead_seconds
 from finetune.estimate.tokens import Tokens, count_tokens, logits_fractions, padded_tokens
 
 __all__ = [
     "GIB", "SPEED_FILE", "STRATEGIES", "Device", "Estimate", "GpuRow", "Memory", "ModelShape", "Setup", "Tokens",
-    "activation_bytes_per_token_layer", "activations", "assumptions", "calibrate_utilisation",
+    "activation_bytes_per_token_layer", "activations", "assumptions", "calibrate_utilisation", "check_options",
+    "compare_probe",
     "config_from_catalogue", "count_tokens", "device_for_gpu", "estimate", "estimate_for_training", "fits",
     "flops_per_token", "hosted_rows", "hours_text", "logits_fractions", "lora_params", "machine_key",
     "max_batch_size", "max_seq_len", "memory", "model_shape", "padded_tokens", "predicted_step",
-    "remember_speed", "remembered_speed", "run_probe_and_compare", "run_setups", "seconds_per_micro_batch",
+    "remember_speed", "remembered_speed", "run_setups", "seconds_per_micro_batch",
     "setup_for", "shape_from_config", "speed_factor", "step_overhead_seconds", "suggestions", "this_machine",
     "weights_bytes",
 ]

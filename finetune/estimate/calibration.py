@@ -6,10 +6,8 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from finetune import catalog as cat
-from finetune.errors import FinetuneError
 from finetune.estimate.assumptions import Assumptions
-from finetune.estimate.devices import Device, run_setups, this_machine
+from finetune.estimate.devices import Device, run_setups
 from finetune.estimate.memory import memory
 from finetune.estimate.shape import ModelShape
 from finetune.estimate.speed import seconds_per_micro_batch
@@ -108,15 +106,12 @@ def remembered_speed() -> dict[str, Any] | None:
     return record if isinstance(factor, (int, float)) and factor > 0 else None
 
 
-def run_probe_and_compare(recipe: Recipe, shape: ModelShape, gpus: list[cat.GPU], tokens: Tokens,
-                          a: Assumptions, steps: int = 4) -> dict[str, Any]:
-    """Run a few real training steps here (finetune.train.run_probe) and compare them with the prediction."""
-    try:
-        from finetune.train import run_probe
-    except ImportError as exc:
-        raise FinetuneError(f"--probe needs finetune.train.run_probe, not importable: {exc}") from None
-    device = this_machine(gpus, a)
-    measured = run_probe(recipe, steps=steps)
+def compare_probe(recipe: Recipe, shape: ModelShape, device: Device, measured: dict[str, Any], tokens: Tokens,
+                  a: Assumptions) -> dict[str, Any]:
+    """A probe's measured steps on this machine (finetune.train.run_probe's dict) against the prediction.
+
+    The caller runs the probe (the estimate CLI): the estimate never imports the training path.
+    """
     assumed = a.utilisation if device.kind == "cuda" else a.cpu_utilisation
     predicted = predicted_step(recipe, shape, device, measured, tokens, assumed, a)
     factor = speed_factor(predicted["seconds_per_step"], measured["seconds_per_step"])

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from finetune.console import console, echo
 from finetune.cost import format_money
+from finetune.errors import FinetuneError
+
+if TYPE_CHECKING:
+    from finetune.recipe import Recipe
 
 def estimate(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
@@ -24,16 +29,28 @@ def estimate(
     catalog: Path | None = typer.Option(None, "--catalog", help="Your own GPU/model catalogue YAML file."),
 ) -> None:
     """Will the recipe fit, how long will it take, what will it cost (no weights are loaded)."""
+    from finetune.estimate.plan import check_options
     from finetune.estimate.plan import estimate as plan
     from finetune.recipe import load_recipe
 
     loaded = load_recipe(recipe, set_)
-    result = plan(loaded, gpu=gpu, num_gpus=gpus, strategy=strategy, probe=probe, catalog_file=catalog,
+    check_options(loaded, strategy, gpus)  # bad options fail before the probe's minutes, not after
+    measured = _probe(loaded) if probe else None
+    result = plan(loaded, gpu=gpu, num_gpus=gpus, strategy=strategy, probe=measured, catalog_file=catalog,
                   recipe_dir=recipe.parent)
     if json_out:
         echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
         return
     render(result)
+
+
+def _probe(recipe: Recipe, steps: int = 4) -> dict[str, Any]:
+    """A few real training steps on this machine through the training path, measured (for --probe)."""
+    try:
+        from finetune.train import run_probe
+    except ImportError as exc:
+        raise FinetuneError(f"--probe needs finetune.train.run_probe, not importable: {exc}") from None
+    return run_probe(recipe, steps=steps)
 
 
 def render(result: object) -> None:

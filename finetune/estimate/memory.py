@@ -151,10 +151,10 @@ def activation_bytes_per_token_layer(shape: ModelShape, setup: Setup, a: Assumpt
 
 
 def _math_attention(setup: Setup) -> bool:
-    """Whether finetune.train.attention_kernels picks torch's matmul attention for this setup."""
-    from finetune.train import MATH_ATTENTION_MAX_WIDTH
+    """Whether training picks torch's matmul attention for this setup (finetune.hardware's kernel policy)."""
+    from finetune.hardware import math_attention
 
-    return _cpu_bf16(setup) and not setup.checkpointing and setup.seq <= MATH_ATTENTION_MAX_WIDTH
+    return math_attention(_cpu_bf16(setup), setup.seq, setup.checkpointing)
 
 
 def activations(shape: ModelShape, setup: Setup, a: Assumptions, checkpointing: bool) -> float:

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from finetune import catalog as cat
 from finetune.cost import convert, display_currency, run_cost
-from finetune.errors import DataError, RecipeError
+from finetune.errors import RecipeError
 from finetune.estimate.assumptions import Assumptions, assumptions
-from finetune.estimate.calibration import remember_speed, remembered_speed, run_probe_and_compare
+from finetune.estimate.calibration import compare_probe, remember_speed, remembered_speed
 from finetune.estimate.devices import Device, device_for_gpu, run_setups, setup_for, this_machine
 from finetune.estimate.memory import (
     STRATEGIES,
@@ -30,6 +30,7 @@ from finetune.estimate.speed import flops_per_token, seconds_per_micro_batch
 from finetune.estimate.tokens import Tokens, count_tokens, padded_tokens
 
 if TYPE_CHECKING:
+    from finetune.data import Conversation
     from finetune.recipe import Recipe
 
 
@@ -226,16 +227,26 @@ def _sort_key(row: GpuRow) -> tuple[int, int, float, float]:
     return (0 if row.fits else 1, 0 if amount is not None else 1, amount or 0.0, row.hours)
 
 
-def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy: str | None = None,
-             probe: bool = False, catalog_file: str | Path | None = None,
-             recipe_dir: Path | None = None) -> Estimate:
-    """Plan a recipe: memory by component, verdict per GPU (or all), hours, cost and hosted-API reference."""
-    a = assumptions()
-    strategy = strategy or (recipe.distributed.strategy if recipe.distributed.strategy != "none" else "ddp")
+def check_options(recipe: Recipe, strategy: str | None, num_gpus: int) -> str:
+    """The multi-GPU strategy to plan for (the recipe's unless given); RecipeError for bad options."""
+    strategy = strategy or recipe.distributed.multi_process_strategy
     if strategy not in STRATEGIES:
         raise RecipeError(f"--strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     if num_gpus < 1:
         raise RecipeError("--gpus: expected 1 or more")
+    return strategy
+
+
+def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy: str | None = None,
+             probe: dict[str, Any] | None = None, catalog_file: str | Path | None = None,
+             recipe_dir: Path | None = None) -> Estimate:
+    """Plan a recipe: memory by component, verdict per GPU (or all), hours, cost and hosted-API reference.
+
+    `probe`: steps measured on this machine (finetune.train.run_probe's dict, run by the caller): compared
+    with the prediction, and its speed factor stored for later estimates here.
+    """
+    a = assumptions()
+    strategy = check_options(recipe, strategy, num_gpus)
     shape = model_shape(recipe.base_model, catalog_file, recipe.trust_remote_code)
     gpus = cat.load_gpus(catalog_file)
     rates = cat.load_rates()
@@ -253,10 +264,10 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
         except cat.CatalogError:
             devices = []  # a label for the user's own machine (e.g. "cpu-2core"): priced as this machine
     probe_info = calibration = None
-    if probe:
-        probe_info = run_probe_and_compare(recipe, shape, gpus, tokens, a)
+    if probe is not None:
+        probe_info = compare_probe(recipe, shape, this_machine(gpus, a), probe, tokens, a)
         calibration = remember_speed(probe_info["speed_factor"], recipe.name)
-    if not gpu or probe or gpu.lower() == "all":
+    if not gpu or probe is not None or gpu.lower() == "all":
         devices.append(this_machine(gpus, a))
         calibration = calibration or remembered_speed()  # only this machine's row is scaled by it
     machine_speed = calibration["speed_factor"] if calibration else 1.0
@@ -299,18 +310,19 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
     )
 
 
-def estimate_for_training(recipe: Recipe, gpu_name: str | None = None) -> tuple[list[str], bool]:
-    """Two short lines (memory vs the device; hours and cost) and whether the run fits, for training."""
+def estimate_for_training(recipe: Recipe, gpu_name: str | None = None,
+                          conversations: list[Conversation] | None = None) -> tuple[list[str], bool]:
+    """Two short lines (memory vs the device; hours and cost) and whether the run fits, for training.
+
+    `conversations`: the dataset's rows training has already read (counted, not read again).
+    """
     a = assumptions()
     shape = model_shape(recipe.base_model, None, recipe.trust_remote_code)
     gpus = cat.load_gpus()
     device = device_for_gpu(cat.find_gpu(gpu_name, gpus), a) if gpu_name else this_machine(gpus, a)
-    try:
-        tokens = count_tokens(recipe, None, a)
-    except DataError:
-        raise
+    tokens = count_tokens(recipe, None, a, conversations)
     currency = display_currency(recipe.cost)
-    strategy = recipe.distributed.strategy if recipe.distributed.strategy != "none" else "ddp"
+    strategy = recipe.distributed.multi_process_strategy
     world = int(os.environ.get("WORLD_SIZE", "1"))
     calibration = remembered_speed() if device.this_machine else None
     speed = calibration["speed_factor"] if calibration else 1.0

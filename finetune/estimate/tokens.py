@@ -12,6 +12,7 @@ from finetune.errors import DataError, ModelError
 from finetune.estimate.assumptions import Assumptions, assumptions
 
 if TYPE_CHECKING:
+    from finetune.data import Conversation
     from finetune.recipe import Recipe
 
 
@@ -86,14 +87,6 @@ def _tokenizer_for(recipe: Recipe) -> Any | None:
         return None
 
 
-def _with_system(messages: list[dict[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:
-    """The messages as trained: the recipe's system prompt first when the row has none."""
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-    if system_prompt and (not plain or plain[0]["role"] != "system"):
-        plain.insert(0, {"role": "system", "content": system_prompt})
-    return plain
-
-
 def _dataset_path(recipe: Recipe, recipe_dir: Path | None) -> Path:
     """The dataset file: as written, else relative to the recipe's folder."""
     path = Path(recipe.dataset.path).expanduser()
@@ -105,24 +98,48 @@ def _dataset_path(recipe: Recipe, recipe_dir: Path | None) -> Path:
     return path
 
 
-def _token_lengths(tokenizer: Any, conversations: list[list[dict[str, Any]]],
-                   a: Assumptions) -> tuple[list[int], list[int]]:
-    """(whole conversation, prompt part) token counts per row: tokenizer and chat template, or characters."""
-    if tokenizer is None:
-        return ([_char_tokens(m, a) for m in conversations],
-                [_char_tokens(_prompt_part(m), a) for m in conversations])
-    if not conversations:
-        return [], []
-    texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in conversations]
-    prompts = [tokenizer.apply_chat_template(_prompt_part(m), tokenize=False, add_generation_prompt=True)
-               if _prompt_part(m) else "" for m in conversations]
-    full = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    head = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    return full, head
+@dataclass(frozen=True)
+class _Row:
+    """One row as training sees it: tokens kept, tokens before the first label, cut by max_length."""
+
+    length: int
+    prompt: int
+    truncated: bool
 
 
-def count_tokens(recipe: Recipe, recipe_dir: Path | None = None, a: Assumptions | None = None) -> Tokens:
-    """Tokens per training row: tokenizer and chat template if on disk, else estimated from the text."""
+def _tokenized_rows(tokenizer: Any, conversations: list[Conversation], max_len: int) -> list[_Row]:
+    """The rows training keeps, counted with training's own tokenisation (finetune.data)."""
+    from finetune.data import IGNORE_INDEX, tokenize_conversations
+
+    # One token past max_length tells a row that was cut from one that fits exactly; finetune.data cuts
+    # rows to a prefix, so the first max_length tokens and labels are exactly training's.
+    dataset = tokenize_conversations(tokenizer, conversations, max_len + 1)
+    rows = []
+    for ids, labels in zip(dataset["input_ids"], dataset["labels"], strict=True):
+        prompt = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+        if prompt < max_len:  # training drops a row whose replies max_length cuts off entirely
+            rows.append(_Row(min(len(ids), max_len), prompt, len(ids) > max_len))
+    return rows
+
+
+def _character_rows(conversations: list[Conversation], max_len: int, a: Assumptions) -> list[_Row]:
+    """Rows estimated from their characters (no tokenizer on disk), dropped and cut as training would."""
+    rows = []
+    for conversation in conversations:
+        length = _char_tokens(conversation.messages, a)
+        prompt = _char_tokens(_prompt_part(conversation.messages), a)
+        if prompt < max_len:
+            rows.append(_Row(min(length, max_len), prompt, length > max_len))
+    return rows
+
+
+def count_tokens(recipe: Recipe, recipe_dir: Path | None = None, a: Assumptions | None = None,
+                 conversations: list[Conversation] | None = None) -> Tokens:
+    """Tokens per training row as training counts them (finetune.data's tokenisation), or from the text.
+
+    `conversations` are the dataset's rows when the caller has read them already (`finetune train`).
+    Only the rows are counted, as training sees them: the recipe's system_prompt is for inference.
+    """
     from finetune.data import load_conversations, split_train_eval
 
     a = a or assumptions()
@@ -130,27 +147,25 @@ def count_tokens(recipe: Recipe, recipe_dir: Path | None = None, a: Assumptions 
     max_len = recipe.dataset.max_length
     if path.stat().st_size / 1e6 > a.large_dataset_mb:
         return _sampled_tokens(recipe, path, a)
-    conversations = load_conversations(path, recipe.dataset.format)
+    if conversations is None:
+        conversations = load_conversations(path, recipe.dataset.format)
     train, held_out = split_train_eval(conversations, recipe.dataset.eval_fraction, recipe.training.seed)
     tokenizer = _tokenizer_for(recipe)
-    rendered = [_with_system(c.messages, recipe.system_prompt) for c in train]
-    full, prompts = _token_lengths(tokenizer, rendered, a)
-    eval_full, eval_prompts = _token_lengths(
-        tokenizer, [_with_system(c.messages, recipe.system_prompt) for c in held_out], a)
-    # finetune.data drops rows whose reply is cut off entirely by max_length (nothing left to learn).
-    kept = [(n, p) for n, p in zip(full, prompts, strict=True) if p < max_len]
-    kept_eval = [n for n, p in zip(eval_full, eval_prompts, strict=True) if p < max_len]
-    if train and not kept:
-        raise DataError(f"{path}: no training row keeps any reply within dataset.max_length={max_len} "
-                        f"(prompts are {min(prompts)}+ tokens); raise max_length")
+    if tokenizer is not None:
+        rows, eval_rows = _tokenized_rows(tokenizer, train, max_len), _tokenized_rows(tokenizer, held_out, max_len)
+    else:
+        rows, eval_rows = _character_rows(train, max_len, a), _character_rows(held_out, max_len, a)
+    if train and not rows:
+        raise DataError(f"{path}: no training row keeps any reply within dataset.max_length={max_len}; "
+                        "raise max_length")
     return Tokens(
-        rows_train=len(kept),
-        rows_eval=len(kept_eval),
-        lengths=[min(n, max_len) for n, _ in kept],
-        eval_lengths=[min(n, max_len) for n in kept_eval],
+        rows_train=len(rows),
+        rows_eval=len(eval_rows),
+        lengths=[r.length for r in rows],
+        eval_lengths=[r.length for r in eval_rows],
         method="tokenizer" if tokenizer is not None else "characters",
-        truncated_rows=sum(1 for n, _ in kept if n > max_len),
-        prompt_lengths=[p for _, p in kept],
+        truncated_rows=sum(1 for r in rows if r.truncated),
+        prompt_lengths=[r.prompt for r in rows],
     )
 
 
@@ -174,7 +189,6 @@ def _sampled_tokens(recipe: Recipe, path: Path, a: Assumptions, sample: int = 20
                     values = [str(v) for v in row.values()] if isinstance(row, dict) else [str(row)]
                     messages = [{"role": "user", "content": " ".join(values[:-1])},
                                 {"role": "assistant", "content": values[-1] if values else ""}]
-                messages = _with_system(messages, recipe.system_prompt)
                 lengths.append(_char_tokens(messages, a))
                 prompts.append(_char_tokens(_prompt_part(messages), a))
     if not lengths:
