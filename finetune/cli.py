@@ -28,6 +28,7 @@ FEATURE_COMMANDS = {
     "merge-adapters": "finetune.export_cli:merge_adapters_command",
     "chat": "finetune.chat_cli:chat_command",
     "generate": "finetune.chat_cli:generate_command",
+    "distill": "finetune.distill.cli:distill",
 }
 
 
@@ -91,7 +92,7 @@ def train_command(
 
     loaded = load_recipe(recipe, set_)
     if num_processes > 1:
-        from finetune.distributed import launch
+        from finetune.launch import launch
 
         raise typer.Exit(launch(recipe, loaded, num_processes, sys.argv))
     from finetune.train import STATUS_EXIT, train
@@ -169,6 +170,9 @@ def data_check_command(
         f"{stats['max_length']}",
         highlight=False,
     )
+    if recipe is not None and stats.get("first_row"):
+        console.print("first row as trained (loss on the text between ⟦ ⟧):", highlight=False)
+        console.print(stats["first_row"], highlight=False, markup=False)
 
 
 @app.command("runs")

@@ -170,11 +170,20 @@ class DistributedConfig(_Section):
 
     strategy: Literal["none", "ddp", "fsdp", "zero2", "zero3"] = "none"
 
+    @property
+    def multi_process_strategy(self) -> str:
+        """The strategy on several processes: naming none means DDP (the same run, N times faster, no sharding)."""
+        return "ddp" if self.strategy == "none" else self.strategy
+
+    def effective_strategy(self, num_processes: int) -> str:
+        """The strategy a run on `num_processes` processes actually uses ("none" on one process)."""
+        return self.multi_process_strategy if num_processes > 1 else "none"
+
 
 class DistillConfig(_Section):
     """Context distillation (`finetune distill`): the prompted teacher's replies become dataset.path."""
 
-    prompts: str = "bundled"  # the bundled pool, or a JSONL of {"prompt"} / {"messages"} rows
+    prompts: str = "bundled"  # the bundled pool ("bundled:en", "bundled:ja": one language) or a JSONL file
     n: int | None = Field(64, ge=1)  # prompts to distill (None: all)
     candidates: int = Field(4, ge=1, le=32)  # sampled replies per prompt; the best passing one is kept
     teacher: str | None = None  # None: base_model with system_prompt; a local model folder; an http(s) URL

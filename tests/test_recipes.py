@@ -28,5 +28,6 @@ def test_recipe_validates_and_documents_itself(path, monkeypatch):
     block = "\n".join(header)
     assert len(header) >= 3, "a recipe starts with a comment block saying what it does"
     assert "hardware:" in block and "run:" in block, "the header says what hardware it needs and how to run it"
-    assert (ROOT / recipe.dataset.path).is_file(), f"{recipe.dataset.path} is not shipped"
+    # A distill recipe's dataset is written by `finetune distill`, not shipped.
+    assert recipe.distill or (ROOT / recipe.dataset.path).is_file(), f"{recipe.dataset.path} is not shipped"
     assert not recipe.trust_remote_code

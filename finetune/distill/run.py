@@ -1,0 +1,285 @@
+"""The distill path, top to bottom: recipe, prompts, teacher, candidates (resumable), filter, files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from finetune import atomic
+from finetune.compare.quality import LOOP_SHARE
+from finetune.distill import DistillError
+from finetune.distill.prompts import Selection, select_prompts
+from finetune.recipe import DistillConfig, Recipe, load_recipe
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class DistillOptions:
+    """Everything `finetune distill` accepts (the CLI fills it; tests build it directly)."""
+
+    recipe_path: Path
+    prompts: str | None = None  # overrides distill.prompts
+    n: int | None = None
+    teacher: str | None = None
+    teacher_model: str | None = None
+    candidates: int | None = None
+    out: Path | None = None
+    allow_remote_teacher: bool = False
+    force: bool = False
+    overrides: list[str] = field(default_factory=list)
+    dtype: str = "auto"
+
+
+@dataclass(frozen=True)
+class Files:
+    """What one distillation writes: the training data and, beside it, its working and audit files."""
+
+    data: Path  # chat JSONL in our format, written at the end (atomically)
+    candidates: Path  # every sampled reply, appended one prompt at a time (the resume log)
+    scores: Path  # every candidate with its scores, kept or dropped and why
+    provenance: Path  # teacher, prompts, sampling, thresholds, counts
+
+    @classmethod
+    def beside(cls, data: Path) -> Files:
+        """The file set named after the data file's stem."""
+        stem = data.name.removesuffix(".jsonl")
+        return cls(data, data.with_name(f"{stem}.candidates.jsonl"), data.with_name(f"{stem}.scores.jsonl"),
+                   data.with_name(f"{stem}.provenance.json"))
+
+
+def output_path(recipe: Recipe, out: Path | None) -> Path:
+    """--out, else dataset.path for a recipe with a distill section, else outputs/<name>.distill/data.jsonl."""
+    from finetune.paths import outputs_dir
+
+    if out is not None:
+        return out
+    if recipe.distill is not None:
+        return Path(recipe.dataset.path)
+    # Not inside outputs/<name>/: that is the training run's folder, and `train --force` empties it.
+    return outputs_dir() / f"{recipe.name}.distill" / "data.jsonl"
+
+
+def _config(recipe: Recipe, opts: DistillOptions) -> DistillConfig:
+    """The recipe's distill section (or the defaults) with the command-line overrides applied."""
+    cfg = recipe.distill or DistillConfig()
+    updates = {
+        "prompts": opts.prompts, "n": opts.n, "teacher": opts.teacher, "teacher_model": opts.teacher_model,
+        "candidates": opts.candidates,
+    }
+    return cfg.model_copy(update={k: v for k, v in updates.items() if v is not None})
+
+
+def _persona(recipe: Recipe, path: Path) -> str:
+    """The persona prompt to distill; one-line error when the recipe has none."""
+    persona = (recipe.system_prompt or "").strip()
+    if not persona:
+        raise DistillError(
+            f"{path}: system_prompt is missing or empty; distillation turns the persona prompt into data, "
+            "so the recipe needs one (system_prompt: \"You are ...\")"
+        )
+    return persona
+
+
+def _check_output(files: Files, force: bool) -> None:
+    """Never overwrite a file that distill did not write (a hand-made dataset) without --force."""
+    if files.data.exists() and not files.provenance.exists() and not files.candidates.exists() and not force:
+        raise DistillError(
+            f"{files.data}: exists and was not written by finetune distill; choose another --out or pass --force"
+        )
+
+
+def _settings_key(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _resume_log(files: Files, key: str, wanted: set[str], force: bool) -> dict[str, dict[str, Any]]:
+    """Finished prompts from an earlier (killed) run with the same settings; the log rewritten clean."""
+    if not files.candidates.exists():
+        return {}
+    records = atomic.read_jsonl(files.candidates)
+    if any(r.get("settings_key") != key for r in records):
+        if not force:
+            raise DistillError(
+                f"{files.candidates}: was written with other generation settings (teacher, persona, sampling "
+                "or prompts); pass --force to start over, or --out to keep both"
+            )
+        files.candidates.unlink()
+        return {}
+    done: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if record.get("prompt_id") in wanted and record["prompt_id"] not in done:
+            done[record["prompt_id"]] = record
+    # Rewrite without a torn last line or duplicates, so the next append starts on a fresh line.
+    atomic.write_text(files.candidates, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values()))
+    return done
+
+
+def run_distill(opts: DistillOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Distill the recipe's persona prompt into a chat JSONL; returns the provenance record."""
+    started = time.perf_counter()
+    # 1. Recipe, persona, settings, where the files go.
+    recipe = load_recipe(opts.recipe_path, opts.overrides)
+    persona = _persona(recipe, opts.recipe_path)
+    cfg = _config(recipe, opts)
+    files = Files.beside(output_path(recipe, opts.out))
+    _check_output(files, opts.force)
+
+    # 2. Prompts: deduplicated, compare's evaluation prompts removed, seeded order.
+    selection: Selection = select_prompts(recipe, cfg.prompts, cfg.n, cfg.seed, files.data)
+    wanted = [p.id for p in selection.prompts]
+
+    # 3. Teacher and the plain student (the base model without the persona: the voice to move away from).
+    from finetune.compare.generation import resolve_dtype
+    from finetune.distill.teacher import LocalTeacher, make_teacher
+
+    dtype, _device = resolve_dtype(opts.dtype)
+    generation = {
+        "persona": persona,
+        "teacher": cfg.teacher or recipe.base_model,
+        "teacher_model": cfg.teacher_model,
+        "student": recipe.base_model,
+        "candidates": cfg.candidates,
+        "max_new_tokens": cfg.max_new_tokens,
+        "temperature": cfg.temperature,
+        "seed": cfg.seed,
+        "dtype": dtype,
+        "format": FORMAT_VERSION,
+    }
+    key = _settings_key(generation)
+    done = _resume_log(files, key, set(wanted), opts.force)
+    pending = [p for p in selection.prompts if p.id not in done]
+    say(
+        f"distill {recipe.name}: {len(wanted)} prompts from {selection.source} ({selection.duplicates} duplicates, "
+        f"{selection.reserved} of compare's prompts set aside), {cfg.candidates} candidates each; "
+        f"{len(done)} already done"
+    )
+    teacher_info = _earlier_teacher(files)
+    if pending:
+        base = LocalTeacher(recipe, None, dtype, cfg.batch_size)
+        teacher = make_teacher(cfg.teacher, recipe, base, cfg.teacher_model, cfg.timeout,
+                               opts.allow_remote_teacher, dtype, cfg.batch_size)
+        teacher_info = teacher.describe()
+        if teacher_info["system_prompt"] != "system turn":
+            say(f"note: the teacher's chat template has no system role; the persona is {teacher_info['system_prompt']}")
+        _write_provenance(files, recipe, opts, cfg, selection, generation, teacher_info, "running", None)
+        # 4. Candidates, one chunk of prompts at a time, each prompt appended as soon as it is done.
+        files.data.parent.mkdir(parents=True, exist_ok=True)
+        _generate(pending, teacher, base, persona, cfg, key, files, done)
+
+    # 5. Filter with compare's scorers; write the data, every score and the provenance.
+    from finetune.compare.metrics import compile_markers
+    from finetune.distill.filter import Thresholds, filter_effect, score_candidates
+
+    records = [done[i] for i in wanted]
+    thresholds = Thresholds(cfg.min_style, cfg.min_content)
+    rows, classifier_info = score_candidates(records, compile_markers(recipe.style.markers), thresholds)
+    kept = {r["prompt_id"]: r for r in rows if r["kept"]}
+    data_lines = []
+    for record in records:
+        if record["prompt_id"] in kept:
+            messages = [*record["messages"], {"role": "assistant", "content": kept[record["prompt_id"]]["text"]}]
+            data_lines.append(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    atomic.write_text(files.scores, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    if not data_lines:
+        raise DistillError(
+            f"{files.scores}: no candidate passed the filter (min_style {cfg.min_style}, min_content "
+            f"{cfg.min_content}); read the reasons there, then lower the thresholds or raise max_new_tokens"
+        )
+    atomic.write_text(files.data, "".join(data_lines))
+    result = {
+        "prompts": len(records),
+        "kept": len(data_lines),
+        "dropped": len(records) - len(data_lines),
+        "candidates": len(rows),
+        "candidates_passed": sum(r["passed"] for r in rows),
+        "drop_reasons": _reason_counts(rows),
+        "filter_effect": filter_effect(rows),
+        "classifier": classifier_info,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    return _write_provenance(files, recipe, opts, cfg, selection, generation, teacher_info, "done", result)
+
+
+def _generate(pending: list, teacher: Any, base: Any, persona: str, cfg: DistillConfig, key: str, files: Files,
+              done: dict[str, dict[str, Any]]) -> None:
+    """Sample candidates and the plain reply for each pending prompt; append each prompt's record."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("distilling"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    from finetune.console import err_console
+
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("distill", total=len(pending))
+        for start in range(0, len(pending), cfg.batch_size):
+            chunk = pending[start : start + cfg.batch_size]
+            messages = [p.messages for p in chunk]
+            # The seed follows the prompts, not their position: a resumed run samples as a fresh one would.
+            seed = cfg.seed + int(chunk[0].id[:6], 16)
+            sampled = teacher.sample(messages, persona, cfg.candidates, cfg.max_new_tokens, cfg.temperature, seed)
+            plain = base.greedy(messages, cfg.max_new_tokens)
+            for prompt, candidates, reply in zip(chunk, sampled, plain, strict=True):
+                record = {
+                    "prompt_id": prompt.id, "settings_key": key, "messages": prompt.messages,
+                    "candidates": [_reply(c) for c in candidates], "base": _reply(reply),
+                }
+                atomic.append_jsonl(files.candidates, record)
+                done[prompt.id] = record
+                progress.advance(task)
+
+
+def _earlier_teacher(files: Files) -> dict[str, Any]:
+    """The teacher recorded by the run that wrote the candidates (when nothing is left to generate)."""
+    try:
+        return json.loads(files.provenance.read_text(encoding="utf-8"))["teacher"]
+    except (OSError, ValueError, KeyError):
+        return {"kind": "unknown"}
+
+
+def _reply(reply: Any) -> dict[str, Any]:
+    return {"text": reply.text, "completion_tokens": reply.completion_tokens, "ended": reply.ended,
+            "latency_s": round(reply.latency_s, 3)}
+
+
+def _reason_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        for reason in row["reasons"]:
+            name = reason.split(" ")[0] if reason[0].isalpha() and " < " in reason else reason
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _write_provenance(
+    files: Files, recipe: Recipe, opts: DistillOptions, cfg: DistillConfig, selection: Selection,
+    generation: dict[str, Any], teacher: dict[str, Any], status: str, result: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The provenance file: enough to know where every row came from and to redo it."""
+    record = {
+        "format": FORMAT_VERSION,
+        "status": status,
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe": str(opts.recipe_path),
+        "recipe_name": recipe.name,
+        "teacher": teacher,
+        "generation": generation,
+        "prompts": {"source": selection.source, "rows": selection.total, "duplicates": selection.duplicates,
+                    "reserved_for_compare": selection.reserved, "selected": len(selection.prompts),
+                    "ids": [p.id for p in selection.prompts]},
+        "thresholds": {"min_style": cfg.min_style, "min_content": cfg.min_content,
+                       "loop_share": LOOP_SHARE,
+                       "must_end_turn": True},
+        "style_markers": recipe.style.markers,
+        "files": {"data": str(files.data), "candidates": str(files.candidates), "scores": str(files.scores),
+                  "recipe_dataset": files.data.resolve() == Path(recipe.dataset.path).resolve()},
+        "result": result,
+    }
+    atomic.write_json(files.provenance, record)
+    return record
