@@ -1,0 +1,93 @@
+"""Compare's sharp edges, checked independently: where the fine-tune's cost comes from, and multiple-choice
+scores with the shared-prefix KV cache against plain full-sequence log-probabilities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from finetune.recipe import parse_recipe
+from finetune.runs import read_summary
+from finetune.train import train
+from tests.conftest import recipe_dict
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_run(tmp_path, tiny_llama, pirate_rows, name, cost=None):
+    spec = recipe_dict(str(tiny_llama), pirate_rows, max_steps=2)
+    spec["name"] = name
+    if cost is not None:
+        spec["cost"] = cost
+    train(parse_recipe(spec), output_dir=tmp_path / name, say=lambda *_: None)
+    return tmp_path / name
+
+
+def test_finetune_cost_comes_from_the_summary_when_the_run_priced_itself(tiny_llama, pirate_rows, tmp_path):
+    from finetune.compare.prices import local_figures
+    from finetune.compare.run import Adapter, _finetune_cost
+
+    priced = tiny_run(tmp_path, tiny_llama, pirate_rows, "priced",
+                      cost={"hourly_rate": {"amount": 3600.0, "currency": "JPY"}})  # 1 yen a second
+    summary = read_summary(priced)
+    assert summary["cost"]["amount"] > 0
+    spent = _finetune_cost(Adapter("priced", priced, summary))
+    # The fallback (an electricity estimate) must not be used when the run has its own cost.
+    assert spent["source"] == "summary" and spent["note"] is None
+    assert spent["amount"] == summary["cost"]["amount"] and spent["currency"] == "JPY"
+    assert spent["amount"] == pytest.approx(summary["wall_time_s"], rel=0.05, abs=0.05)
+
+    unpriced = tiny_run(tmp_path, tiny_llama, pirate_rows, "unpriced")
+    summary = read_summary(unpriced)
+    assert summary["cost"] is None
+    spent = _finetune_cost(Adapter("unpriced", unpriced, summary))
+    local = local_figures()
+    # kWh = s / 3600 h x W / 1000; computed here from the catalogue's stated figures, not the product's helper.
+    want = summary["wall_time_s"] / 3600 * local["power_w"] / 1000 * local["price_per_kwh"]
+    assert spent["source"] == "estimated-local" and spent["amount"] == pytest.approx(want, rel=1e-9)
+    assert "no cost" in spent["note"]
+    nothing = _finetune_cost(Adapter("gone", tmp_path / "gone", None))
+    assert nothing["source"] == "none" and nothing["amount"] is None
+
+
+def plain_option_logprob(model, prefix: list[int], option: list[int]) -> float:
+    """Sum of log p(option tokens | prefix) from one full forward pass, no cache, no padding."""
+    ids = torch.tensor([prefix + option])
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits.float(), -1)[0]
+    return float(sum(logprobs[len(prefix) - 1 + j, tok] for j, tok in enumerate(option)))
+
+
+def test_cached_multiple_choice_scores_equal_plain_full_sequence_log_probs(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune.compare.likelihood import _common_length, option_logprobs, split_options
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    system = [{"role": "system", "content": "Answer with one option."}]
+    questions = [
+        ("Which is a fruit?", [" apple", " hammer", " a very long option about a granite stone"]),
+        ("What colour is the sky on a clear day?", [" blue", " green"]),
+        ("空の色は？", [" 青", " 緑色です", " 赤"]),
+        ("Pick a number.", [" 1", " 22", " 333", " 4444"]),
+    ]
+    split = []
+    for question, choices in questions:
+        text = tokenizer.apply_chat_template([*system, {"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+        parts = split_options(tokenizer, text, choices)
+        assert parts is not None
+        split.append(parts)
+    head_len = _common_length([prefix for prefix, _ in split])
+    assert head_len > 5, "the questions share the system prompt's tokens"
+    with torch.inference_mode():
+        head = model(input_ids=torch.tensor([split[0][0][:head_len]]), use_cache=True, logits_to_keep=1).cache
+    for with_head in (True, False):
+        scored = option_logprobs(model, split, tokenizer.pad_token_id, head if with_head else None,
+                                 head_len if with_head else 0)
+        for (prefix, options), got in zip(split, scored, strict=True):
+            for option, (total, count) in zip(options, got, strict=True):
+                assert count == len(option)
+                want = plain_option_logprob(model, prefix, option)
+                assert total == pytest.approx(want, abs=2e-4), (with_head, option, total, want)
