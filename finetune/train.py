@@ -11,9 +11,9 @@ from typing import Any
 
 from finetune import atomic, hardware
 from finetune.data import file_sha256, load_conversations, split_train_eval, tokenize_conversations
-from finetune.distributed import effective_strategy, save_sharded_adapter
 from finetune.errors import RunError
 from finetune.models import load_config, load_model, load_tokenizer
+from finetune.rank import save_sharded_adapter
 from finetune.recipe import Recipe
 from finetune.runs import (
     CHECKPOINTS,
@@ -26,8 +26,7 @@ from finetune.runs import (
     trim_metrics,
 )
 from finetune.telemetry import Ledger, Telemetry
-from finetune.trainer import (  # the estimate reads MATH_ATTENTION_MAX_WIDTH here
-    MATH_ATTENTION_MAX_WIDTH,  # noqa: F401
+from finetune.trainer import (
     RunState,
     build_trainer,
     configure_wandb,
@@ -129,7 +128,7 @@ def train(
         find_gpu(recipe.cost.gpu, load_gpus())  # an unknown GPU name fails now, not at the first log line
     budget_until = deadline_from_until(until) if until else None
     if is_main and not resume:
-        _check_it_fits(recipe, force, say)
+        _check_it_fits(recipe, force, say, conversations)
     # Only the main process checks and creates the folder: the others would find it half-made.
     run_dir = (prepare_run_dir(recipe, output_dir, force=force, resume=resume, is_main=is_main)
                if is_main else run_dir_for(recipe, output_dir))
@@ -206,12 +205,14 @@ def train(
         summary = build_summary(
             recipe=recipe, run_dir=run_dir, run_state=run_state, telemetry=telemetry,
             trainer_state=trainer.state, hw=hw, precision=precision, checkpointing=checkpointing,
-            num_processes=num_processes, strategy=effective_strategy(recipe.distributed.strategy, num_processes),
+            num_processes=num_processes, strategy=recipe.distributed.effective_strategy(num_processes),
             eval_loss=eval_loss, started=started, dataset_sha256=file_sha256(recipe.dataset.path),
             train_rows=len(train_rows), eval_rows=len(eval_rows),
         )
         atomic.write_json(run_dir / "summary.json", summary)
         _plot_curves(run_dir)
+        from finetune.estimate.calibration import record_run
+        record_run(summary, recipe, run_dir)  # the next estimate on this machine learns from this run
     dist_state.wait_for_everyone()
     if error is not None and not isinstance(error, KeyboardInterrupt):
         raise error
@@ -254,13 +255,15 @@ def save_outcome(
     return eval_loss
 
 
-def _check_it_fits(recipe: Recipe, force: bool, say: Callable[[str], None]) -> None:
+def _check_it_fits(
+    recipe: Recipe, force: bool, say: Callable[[str], None], conversations: list[Any] | None = None
+) -> None:
     """Print the estimate in two lines; refuse a run it says cannot fit, unless --force."""
     from finetune.errors import FinetuneError
     from finetune.estimate import estimate_for_training
 
     try:
-        lines, fits = estimate_for_training(recipe)
+        lines, fits = estimate_for_training(recipe, conversations=conversations)
     except FinetuneError:
         raise
     except Exception as exc:  # an estimate we cannot make must not stop a run that may well work

@@ -17,15 +17,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from finetune import atomic
+from finetune import atomic, hardware
 from finetune.data import collate
-from finetune.distributed import peak_over_ranks
+from finetune.rank import agree_on_stop, peak_over_ranks
 from finetune.recipe import Recipe
 from finetune.runs import LEDGER_FILE
 from finetune.telemetry import Ledger, Telemetry
-
-# Longest padded batch that uses the matmul attention kernel on a CPU in bf16 (see attention_kernels).
-MATH_ATTENTION_MAX_WIDTH = 160
 
 
 def attention_kernels(cpu_bf16: bool, width: int, checkpointing: bool) -> Any:
@@ -38,7 +35,7 @@ def attention_kernels(cpu_bf16: bool, width: int, checkpointing: bool) -> Any:
     # (forward and backward; a 9% faster step on the bundled model, docs/bench.md). The matmul path keeps the
     # L x L attention weights for backward, so longer batches stay on flash; checkpointing would recompute
     # outside this context, with the other kernel.
-    if cpu_bf16 and width <= MATH_ATTENTION_MAX_WIDTH and not checkpointing:
+    if hardware.math_attention(cpu_bf16, width, checkpointing):
         return sdpa_kernel([SDPBackend.MATH])
     return nullcontext()
 
@@ -97,6 +94,9 @@ def _trainer_class() -> type:
     class LoRATrainer(Trainer):
         """transformers' Trainer with a loss computed only where labels exist, and atomic checkpoints."""
 
+        # The private Trainer methods overridden here (_get_train_sampler, _save_checkpoint) and the signatures
+        # copied (compute_loss, log) were checked against transformers 5.24.0. tests/unit/test_private_overrides.py
+        # fails when an upgrade renames or reshapes them; pyproject caps transformers below 5.25 until it passes.
         loss_is_scaled_for_ga = True  # compute_loss already divides by the accumulated token count
 
         def __init__(self, *args: Any, run_state: RunState, **kwargs: Any) -> None:
@@ -266,7 +266,7 @@ def _control_callback(run_state: RunState) -> Any:
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
             reason = run_state.should_stop(state.global_step)
-            reason = _agree_across_ranks(reason)
+            reason = agree_on_stop(reason)
             if reason is not None:
                 run_state.status = reason
                 control.should_training_stop = True
@@ -277,20 +277,6 @@ def _control_callback(run_state: RunState) -> Any:
             return control
 
     return RunControl()
-
-
-_REASONS = [None, "time_budget", "interrupted", "diverged"]
-
-
-def _agree_across_ranks(reason: str | None) -> str | None:
-    """Every rank must stop at the same step, or collective ops deadlock: take the most severe reason."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return reason
-    from finetune.distributed import reduce_max
-
-    return _REASONS[int(reduce_max([_REASONS.index(reason)])[0])]
 
 
 def training_arguments(

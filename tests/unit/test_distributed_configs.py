@@ -1,4 +1,4 @@
-"""The accelerate strategy configs and the pure parts of the multi-process launcher."""
+"""The accelerate strategy configs, the pure parts of the multi-process launcher, and in-rank helpers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from accelerate.commands.config.config_args import ClusterConfig, load_config_fr
 from accelerate.commands.launch import launch_command_parser
 from accelerate.utils import DistributedType
 
-from finetune import distributed
+from finetune import launch, rank
 from finetune.errors import FinetuneError, RecipeError, RunError
 from finetune.recipe import DistributedConfig, parse_recipe
 
@@ -48,7 +48,7 @@ def test_every_nested_key_is_a_launch_option(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_TYPES))
 def test_packaged_copies_equal_the_recipes_folder(name: str) -> None:
-    assert (distributed.config_dir() / name).read_text() == (RECIPES / name).read_text()
+    assert (launch.config_dir() / name).read_text() == (RECIPES / name).read_text()
     assert (RECIPES / name).read_text().startswith("#"), "a config starts with a comment saying how to run it"
 
 
@@ -72,9 +72,10 @@ def test_deepspeed_configs_set_their_stage() -> None:
 
 def test_every_recipe_strategy_has_a_config() -> None:
     strategies = typing.get_args(DistributedConfig.model_fields["strategy"].annotation)
-    assert set(strategies) == set(distributed.STRATEGY_CONFIGS)
-    for strategy in strategies:
-        assert distributed.strategy_config(strategy).is_file()
+    multi = {DistributedConfig(strategy=strategy).multi_process_strategy for strategy in strategies}
+    assert multi == set(launch.STRATEGY_CONFIGS)
+    for strategy in multi:
+        assert launch.strategy_config(strategy).is_file()
 
 
 def test_slurm_example_launches_with_the_multi_node_options() -> None:
@@ -113,10 +114,10 @@ def test_check_combination(
 ) -> None:
     recipe = _recipe(**sections)
     if error is None:
-        distributed.check_combination(recipe, n, cuda, gpus, deepspeed, source="r.yaml")
+        launch.check_combination(recipe, n, cuda, gpus, deepspeed, source="r.yaml")
         return
     with pytest.raises(error) as caught:
-        distributed.check_combination(recipe, n, cuda, gpus, deepspeed, source="r.yaml")
+        launch.check_combination(recipe, n, cuda, gpus, deepspeed, source="r.yaml")
     assert issubclass(error, FinetuneError)
     message = str(caught.value)
     assert fragment in message and "\n" not in message
@@ -124,7 +125,7 @@ def test_check_combination(
 
 def test_check_combination_names_the_recipe_file_and_key() -> None:
     with pytest.raises(RecipeError, match=r"^r\.yaml: distributed\.strategy: fsdp "):
-        distributed.check_combination(_recipe(distributed={"strategy": "fsdp"}), 2, False, 0, False, "r.yaml")
+        launch.check_combination(_recipe(distributed={"strategy": "fsdp"}), 2, False, 0, False, "r.yaml")
 
 
 @pytest.mark.parametrize(
@@ -138,22 +139,22 @@ def test_check_combination_names_the_recipe_file_and_key() -> None:
     ],
 )
 def test_train_args_drop_only_num_processes(argv: list[str], expected: list[str]) -> None:
-    assert distributed.train_args(argv) == expected
+    assert launch.train_args(argv) == expected
 
 
 def test_train_args_needs_a_train_command() -> None:
     with pytest.raises(RunError):
-        distributed.train_args(["finetune", "runs"])
+        launch.train_args(["finetune", "runs"])
 
 
 def test_option_value_reads_both_spellings() -> None:
-    assert distributed.option_value(["r", "--output-dir", "out"], "--output-dir") == "out"
-    assert distributed.option_value(["r", "--output-dir=o2"], "--output-dir") == "o2"
-    assert distributed.option_value(["r", "--force"], "--output-dir") is None
+    assert launch.option_value(["r", "--output-dir", "out"], "--output-dir") == "out"
+    assert launch.option_value(["r", "--output-dir=o2"], "--output-dir") == "o2"
+    assert launch.option_value(["r", "--force"], "--output-dir") is None
 
 
 def test_launch_command_runs_the_module_through_accelerate() -> None:
-    cmd = distributed.launch_command(Path("c/ddp.yaml"), 2, ["r.yaml", "--max-steps", "3"], python="py")
+    cmd = launch.launch_command(Path("c/ddp.yaml"), 2, ["r.yaml", "--max-steps", "3"], python="py")
     assert cmd[:3] == ["py", "-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--config_file") + 1] == "c/ddp.yaml"
     assert cmd[cmd.index("--num_processes") + 1] == "2"
@@ -162,7 +163,7 @@ def test_launch_command_runs_the_module_through_accelerate() -> None:
 
 
 def test_launch_command_parses_with_accelerates_own_parser() -> None:
-    cmd = distributed.launch_command(distributed.strategy_config("ddp"), 2, ["r.yaml"], python="py")
+    cmd = launch.launch_command(launch.strategy_config("ddp"), 2, ["r.yaml"], python="py")
     args = launch_command_parser().parse_args(cmd[3:])
     assert args.num_processes == 2 and args.module and args.training_script == "finetune"
     assert args.training_script_args == ["train", "r.yaml"]
@@ -170,13 +171,13 @@ def test_launch_command_parses_with_accelerates_own_parser() -> None:
 
 @pytest.mark.parametrize(("cores", "n", "threads"), [(2, 2, "1"), (16, 2, "8"), (16, 3, "5"), (2, 4, "1")])
 def test_child_env_splits_cores_over_processes(cores: int, n: int, threads: str) -> None:
-    env = distributed.child_env({"PATH": "/bin"}, n, cores, has_cuda=True)
+    env = launch.child_env({"PATH": "/bin"}, n, cores, has_cuda=True)
     assert env["OMP_NUM_THREADS"] == threads
     assert env["PATH"] == "/bin" and "ACCELERATE_USE_CPU" not in env
 
 
 def test_child_env_keeps_the_users_thread_count_and_marks_cpu_runs() -> None:
-    env = distributed.child_env({"OMP_NUM_THREADS": "7"}, 2, 16, has_cuda=False)
+    env = launch.child_env({"OMP_NUM_THREADS": "7"}, 2, 16, has_cuda=False)
     assert env["OMP_NUM_THREADS"] == "7"
     assert env["ACCELERATE_USE_CPU"] == "true"
     assert int(env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]) > 30  # torchrun's default kills ranks mid-save
@@ -187,11 +188,11 @@ def test_child_env_keeps_the_users_thread_count_and_marks_cpu_runs() -> None:
     [("none", 1, "none"), ("fsdp", 1, "none"), ("none", 2, "ddp"), ("zero3", 4, "zero3")],
 )
 def test_effective_strategy(strategy: str, n: int, expected: str) -> None:
-    assert distributed.effective_strategy(strategy, n) == expected
+    assert DistributedConfig(strategy=strategy).effective_strategy(n) == expected
 
 
 def test_reduce_max_is_the_identity_without_a_process_group() -> None:
-    assert distributed.reduce_max([1.5, 2.0]) == [1.5, 2.0]
+    assert rank.reduce_max([1.5, 2.0]) == [1.5, 2.0]
 
 
 def test_cost_and_energy_count_every_gpu(tmp_path: Path) -> None:
@@ -204,3 +205,34 @@ def test_cost_and_energy_count_every_gpu(tmp_path: Path) -> None:
     assert four.cost(3600, None, None)["amount"] == pytest.approx(8.0)  # price per GPU-hour x N
     # NVML measures the main rank's GPU; the run's energy is that times N (ranks do the same work).
     assert four.energy_wh({"energy_wh": 10.0}) == pytest.approx(40.0)
+
+
+# Pairs of (rank 0's reason, rank 1's reason) and the reason both must agree on.
+AGREE_CASES = [((None, "time_budget"), "time_budget"), (("interrupted", "diverged"), "diverged"),
+               (("time_budget", "interrupted"), "interrupted"), ((None, None), None)]
+
+
+def _agree_worker(rank_index: int, port: int, out: str) -> None:
+    """One gloo rank: what agree_on_stop returns for this rank's reason in each case, one line each."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank_index, world_size=2)
+    try:
+        agreed = [str(rank.agree_on_stop(reasons[rank_index])) for reasons, _ in AGREE_CASES]
+        Path(out, f"rank{rank_index}").write_text("\n".join(agreed))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_agree_on_the_most_severe_stop_reason(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_agree_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    expected = [str(agreed) for _, agreed in AGREE_CASES]
+    assert [(tmp_path / f"rank{i}").read_text().splitlines() for i in range(2)] == [expected, expected]
+    assert rank.agree_on_stop("time_budget") == "time_budget"  # one process: its own reason

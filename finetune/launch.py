@@ -1,4 +1,8 @@
-"""Training on several processes: checks before any starts, accelerate's own launcher, rank-wide figures."""
+"""The parent side of a multi-process run: checks before any process starts, `accelerate launch`, signals.
+
+Only the `finetune train --num-processes N` process runs this; the ranks it starts run finetune.train, and
+what they do together (reductions, agreeing to stop, sharded saving) is in finetune.rank.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune import atomic
 from finetune.errors import RecipeError, RunError
 
 if TYPE_CHECKING:
     from finetune.recipe import Recipe
 
-# The accelerate config each recipe strategy launches with. "none" with --num-processes N means DDP:
-# the recipe did not ask for sharding, and DDP is what "the same run, N times faster" is.
+# The accelerate config each multi-process strategy launches with (a recipe without one gets DDP:
+# finetune.recipe.DistributedConfig.multi_process_strategy).
 STRATEGY_CONFIGS = {
-    "none": "ddp.yaml",
     "ddp": "ddp.yaml",
     "fsdp": "fsdp_qlora.yaml",
     "zero2": "zero2.yaml",
@@ -32,20 +34,13 @@ SHUTDOWN_TIMEOUT_S = "120"
 _PR_SET_PDEATHSIG = 1
 
 
-def effective_strategy(strategy: str, num_processes: int) -> str:
-    """The strategy a run actually uses: "none" on one process, DDP for "none" on several."""
-    if num_processes <= 1:
-        return "none"
-    return "ddp" if strategy == "none" else strategy
-
-
 def config_dir() -> Path:
     """The packaged copies of recipes/accelerate/*.yaml (the same files; a unit test keeps them equal)."""
     return Path(__file__).parent / "catalog" / "accelerate"
 
 
 def strategy_config(strategy: str) -> Path:
-    """The accelerate config file for a recipe's distributed.strategy."""
+    """The accelerate config file for a multi-process strategy (ddp, fsdp, zero2, zero3)."""
     if strategy not in STRATEGY_CONFIGS:
         raise RecipeError(
             f"distributed.strategy: expected one of {', '.join(STRATEGY_CONFIGS)}, got {strategy!r}"
@@ -207,61 +202,7 @@ def launch(recipe_path: str | Path, recipe: Recipe, num_processes: int, argv: li
     )
     args = train_args(argv)
     _check_run_folder(recipe, args)
-    cmd = launch_command(strategy_config(recipe.distributed.strategy), num_processes, args)
+    cmd = launch_command(strategy_config(recipe.distributed.multi_process_strategy), num_processes, args)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     env = child_env(dict(os.environ), num_processes, cores, has_cuda)
     return run_launcher(cmd, env)
-
-
-# --- inside a run: figures every rank contributes to ----------------------------------------------
-
-
-def reduce_max(values: list[float]) -> list[float]:
-    """Element-wise maximum over all ranks (the values unchanged in a single process)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return list(values)
-    import torch
-    from accelerate import PartialState
-
-    # NCCL reduces only GPU tensors, gloo only CPU ones: use the device this rank trains on.
-    device = PartialState().device if dist.get_backend() == "nccl" else torch.device("cpu")
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor.tolist()
-
-
-def peak_over_ranks(record: dict[str, Any], telemetry: Any) -> None:
-    """Replace this rank's peak memory in a metrics record by the largest rank's (all ranks must call it)."""
-    keys = [key for key in ("peak_memory_mb", "peak_reserved_mb") if record.get(key) is not None]
-    if not keys:
-        return
-    for key, value in zip(keys, reduce_max([float(record[key]) for key in keys]), strict=True):
-        record[key] = round(value, 1)
-    telemetry.ledger.peak_memory_mb = max(telemetry.ledger.peak_memory_mb, record["peak_memory_mb"])
-
-
-def save_sharded_adapter(trainer: Any, adapter_dir: Path) -> bool:
-    """Under FSDP or DeepSpeed, gather and save the adapter (every rank must call); False otherwise.
-
-    The weights are sharded over the ranks there, so the main process alone cannot write them: the
-    trainer's save_model gathers them (FSDP: as a full state dict on rank 0) and saves the adapter and
-    tokenizer from the main process, which then publishes the folder atomically.
-    """
-    if not (getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)):
-        return False
-    import shutil
-
-    if trainer.is_fsdp_enabled:
-        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp-ranks")  # one name that every rank agrees on
-    if trainer.is_world_process_zero():
-        shutil.rmtree(tmp, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))
-    trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
-        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; one-process adapters have none
-        atomic.publish_dir(tmp, adapter_dir)
-    return True
