@@ -82,8 +82,10 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def remove_incomplete_checkpoints(folder: Path) -> None:
-    """Drop the staging area a killed run may have left behind."""
+    """Drop the staging areas a killed run may have left; put back a checkpoint a killed swap left aside."""
     shutil.rmtree(folder / ".staging", ignore_errors=True)
+    for leftover in folder.glob(".checkpoint-*"):  # ".checkpoint-N.staging-..." or ".checkpoint-N.aside"
+        atomic.recover_dir(folder / leftover.name[1:].split(".", 1)[0])
 
 
 def trim_metrics(path: Path, last_step: int) -> None:

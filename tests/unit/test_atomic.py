@@ -168,3 +168,19 @@ def test_safetensors_helper_roundtrip(tmp_path):
     path.write_bytes(path.read_bytes()[:-8])
     with pytest.raises(Exception):  # noqa: B017 - safetensors raises its own error types
         load_file(str(path))
+
+
+def test_resume_puts_back_a_checkpoint_a_killed_swap_left_aside(tmp_path):
+    """What `--resume` tidies first: a checkpoint killed between the fallback's renames, a dead writer's staging."""
+    from finetune.runs import latest_checkpoint, remove_incomplete_checkpoints
+
+    checkpoints = tmp_path / "checkpoints"
+    for step, value in ((5, 5.0), (10, 10.0)):
+        assert _write(checkpoints / f"checkpoint-{step}", value) == 0
+    assert _write(checkpoints / "checkpoint-10", 11.0, hook="between") == -signal.SIGKILL
+    assert _write(checkpoints / "checkpoint-5", 6.0, files=50, hook="write") == -signal.SIGKILL
+    assert latest_checkpoint(checkpoints).name == "checkpoint-5"  # checkpoint-10 waits aside
+    remove_incomplete_checkpoints(checkpoints)
+    assert latest_checkpoint(checkpoints).name == "checkpoint-10"
+    assert _load(checkpoints / "checkpoint-10") == {10.0} and _load(checkpoints / "checkpoint-5") == {5.0}
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name != "started") == ["checkpoint-10", "checkpoint-5"]
