@@ -29,26 +29,27 @@ class Metric:
     higher_is_better: bool | None  # None: neither (e.g. reply length)
     log_scale: bool = False  # values are logs; estimates and differences are shown as exp (ratios)
     compared: bool = True  # paired differences and verdicts are computed
+    share: bool = False  # 0/1 per item: Wilson interval per arm, McNemar's exact test between arms
 
 
 METRICS = [
     Metric("style", "style score", "single", "style", True),
-    Metric("marker_rate", "marker rate", "single", "marker", True),
+    Metric("marker_rate", "marker rate", "single", "marker", True, share=True),
     Metric("style_multi", "style score in conversations", "multi", "style", True),
-    Metric("marker_rate_multi", "marker rate in conversations", "multi", "marker", True),
+    Metric("marker_rate_multi", "marker rate in conversations", "multi", "marker", True, share=True),
     Metric("style_long", "style score in long answers", "long", "style", True),
-    Metric("marker_rate_long", "marker rate in long answers", "long", "marker", True),
+    Metric("marker_rate_long", "marker rate in long answers", "long", "marker", True, share=True),
     Metric("perplexity", "held-out perplexity", "ppl", None, False, log_scale=True),
     # Answer quality, independent of the voice (finetune/compare/quality.py; docs/compare.md).
-    Metric("loop_share", "loop share", "single", "loop", False),
-    Metric("loop_share_multi", "loop share in conversations", "multi", "loop", False),
-    Metric("loop_share_long", "loop share in long answers", "long", "loop", False),
+    Metric("loop_share", "loop share", "single", "loop", False, share=True),
+    Metric("loop_share_multi", "loop share in conversations", "multi", "loop", False, share=True),
+    Metric("loop_share_long", "loop share in long answers", "long", "loop", False, share=True),
     Metric("distinct_2", "distinct-2", "single", "distinct_2", True),
     Metric("distinct_2_multi", "distinct-2 in conversations", "multi", "distinct_2", True),
     Metric("distinct_2_long", "distinct-2 in long answers", "long", "distinct_2", True),
-    Metric("ended_share", "share ended at end-of-turn", "single", "ended", True),
-    Metric("ended_share_multi", "share ended at end-of-turn in conversations", "multi", "ended", True),
-    Metric("ended_share_long", "share of long answers ended at end-of-turn", "long", "ended", True),
+    Metric("ended_share", "share ended at end-of-turn", "single", "ended", True, share=True),
+    Metric("ended_share_multi", "share ended at end-of-turn in conversations", "multi", "ended", True, share=True),
+    Metric("ended_share_long", "share of long answers ended at end-of-turn", "long", "ended", True, share=True),
     Metric("content_ref", "content kept (vs reference)", "single", "content_ref", True),
     Metric("content_base", "content kept (vs base reply)", "single", "content_base", True),
     Metric("content_base_multi", "content kept in conversations (vs base)", "multi", "content_base", True),
@@ -100,25 +101,34 @@ def item_values(arm_scores: Scores, metric: Metric) -> dict[str, float | None]:
     return {r["prompt_id"]: r.get(metric.field) for r in rows}
 
 
-def estimate(values: dict[str, float | None], seed: int, log_scale: bool = False) -> dict[str, Any]:
+def estimate(
+    values: dict[str, float | None], seed: int, log_scale: bool = False, share: bool = False
+) -> dict[str, Any]:
     """Mean of per-item values with a 95% CI: Wilson for 0/1 shares, else a percentile bootstrap (exp'd back
     for log-scale metrics)."""
     present = [v for v in values.values() if v is not None]
-    if not log_scale and stats.is_binary(present):
+    if share and stats.is_binary(present):
         return stats.wilson_ci(present)
     est = stats.bootstrap_mean_ci(present, seed=seed)
     return stats.exp_estimate(est) if log_scale else est
 
 
 def paired(
-    a: dict[str, float | None], b: dict[str, float | None], seed: int, log_scale: bool = False
+    a: dict[str, float | None],
+    b: dict[str, float | None],
+    seed: int,
+    log_scale: bool = False,
+    share: bool = False,
 ) -> dict:
     """Paired difference a - b over items both have, with a paired t-interval and p-value (a ratio a / b of
     geometric means for log-scale metrics: the test runs on the log differences)."""
     keys = [k for k in a if k in b and a[k] is not None and b[k] is not None]
     est = stats.paired_t([a[k] - b[k] for k in keys])
     va, vb = [a[k] for k in keys], [b[k] for k in keys]
-    if not log_scale and est["p_value"] is not None and stats.is_binary(va) and stats.is_binary(vb):
+    if not log_scale and est["ci_low"] is not None and all(0 <= v <= 1 for v in va + vb):
+        # Scores in [0, 1] differ by at most 1: a t-interval past that bound only shows its symmetry.
+        est["ci_low"], est["ci_high"] = max(-1.0, est["ci_low"]), min(1.0, est["ci_high"])
+    if share and est["p_value"] is not None and stats.is_binary(va) and stats.is_binary(vb):
         # Paired 0/1 outcomes (marker hit, loop, right answer): McNemar's exact test is the right test and,
         # unlike the t-test on such coarse differences, keeps its error rate (docs/compare.md).
         est["p_value"] = stats.mcnemar_exact(va, vb)
@@ -137,7 +147,7 @@ def arm_section(scores: dict[str, Scores], arms: list[str], seed: int) -> dict[s
         out[arm] = {}
         for metric in METRICS:
             values = item_values(scores[arm], metric)
-            est = estimate(values, _seed(seed, metric.key, arm), metric.log_scale)
+            est = estimate(values, _seed(seed, metric.key, arm), metric.log_scale, metric.share)
             out[arm][metric.key] = est if est["n"] else None
     return out
 
@@ -156,9 +166,9 @@ def mc_section(
         per_arm = {}
         for arm in arms:
             per_arm[arm] = {
-                "accuracy": estimate(_mc_values(scores[arm], name), _seed(seed, "mc", name, arm)),
+                "accuracy": estimate(_mc_values(scores[arm], name), _seed(seed, "mc", name, arm), share=True),
                 "accuracy_sum": estimate(
-                    _mc_values(scores[arm], name, "correct_sum"), _seed(seed, "mcs", name, arm)
+                    _mc_values(scores[arm], name, "correct_sum"), _seed(seed, "mcs", name, arm), share=True
                 ),
             }
         out[name] = {**meta, "arms": per_arm}
@@ -178,13 +188,14 @@ def differences(
     specs = [(m.key, m.label, m.higher_is_better, m.log_scale, m) for m in METRICS if m.compared]
     specs += [(f"mc:{name}", mc_label(name), True, False, None) for name in mc_sets]
     for key, label, higher, log_scale, metric in specs:
+        share = metric is None or metric.share  # multiple choice: right/wrong per question
         for a, b in _pairs(arms):
             if metric is not None:
                 va, vb = item_values(scores[a], metric), item_values(scores[b], metric)
             else:
                 name = key.split(":", 1)[1]
                 va, vb = _mc_values(scores[a], name), _mc_values(scores[b], name)
-            est = paired(va, vb, _seed(seed, key, a, b), log_scale)
+            est = paired(va, vb, _seed(seed, key, a, b), log_scale, share)
             if not est["n"]:
                 continue
             null = 1.0 if log_scale else 0.0
@@ -228,7 +239,9 @@ def drift_section(scores: dict[str, Scores], arms: list[str], seed: int) -> dict
                             {r["prompt_id"]: r.get("style") for r in at}, _seed(seed, "dm", arm, str(t))
                         ),
                         "marker_rate": estimate(
-                            {r["prompt_id"]: r.get("marker") for r in at}, _seed(seed, "dmm", arm, str(t))
+                            {r["prompt_id"]: r.get("marker") for r in at},
+                            _seed(seed, "dmm", arm, str(t)),
+                            share=True,
                         ),
                     }
                 )
@@ -248,11 +261,11 @@ def drift_section(scores: dict[str, Scores], arms: list[str], seed: int) -> dict
             long[arm] = {
                 "first_third": {
                     "style": estimate(pick("first_style"), _seed(seed, "lf", arm)),
-                    "marker_rate": estimate(pick("first_marker"), _seed(seed, "lfm", arm)),
+                    "marker_rate": estimate(pick("first_marker"), _seed(seed, "lfm", arm), share=True),
                 },
                 "last_third": {
                     "style": estimate(pick("last_style"), _seed(seed, "ll", arm)),
-                    "marker_rate": estimate(pick("last_marker"), _seed(seed, "llm", arm)),
+                    "marker_rate": estimate(pick("last_marker"), _seed(seed, "llm", arm), share=True),
                 },
                 "change": paired(pick("last_style"), pick("first_style"), _seed(seed, "lc", arm)),
             }
@@ -409,7 +422,7 @@ def statistics_settings(family_size: int) -> dict[str, Any]:
         "per_arm": "Wilson score interval for shares (0/1 per item), percentile bootstrap for other means",
         "paired": "paired t-interval and t-test on per-item differences (log differences for perplexity); "
         "exact sign test when all differences are equal",
-        "multiple_choice": "McNemar's exact test on paired right/wrong answers",
+        "multiple_choice": "McNemar's exact test on paired 0/1 outcomes (marker hit, loop, ended, right answer)",
         "correction": "Holm over the verdicts' tests; other paired differences are uncorrected",
         "family_size": family_size,
         "alpha": stats.ALPHA,

@@ -427,7 +427,7 @@ def _with_quality(scores: dict, loop_ids: set[str], content: float) -> dict:
     """Add quality fields to synthetic per-item scores: the listed prompts loop (and hit the token limit)."""
     for row in scores["single"]:
         looped = row["prompt_id"] in loop_ids
-        row.update(loop=float(looped), ended=0.0 if looped else 1.0, distinct_2=0.3 if looped else 0.95,
+        row.update(loop=float(looped), ended=0.0 if looped else 1.0, distinct_2=0.3 if looped else 1.0,
                    content_ref=content - (0.3 if looped else 0.0), content_base=0.8, length_ratio=1.0)
     return scores
 
@@ -541,3 +541,17 @@ def test_verdicts_in_any_arm_order_with_too_few_items_do_not_crash():
     lines = analysis.verdict_lines(diffs, arms, [])
     wanted = "not enough data to compare adapter and prompt on held-out perplexity"
     assert any(line.startswith(wanted) for line in lines)
+
+
+def test_only_shares_get_wilson_intervals_and_mcnemar():
+    # distinct-2 of 1.0 on every reply is a score, not 30 successes: no Wilson interval, no McNemar.
+    scores = _fixture()
+    for arm in scores:
+        _with_quality(scores[arm], set(), 0.8)
+    section = analysis.arm_section(scores, ["base", "prompt", "adapter"], seed=0)
+    assert section["adapter"]["distinct_2"]["ci_low"] == 1.0  # the bootstrap of identical values
+    assert section["adapter"]["loop_share"]["ci_high"] > 0  # a share: Wilson
+    diffs = analysis.differences(scores, ["base", "prompt", "adapter"], ["quiz"], seed=0)
+    tests = {d["metric"]: d["test"] for d in diffs if (d["a"], d["b"]) == ("adapter", "prompt")}
+    assert tests["marker_rate"] == "mcnemar-exact" and tests["mc:quiz"] == "mcnemar-exact"
+    assert tests["distinct_2"] == "sign" and tests["style"] == "paired-t"
