@@ -120,22 +120,24 @@ def content_kept(
     """Sentence-embedding cosine of each reply to its reference, persona markers removed from both.
 
     Measures how much of the reference's content survives independent of voice (1: same meaning). None
-    where the reference is missing or either side is empty once the markers are removed.
+    where there is no reference (or nothing but markers in it); 0.0 for a reply with nothing but markers
+    (an empty answer keeps no content).
     """
     if len(replies) != len(references):
         raise ValueError(f"content_kept needs one reference per reply, got {len(replies)} and {len(references)}")
     pairs = [
-        (strip_markers(r, markers), strip_markers(ref, markers)) if ref is not None else ("", "")
+        (_content(r, markers), _content(ref, markers)) if ref is not None else ("", "")
         for r, ref in zip(replies, references, strict=True)
     ]
     wanted = sorted({t for pair in pairs for t in pair if t and pair[0] and pair[1]})
-    if not wanted:
-        return [None] * len(pairs)
-    vectors = dict(zip(wanted, (embed or default_embed())(wanted), strict=True))
-    return [
-        cosine(vectors[a], vectors[b]) if a and b else None
-        for a, b in pairs
-    ]
+    vectors = dict(zip(wanted, (embed or default_embed())(wanted), strict=True)) if wanted else {}
+    return [(cosine(vectors[a], vectors[b]) if a else 0.0) if b else None for a, b in pairs]
+
+
+def _content(text: str, markers: Sequence[re.Pattern[str]]) -> str:
+    """The text without persona markers, or '' when no word is left (', !' carries no content)."""
+    stripped = strip_markers(text, markers)
+    return stripped if units(stripped) else ""
 
 
 def reply_quality(text: str, completion_tokens: int, max_new_tokens: int) -> dict[str, float | None]:

@@ -155,7 +155,7 @@ def test_answer_quality_and_the_decision_on_real_replies(compared):
     assert decision["recommendation"] in ("adapter", "prompt", "both", "neither", "not enough evidence")
     assert [r["topic"] for r in decision["reasons"]] == [
         "style", "quality", "drift", "ability", "arena", "latency", "cost"]
-    assert report["settings"]["statistics"]["family_size"] >= 10
+    assert report["settings"]["statistics"]["family_size"] >= 8  # sets of 2 items have no test
     md = (folder / "report.md").read_text(encoding="utf-8").splitlines()
     assert md[2] == "## Adapter or prompt?" and md[4] == f"**{decision['headline']}**"
     page = (folder / "report.html").read_text(encoding="utf-8")

@@ -59,8 +59,9 @@ def test_content_kept_uses_the_embedder_on_marker_free_text():
         return [[1.0, 0.0] if "paris" in t.lower() else [0.0, 1.0] for t in texts]
 
     markers = [re.compile(r"\barr\b", re.IGNORECASE)]
-    kept = quality.content_kept(["Arr Paris", "Arr rice", "x"], ["Paris", "Paris", None], markers, embed)
-    assert kept == [1.0, 0.0, None]
+    kept = quality.content_kept(["Arr Paris", "Arr rice", "x", "Arr!", "y"], ["Paris", "Paris", None, "Paris", "arr"],
+                                markers, embed)
+    assert kept == [1.0, 0.0, None, 0.0, None]  # a markers-only reply keeps nothing; a markers-only reference: n/a
     assert all("arr" not in t.lower() for t in seen)
 
 
