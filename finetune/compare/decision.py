@@ -90,7 +90,8 @@ class _Arm:
         style = _style_metric(report)
         self.style_vs_base = _diff(report, style, name, "base") if "base" in report.arms else None
         self.voiced = _wins(self.style_vs_base, name) if self.style_vs_base else None
-        loops = [m for m in (self.metrics.loop_share, self.metrics.loop_share_long) if m and m.mean is not None]
+        sets = (self.metrics.loop_share, self.metrics.loop_share_multi, self.metrics.loop_share_long)
+        loops = [m for m in sets if m and m.mean is not None]
         self.loop = max(loops, key=lambda m: m.mean) if loops else None
         self.loops = self.loop is not None and self.loop.mean > LOOP_ALERT
         base = report.arms.get("base")
@@ -204,7 +205,6 @@ def decide(report: Report) -> Decision | None:
     style = _style_metric(report)
     more = None
 
-    good = [x for x in (adapter, prompt, both) if x and x.good]
     if adapter.good and prompt and prompt.good:
         vs = _diff(report, style, adapter.name, prompt.name)
         cost = report.cost.adapters.get(adapter.name)
@@ -245,7 +245,6 @@ def decide(report: Report) -> Decision | None:
                 elif not x.voiced:
                     faults.append(f"{x.name} does not carry the voice")
             choice, why = "neither", "; ".join(faults) or "no arm carries the voice with sound answers"
-    del good
     headline = {
         "adapter": f"Use the adapter: {why}.",
         "prompt": f"Use the system prompt: {why}.",
