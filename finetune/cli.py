@@ -21,7 +21,7 @@ from finetune.errors import FinetuneError
 
 # command name -> "module:attribute": a command function or a typer app (a group of commands).
 FEATURE_COMMANDS = {
-    "estimate": "finetune.estimate.cli:estimate",
+    "estimate": "finetune.estimate.cli:estimate_command",
     "compare": "finetune.compare.cli:compare",
     "arena": "finetune.arena.cli:app",
     "export": "finetune.export_cli:export_command",

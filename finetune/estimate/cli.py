@@ -16,7 +16,7 @@ from finetune.errors import FinetuneError
 if TYPE_CHECKING:
     from finetune.recipe import Recipe
 
-def estimate(
+def estimate_command(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     gpu: str | None = typer.Option(None, "--gpu", help="A catalogue GPU (e.g. 4090, 'A100 80GB'), or 'all'."),
     gpus: int = typer.Option(1, "--gpus", min=1, help="Number of GPUs (multi-GPU memory and time)."),
@@ -29,14 +29,13 @@ def estimate(
     catalog: Path | None = typer.Option(None, "--catalog", help="Your own GPU/model catalogue YAML file."),
 ) -> None:
     """Will the recipe fit, how long will it take, what will it cost (no weights are loaded)."""
-    from finetune.estimate.plan import check_options
-    from finetune.estimate.plan import estimate as plan
+    from finetune.estimate.plan import check_options, estimate
     from finetune.recipe import load_recipe
 
     loaded = load_recipe(recipe, set_)
     check_options(loaded, strategy, gpus)  # bad options fail before the probe's minutes, not after
     measured = _probe(loaded) if probe else None
-    result = plan(loaded, gpu=gpu, num_gpus=gpus, strategy=strategy, probe=measured, catalog_file=catalog,
+    result = estimate(loaded, gpu=gpu, num_gpus=gpus, strategy=strategy, probe=measured, catalog_file=catalog,
                   recipe_dir=recipe.parent)
     if json_out:
         echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))

@@ -576,13 +576,13 @@ def test_cli_json_output(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from finetune.estimate.cli import estimate as command
+    from finetune.estimate.cli import estimate_command
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"name: cli\nbase_model: Qwen/Qwen2.5-0.5B-Instruct\n"
                       f"dataset: {{path: {ROOT / 'datasets' / 'pirate.jsonl'}, max_length: 256}}\n")
     app = typer.Typer()
-    app.command()(command)
+    app.command("estimate")(estimate_command)
     app.command("other")(lambda: None)  # two commands, so the estimate command keeps its name
     result = CliRunner().invoke(app, ["estimate", str(recipe), "--gpu", "T4", "--json",
                                       "--set", "lora.r=8"])
