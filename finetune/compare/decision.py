@@ -158,12 +158,14 @@ def _reasons(report: Report, adapter: _Arm, prompt: _Arm | None, both: _Arm | No
             if section and section.change.mean is not None:
                 c = section.change
                 p = c.p_holm if c.p_holm is not None else c.p_value
-                moved = (
-                    ("falls" if c.mean < 0 else "rises")
-                    if p is not None and p < 0.05 and c.n >= MIN_SIGNIFICANT_N
-                    else "holds"
-                )
-                drift.append(f"{x.name} {moved} {where} ({c.mean:+.2f}, n={c.n})")
+                if c.n < MIN_SIGNIFICANT_N or p is None:
+                    moved = "not enough data"
+                elif p < 0.05:
+                    moved = "falls" if c.mean < 0 else "rises"
+                else:  # not the same as "holds" when few conversations were run
+                    moved = "no significant change"
+                numbers = f"{c.mean:+.2f}, n={c.n}" + (f", p={p:.2g}" if p is not None else "")
+                drift.append(f"{x.name}: {moved} {where} ({numbers})")
     reasons.append(Reason(topic="drift", text="; ".join(drift) or "not measured (no conversations or long prompts)"))
     ability = []
     for name in report.multiple_choice:
