@@ -1,9 +1,11 @@
-"""Measuring this machine: a probe's steps against the prediction, and the speed factor kept per machine."""
+"""Measuring this machine: a probe's or a finished run's steps against the prediction, kept per machine."""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune.estimate.assumptions import Assumptions
@@ -84,7 +86,7 @@ def remember_speed(factor: float, recipe_name: str) -> dict[str, Any]:
     from finetune.paths import finetune_home
 
     record = {"key": machine_key(), "speed_factor": round(factor, 4), "recipe": recipe_name,
-              "measured_at": datetime.now().astimezone().isoformat(timespec="seconds")}
+              "measured_at": datetime.now().astimezone().isoformat(timespec="seconds"), "source": "probe"}
     try:
         atomic.write_json(finetune_home() / SPEED_FILE, record)
     except OSError:
@@ -103,7 +105,7 @@ def remembered_speed() -> dict[str, Any] | None:
     if not isinstance(record, dict) or record.get("key") != machine_key():
         return None
     factor = record.get("speed_factor")
-    return record if isinstance(factor, (int, float)) and factor > 0 else None
+    return {**record, "source": "probe"} if isinstance(factor, (int, float)) and factor > 0 else None
 
 
 def compare_probe(recipe: Recipe, shape: ModelShape, device: Device, measured: dict[str, Any], tokens: Tokens,
@@ -127,3 +129,140 @@ def compare_probe(recipe: Recipe, shape: ModelShape, device: Device, measured: d
         "speed_factor": round(factor, 4),
         "utilisation_calibrated": round(assumed / factor, 4),
     }
+
+
+# --- learning from finished runs ------------------------------------------------------------------------
+
+RUNS_FILE = "runs_calibration.json"
+MAX_RUN_RECORDS = 100  # the newest runs per home: enough for every model, precision and length in use
+
+
+def achieved_speed(metrics: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Seconds and non-padding tokens per optimizer step a run achieved, from its metrics.jsonl records.
+
+    Training lines only, after the first: the first interval holds loading and the first step's warm-up,
+    an evaluation's time lands in its own line (the telemetry restarts its interval at every line).
+    """
+    seconds = steps = tokens = 0.0
+    previous: dict[str, Any] | None = None
+    for record in metrics:
+        is_training = record.get("loss") is not None and record.get("seconds_per_step") is not None
+        if is_training and previous is not None and record["step"] > previous["step"]:
+            span = record["step"] - previous["step"]
+            seconds += record["seconds_per_step"] * span
+            steps += span
+            tokens += max(0, record.get("tokens", 0) - previous.get("tokens", 0))
+        previous = record
+    if steps == 0 or seconds <= 0:
+        return None
+    return {"seconds_per_step": seconds / steps, "tokens_per_step": tokens / steps, "steps": steps}
+
+
+def predicted_run_step(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens,
+                       a: Assumptions) -> dict[str, float]:
+    """The plan's uncalibrated figures for a recipe here: seconds per optimizer step and peak memory (MiB)."""
+    setup, average = run_setups(recipe, device, tokens)
+    util = a.utilisation if device.kind == "cuda" else a.cpu_utilisation
+    peak = device.peak_tflops.get(setup.precision) or device.peak_tflops["fp32"]
+    seconds = seconds_per_micro_batch(shape, average, peak, util, a) * recipe.training.gradient_accumulation
+    return {"seconds_per_step": seconds, "peak_memory_mb": memory(shape, setup, a).total_gb * 1024,
+            "precision": setup.precision, "checkpointing": setup.checkpointing}
+
+
+def _runs_path() -> Path:
+    """Where the runs' calibration records live ($FINETUNE_HOME/runs_calibration.json)."""
+    from finetune.paths import finetune_home
+
+    return finetune_home() / RUNS_FILE
+
+
+def _read_runs() -> list[dict[str, Any]]:
+    """The stored run records (none when the file is missing or unreadable)."""
+    try:
+        records = json.loads(_runs_path().read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+
+def _same_kind(record: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Two records of the same machine, model, precision, quantisation, checkpointing and sequence length."""
+    keys = ("key", "model", "precision", "quantization", "gradient_checkpointing", "max_length")
+    return all(record.get(k) == other.get(k) for k in keys)
+
+
+def record_run(summary: dict[str, Any], recipe: Recipe, run_dir: Path) -> dict[str, Any] | None:
+    """Store a finished run's achieved speed and peak memory on this machine, beside what the plan predicted.
+
+    Kept per machine, model, precision, quantisation, checkpointing and sequence length (the newest of
+    each kind) in $FINETUNE_HOME/runs_calibration.json; the next estimate here for the same model scales
+    this machine's time and memory by the measured / predicted ratios of the closest one (`learned_from_run`).
+    Completed and budget-stopped single-process runs only; returns the record, or None when none was kept.
+    """
+    try:
+        return _record_run(summary, recipe, run_dir)
+    except Exception:  # learning from a run must never cost the finished run its result
+        return None
+
+
+def _record_run(summary: dict[str, Any], recipe: Recipe, run_dir: Path) -> dict[str, Any] | None:
+    """record_run's work (see there)."""
+    from finetune import atomic
+    from finetune import catalog as cat
+    from finetune.errors import FinetuneError
+    from finetune.estimate.assumptions import assumptions
+    from finetune.estimate.devices import this_machine
+    from finetune.estimate.shape import model_shape
+    from finetune.estimate.tokens import count_tokens
+
+    if summary.get("status") not in ("completed", "time_budget") or summary.get("num_processes", 1) != 1:
+        return None
+    achieved = achieved_speed(atomic.read_jsonl(run_dir / "metrics.jsonl"))
+    peak_mb = summary.get("peak_memory_mb") or 0
+    if achieved is None or peak_mb <= 0:
+        return None
+    try:
+        a = assumptions()
+        shape = model_shape(recipe.base_model, None, recipe.trust_remote_code)
+        device = this_machine(cat.load_gpus(), a)
+        predicted = predicted_run_step(recipe, shape, device, count_tokens(recipe, None, a), a)
+    except FinetuneError:
+        return None  # a model or dataset the estimate cannot read: nothing to learn, and the run stands
+    if predicted["precision"] != summary.get("precision") or device.kind != summary["hardware"]["device"]:
+        return None  # the plan would not describe this run
+    record = {
+        "key": machine_key(), "model": shape.name, "precision": summary["precision"],
+        "quantization": summary.get("quantization"), "gradient_checkpointing": summary["gradient_checkpointing"],
+        "max_length": recipe.dataset.max_length, "batch_size": recipe.training.batch_size,
+        "lora_r": recipe.lora.r, "recipe": recipe.name, "run": str(run_dir),
+        "measured_at": summary.get("finished_at"),
+        "measured": {"seconds_per_step": round(achieved["seconds_per_step"], 4),
+                     "tokens_per_step": round(achieved["tokens_per_step"], 1), "peak_memory_mb": peak_mb},
+        "predicted": {"seconds_per_step": round(predicted["seconds_per_step"], 4),
+                      "peak_memory_mb": round(predicted["peak_memory_mb"], 1)},
+        "speed_factor": round(speed_factor(predicted["seconds_per_step"], achieved["seconds_per_step"]), 4),
+        "memory_factor": round(peak_mb / predicted["peak_memory_mb"], 4),
+    }
+    kept = [r for r in _read_runs() if not _same_kind(r, record)][-(MAX_RUN_RECORDS - 1):]
+    try:
+        atomic.write_json(_runs_path(), [*kept, record])
+    except OSError:
+        return None  # a read-only cache costs later estimates their calibration, not this run its result
+    return record
+
+
+def learned_from_run(model: str, precision: str, bits: int | None, checkpointing: bool,
+                     seq: int) -> dict[str, Any] | None:
+    """The stored run on this machine to calibrate a setup by: same model, precision, quantisation and
+    checkpointing, the nearest sequence length (newest on a tie); None when no run here matches."""
+    key = machine_key()
+    matching = [r for r in _read_runs() if r.get("key") == key and r.get("model") == model
+                and r.get("precision") == precision and r.get("quantization") == bits
+                and r.get("gradient_checkpointing") == checkpointing
+                and isinstance(r.get("speed_factor"), (int, float)) and r["speed_factor"] > 0
+                and isinstance(r.get("memory_factor"), (int, float)) and r["memory_factor"] > 0
+                and isinstance(r.get("max_length"), int) and r["max_length"] > 0]
+    if not matching:
+        return None
+    ordered = sorted(enumerate(matching), key=lambda p: (abs(math.log(p[1]["max_length"] / max(seq, 1))), -p[0]))
+    return {**ordered[0][1], "source": "run"}

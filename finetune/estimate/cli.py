@@ -95,6 +95,11 @@ def render(result: object) -> None:
             f"(utilisation {p['utilisation_assumed']:.2f} -> {p['utilisation_calibrated']:.3f})",
             highlight=False,
         )
+    elif result.calibration and result.calibration["source"] == "run":
+        c = result.calibration
+        console.print(f"this machine's times scaled by {c['speed_factor']:.2f} and memory by {c['memory_factor']:.2f}, "
+                      f"learned from run {c['run']} ({str(c['measured_at'])[:10]}, recipe {c['recipe']}, "
+                      f"max_length {c['max_length']})", highlight=False)
     elif result.calibration:
         c = result.calibration
         console.print(f"this machine's times scaled by {c['speed_factor']:.2f}, measured by `--probe` on "

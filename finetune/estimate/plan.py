@@ -12,7 +12,7 @@ from finetune import catalog as cat
 from finetune.cost import convert, display_currency, run_cost
 from finetune.errors import RecipeError
 from finetune.estimate.assumptions import Assumptions, assumptions
-from finetune.estimate.calibration import compare_probe, remember_speed, remembered_speed
+from finetune.estimate.calibration import compare_probe, learned_from_run, remember_speed, remembered_speed
 from finetune.estimate.devices import Device, device_for_gpu, run_setups, setup_for, this_machine
 from finetune.estimate.memory import (
     STRATEGIES,
@@ -87,7 +87,7 @@ class Estimate:
     currency: str
     assumptions: Assumptions
     probe: dict[str, Any] | None = None
-    calibration: dict[str, Any] | None = None  # a speed factor from an earlier --probe on this machine
+    calibration: dict[str, Any] | None = None  # this machine's factors: from a probe or a finished run here
 
     def to_json(self) -> dict[str, Any]:
         """The documented `--json` schema (docs/estimate.md)."""
@@ -158,12 +158,15 @@ def _row_cost(recipe: Recipe, device: Device, seconds: float, num_gpus: int, cur
 
 
 def _row(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, num_gpus: int, strategy: str,
-         currency: str, rates: cat.Rates, a: Assumptions, speed_factor: float = 1.0) -> GpuRow:
-    """Estimate one target (`speed_factor`: measured over predicted step time, from a probe)."""
+         currency: str, rates: cat.Rates, a: Assumptions, speed_factor: float = 1.0,
+         memory_factor: float = 1.0) -> GpuRow:
+    """Estimate one target (`speed_factor`, `memory_factor`: measured over predicted, from a probe or a run)."""
     t = recipe.training
     setup, average = run_setups(recipe, device, tokens, num_gpus, strategy)
     mem = memory(shape, setup, a)
-    ok = fits(mem, device.capacity_gb)
+    # A run here that peaked at memory_factor x its prediction: this one's limits shrink alike.
+    capacity = device.capacity_gb / memory_factor
+    ok = fits(mem, capacity)
     util = a.utilisation if device.kind == "cuda" else a.cpu_utilisation
     peak = device.peak_tflops.get(setup.precision) or device.peak_tflops["fp32"]
     micro, _ = _work(recipe, tokens, setup)
@@ -174,14 +177,14 @@ def _row(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, num_
     seconds = (per_micro * micro + eval_seconds) / (setup.num_gpus * eff)
     cost = _row_cost(recipe, device, seconds, setup.num_gpus, currency, rates, a)
     return GpuRow(
-        name=device.name, memory_gb=round(device.memory_gb, 2), fits=ok, total_gb=mem.total_gb,
+        name=device.name, memory_gb=round(device.memory_gb, 2), fits=ok, total_gb=mem.total_gb * memory_factor,
         hours=seconds / 3600, cost=cost,
-        max_batch_size=max_batch_size(shape, setup, device.capacity_gb, a),
-        max_seq_len=max_seq_len(shape, setup, device.capacity_gb, a),
+        max_batch_size=max_batch_size(shape, setup, capacity, a),
+        max_seq_len=max_seq_len(shape, setup, capacity, a),
         precision=setup.precision, gradient_checkpointing=setup.checkpointing,
         seconds_per_step=per_micro * t.gradient_accumulation, utilisation=util,
         num_gpus=setup.num_gpus, strategy=strategy if setup.num_gpus > 1 else "none",
-        suggestions=[] if ok else suggestions(shape, setup, device.capacity_gb, t.gradient_accumulation, a),
+        suggestions=[] if ok else suggestions(shape, setup, capacity, t.gradient_accumulation, a),
         this_machine=device.this_machine, memory=mem,
     )
 
@@ -268,11 +271,13 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
         probe_info = compare_probe(recipe, shape, this_machine(gpus, a), probe, tokens, a)
         calibration = remember_speed(probe_info["speed_factor"], recipe.name)
     if not gpu or probe is not None or gpu.lower() == "all":
-        devices.append(this_machine(gpus, a))
-        calibration = calibration or remembered_speed()  # only this machine's row is scaled by it
-    machine_speed = calibration["speed_factor"] if calibration else 1.0
+        machine = this_machine(gpus, a)
+        devices.append(machine)
+        # Only this machine's row is scaled: by this probe, else a finished run like this one, else a probe.
+        calibration = calibration or _learned(recipe, shape, machine) or remembered_speed()
+    speed, mem_factor = _factors(calibration)
     rows = [_row(recipe, shape, d, tokens, num_gpus, strategy, currency, rates, a,
-                 machine_speed if d.this_machine else 1.0) for d in devices]
+                 *((speed, mem_factor) if d.this_machine else (1.0, 1.0))) for d in devices]
     if gpu and gpu.lower() == "all":
         rows.sort(key=_sort_key)
     # The memory breakdown shown is for the recipe's own GPU: the catalogue GPU its cost.gpu names, or
@@ -324,14 +329,11 @@ def estimate_for_training(recipe: Recipe, gpu_name: str | None = None,
     currency = display_currency(recipe.cost)
     strategy = recipe.distributed.multi_process_strategy
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    calibration = remembered_speed() if device.this_machine else None
-    speed = calibration["speed_factor"] if calibration else 1.0
-    row = _row(recipe, shape, device, tokens, world, strategy, currency, cat.load_rates(), a, speed)
-    mem = row.memory
-    assert mem is not None
+    calibration = (_learned(recipe, shape, device) or remembered_speed()) if device.this_machine else None
+    row = _row(recipe, shape, device, tokens, world, strategy, currency, cat.load_rates(), a, *_factors(calibration))
     where = "available RAM" if device.kind == "cpu" else "GPU memory"
     verdict = "fits" if row.fits else "does NOT fit"
-    line1 = (f"memory: {mem.total_gb:.1f} GB predicted peak vs {device.capacity_gb:.1f} GB usable {where} "
+    line1 = (f"memory: {row.total_gb:.1f} GB predicted peak vs {device.capacity_gb:.1f} GB usable {where} "
              f"on {device.name}: {verdict}")
     from finetune.cost import format_money
 
@@ -340,13 +342,29 @@ def estimate_for_training(recipe: Recipe, gpu_name: str | None = None,
     basis = f" ({cost['basis']})" if cost.get("basis") not in (None, "none") else ""
     line2 = (f"time: about {_hours_text(row.hours)} for {tokens.per_epoch:,} tokens/epoch x "
              f"{recipe.training.epochs:g} epochs; cost: {money}{basis}")
-    if calibration:
+    if calibration and calibration["source"] == "run":
+        line2 += (f"; learned from run '{Path(calibration['run']).name}' of {str(calibration['measured_at'])[:10]} "
+                  f"(time x{calibration['speed_factor']:.2f}, memory x{calibration['memory_factor']:.2f})")
+    elif calibration:
         line2 += f"; speed calibrated by the probe of {calibration['measured_at'][:10]}"
     else:
-        line2 += "; rough until `finetune estimate --probe` has measured this machine"
+        line2 += "; rough until a finished run or `finetune estimate --probe` has measured this machine"
     if not row.fits and row.suggestions:
         line1 += f"; try {row.suggestions[0]}"
     return [line1, line2], row.fits
+
+
+def _learned(recipe: Recipe, shape: ModelShape, device: Device) -> dict[str, Any] | None:
+    """The finished run on this machine that calibrates this recipe (same model, precision, quantisation)."""
+    setup = setup_for(recipe, device)
+    return learned_from_run(shape.name, setup.precision, setup.bits, setup.checkpointing, setup.seq)
+
+
+def _factors(calibration: dict[str, Any] | None) -> tuple[float, float]:
+    """(speed, memory) factors of a calibration record (a probe measures no memory factor)."""
+    if not calibration:
+        return 1.0, 1.0
+    return float(calibration["speed_factor"]), float(calibration.get("memory_factor") or 1.0)
 
 
 def _hours_text(hours: float) -> str:

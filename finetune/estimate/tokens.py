@@ -111,6 +111,8 @@ def _tokenized_rows(tokenizer: Any, conversations: list[Conversation], max_len: 
     """The rows training keeps, counted with training's own tokenisation (finetune.data)."""
     from finetune.data import IGNORE_INDEX, tokenize_conversations
 
+    if not conversations:
+        return []  # an empty dataset has no columns to read
     # One token past max_length tells a row that was cut from one that fits exactly; finetune.data cuts
     # rows to a prefix, so the first max_length tokens and labels are exactly training's.
     dataset = tokenize_conversations(tokenizer, conversations, max_len + 1)
