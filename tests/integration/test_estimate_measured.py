@@ -28,18 +28,9 @@ from finetune import estimate as E
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "pirate-smollm2.yaml"
 
-try:  # the probe lives in the training path; without it there is nothing to measure against
-    from finetune.train import run_probe  # noqa: F401
-
-    HAVE_PROBE = True
-except ImportError:
-    HAVE_PROBE = False
-
-needs_probe = pytest.mark.skipif(not HAVE_PROBE, reason="finetune.train.run_probe is not importable yet")
-
-# Few steps, short sequences (no system prompt, so short rows keep their replies), no held-out
-# evaluation: the whole file stays within a few minutes on an idle 2-core machine.
-COMMON = ["system_prompt=null", "dataset.eval_fraction=0.0", "training.batch_size=2",
+# Few steps, short sequences, no held-out evaluation: the whole file stays within a few minutes on an idle
+# 2-core machine.
+COMMON = ["dataset.eval_fraction=0.0", "training.batch_size=2",
           "training.gradient_accumulation=1"]
 CONFIGS = {
     "16bit-64-r8": ["quantization.bits=null", "dataset.max_length=64", "lora.r=8"],
@@ -105,7 +96,6 @@ def _predict(name: str, measured: dict) -> dict:
     return E.predicted_step(recipe, shape, device, measured, tokens, util, a)
 
 
-@needs_probe
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_predicted_peak_memory_within_20_percent(measured, name):
@@ -140,7 +130,6 @@ def timed() -> tuple[dict, dict]:
     return first, second
 
 
-@needs_probe
 @pytest.mark.slow
 def test_calibrated_speed_predicts_another_configuration(timed):
     # Calibrate on the short 16-bit run, predict the long one (about twice the tokens per step).
