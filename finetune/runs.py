@@ -219,7 +219,8 @@ def build_summary(
         started_at=started.isoformat(timespec="seconds"),
         finished_at=datetime.now().astimezone().isoformat(timespec="seconds"),
     )
-    return summary.model_dump(mode="json")
+    # Through pydantic's JSON: a non-finite loss (a diverged run) becomes null, so summary.json stays valid JSON.
+    return json.loads(summary.model_dump_json())
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from pathlib import Path
@@ -85,3 +86,11 @@ def test_a_value_outside_the_schema_is_refused(tmp_path, change):
 def test_build_summary_takes_keywords_only(tmp_path):
     with pytest.raises(TypeError):
         build_summary(*_inputs(tmp_path).values())
+
+
+def test_a_non_finite_loss_is_written_as_null(tmp_path):
+    state = SimpleNamespace(log_history=[{"loss": float("nan")}], global_step=7, max_steps=40, epoch=0.2,
+                            num_input_tokens_seen=100)
+    summary = build_summary(**_inputs(tmp_path, "diverged", trainer_state=state))
+    assert summary["train_loss"] is None and summary["status"] == "diverged"
+    json.dumps(summary, allow_nan=False)  # strict JSON: tools other than Python can read it
