@@ -20,6 +20,7 @@ class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self._fd: int | None = None
+        self._marked = False
 
     def acquire(self, create: bool) -> None:
         """Lock the folder (creating it when `create`); a one-line error when another train holds it."""
@@ -44,13 +45,15 @@ class RunLock:
         """Write our pid into the folder, so a refused second train can name the holder."""
         if self._fd is not None:
             (self.run_dir / PID_FILE).write_text(f"{os.getpid()}\n")
+            self._marked = True
 
     def release(self) -> None:
         """Remove the pid file and drop the lock."""
         if self._fd is None:
             return
         try:
-            (self.run_dir / PID_FILE).unlink(missing_ok=True)
+            if self._marked:  # a refused or no-op run leaves the folder exactly as it found it
+                (self.run_dir / PID_FILE).unlink(missing_ok=True)
         finally:
             os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = None
+            self._fd, self._marked = None, False

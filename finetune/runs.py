@@ -44,8 +44,12 @@ def prepare_run_dir(
             what = f"a {summary['status']} run" if summary else "an earlier run"
             hint = "--resume to continue it, or " if (run_dir / CHECKPOINTS).is_dir() else ""
             raise RunError(f"{run_dir}: holds {what}; use {hint}--force to overwrite it")
-        if is_main:
-            shutil.rmtree(run_dir)
+        if is_main:  # empty it, but keep the folder itself: it carries the run lock (finetune.runlock)
+            for child in run_dir.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _check_writable(run_dir)

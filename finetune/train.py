@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from finetune.errors import RunError
 from finetune.models import load_config, load_model, load_tokenizer
 from finetune.rank import save_sharded_adapter
 from finetune.recipe import Recipe
+from finetune.resume import check_same_run, checkpoint_is_final, finished_summary, pick_checkpoint, restore_final
+from finetune.runlock import RunLock
 from finetune.runs import (
     CHECKPOINTS,
     LEDGER_FILE,
@@ -45,10 +48,16 @@ def deadline_from_until(until: str, now: datetime | None = None) -> float:
         hours, minutes = (int(x) for x in until.split(":"))
         target = now.replace(hour=hours, minute=minutes, second=0, microsecond=0)
     except ValueError:
-        raise RunError(f"--until {until!r}: expected a local time like 07:00") from None
+        raise RunError(f"--until {until!r}: expected a local time HH:MM, like 07:00") from None
     if target <= now:
         target += timedelta(days=1)
     return (target - now).total_seconds()
+
+
+def time_budget_s(max_time: float | None, until: str | None, now: datetime | None = None) -> float | None:
+    """The run's time budget in seconds: the sooner of the recipe's max_time and --until (None: no limit)."""
+    budgets = [b for b in (max_time, deadline_from_until(until, now) if until else None) if b]
+    return min(budgets) if budgets else None
 
 
 def lora_config(recipe: Recipe) -> Any:
@@ -111,6 +120,19 @@ def train(
     `callbacks` are extra transformers TrainerCallbacks (custom logging, fault injection, and tests that
     take the trained model from on_train_end).
     """
+    lock = RunLock(run_dir_for(recipe, output_dir))  # one train per run folder, held until we return
+    try:
+        return _train(recipe, lock, output_dir=output_dir, max_steps=max_steps, force=force, resume=resume,
+                      until=until, say=say, callbacks=callbacks)
+    finally:
+        lock.release()
+
+
+def _train(
+    recipe: Recipe, lock: RunLock, *, output_dir: str | Path | None, max_steps: int | None, force: bool,
+    resume: bool, until: str | None, say: Callable[[str], None], callbacks: list[Any] | None,
+) -> dict[str, Any]:
+    """The run, top to bottom (train() holds the run folder's lock around it)."""
     from accelerate import PartialState
 
     started = datetime.now().astimezone()
@@ -126,12 +148,33 @@ def train(
         from finetune.catalog import find_gpu, load_gpus
 
         find_gpu(recipe.cost.gpu, load_gpus())  # an unknown GPU name fails now, not at the first log line
-    budget_until = deadline_from_until(until) if until else None
+    budget_s = time_budget_s(recipe.training.max_time, until)
     if is_main and not resume:
         _check_it_fits(recipe, force, say, conversations)
+    if is_main:
+        lock.acquire(create=not resume)  # a second train on this folder stops here, before touching it
+    done = finished_summary(run_dir_for(recipe, output_dir), max_steps or recipe.training.max_steps) \
+        if resume else None
+    if done is not None:
+        say(f"{run_dir_for(recipe, output_dir)}: already completed ({done['steps']} steps); nothing to do")
+        return done
     # Only the main process checks and creates the folder: the others would find it half-made.
     run_dir = (prepare_run_dir(recipe, output_dir, force=force, resume=resume, is_main=is_main)
                if is_main else run_dir_for(recipe, output_dir))
+    dataset_sha256 = file_sha256(recipe.dataset.path)
+    resume_from = None
+    if resume:
+        if is_main:
+            remove_incomplete_checkpoints(run_dir / CHECKPOINTS)
+        resume_from = pick_checkpoint(run_dir / CHECKPOINTS, say if is_main else lambda _: None)
+        if resume_from is None:
+            raise RunError(f"{run_dir}: no checkpoint to resume from (start without --resume)")
+        # Same recipe and data as the run began with, or --force: refused before anything is written.
+        check_same_run(run_dir, recipe, dataset_sha256, resume_from, force, say if is_main else lambda _: None)
+    if is_main:
+        lock.mark()
+        if resume:
+            atomic.write_text(run_dir / "recipe.yaml", recipe.to_yaml())  # what runs from now on
     dist_state.wait_for_everyone()
 
     # 1. Hardware decides precision and checkpointing unless the recipe fixes them.
@@ -165,58 +208,82 @@ def train(
 
     # 4. Trainer with our loss, telemetry and run control.
     checkpoints_dir = run_dir / CHECKPOINTS
-    resume_from = None
     telemetry = Telemetry(recipe, run_dir, device, hw.name, num_processes=num_processes, is_main=is_main)
-    if resume:
-        remove_incomplete_checkpoints(checkpoints_dir) if is_main else None
-        resume_from = latest_checkpoint(checkpoints_dir)
-        if resume_from is None:
-            raise RunError(f"{run_dir}: no checkpoint to resume from (start without --resume)")
+    if resume_from is not None:
         telemetry.ledger = Ledger.load(resume_from / LEDGER_FILE)
         if is_main:
             trim_metrics(run_dir / "metrics.jsonl", int(resume_from.name.split("-")[-1]))
             say(f"resuming from {resume_from}")
-    budgets = [b for b in (recipe.training.max_time, budget_until) if b]
-    run_state = RunState(recipe, telemetry, min(budgets) if budgets else None, session_start=began)
+    telemetry.ledger.extra["dataset_sha256"] = dataset_sha256  # in every checkpoint, for --resume to check
+    run_state = RunState(recipe, telemetry, budget_s, session_start=began)
     args = training_arguments(
         recipe, checkpoints_dir, precision, device, checkpointing, max_steps, eval_ds is not None
     )
     configure_wandb(recipe, run_dir)
     trainer = build_trainer(model, args, train_ds, eval_ds, tokenizer, run_state, callbacks)
+    # transformers would train one step past max_steps when resumed from the last one: finish instead.
+    final = resume_from is not None and checkpoint_is_final(resume_from, args.max_steps)
 
-    # 5. Train, with SIGINT/SIGTERM turned into "finish this step, save, stop".
+    # 5. Train, with SIGINT/SIGTERM turned into "finish this step, save, stop". The handlers stay through
+    #    step 6: a signal while evaluating or saving lets the save finish and is recorded, never kills it.
     error: BaseException | None = None
     with stop_on_signals(run_state):
         try:
             telemetry.start_progress(0)
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            if final:
+                if is_main:
+                    say(f"{resume_from.name} holds the last step: finishing the run without training")
+                restore_final(trainer, resume_from, atomic.read_jsonl(run_dir / "metrics.jsonl"))
+            else:
+                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         except BaseException as exc:  # the summary must say what happened, whatever happened
             error = exc
             run_state.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            run_state.message = f"{type(exc).__name__}: {exc}"
+            run_state.message = f"{type(exc).__name__}: {exc}{_disk_full_hint(exc)}"
         finally:
             telemetry.stop_progress()
 
-    # 6. The outcome decides what is kept: the final evaluation, the adapter (the last good checkpoint's
-    #    after divergence, none after a crash); then the summary says what happened.
-    eval_loss = save_outcome(trainer, run_state, error, run_dir, tokenizer, evaluate=eval_ds is not None)
-    finish_wandb(recipe)  # after the last evaluation, which wandb logs too
-    if is_main:
-        summary = build_summary(
-            recipe=recipe, run_dir=run_dir, run_state=run_state, telemetry=telemetry,
-            trainer_state=trainer.state, hw=hw, precision=precision, checkpointing=checkpointing,
-            num_processes=num_processes, strategy=recipe.distributed.effective_strategy(num_processes),
-            eval_loss=eval_loss, started=started, dataset_sha256=file_sha256(recipe.dataset.path),
-            train_rows=len(train_rows), eval_rows=len(eval_rows),
-        )
-        atomic.write_json(run_dir / "summary.json", summary)
-        _plot_curves(run_dir)
-        from finetune.estimate.calibration import record_run
-        record_run(summary, recipe, run_dir)  # the next estimate on this machine learns from this run
+        # 6. The outcome decides what is kept: the final evaluation, the adapter (the last good checkpoint's
+        #    after divergence, none after a crash); then the summary says what happened.
+        eval_loss = save_outcome(trainer, run_state, error, run_dir, tokenizer, evaluate=eval_ds is not None)
+        finish_wandb(recipe)  # after the last evaluation, which wandb logs too
+        if run_state.signal_received is not None and run_state.status == "completed":
+            run_state.message = (f"signal {run_state.signal_received} arrived after the last step; the "
+                                 "evaluation, adapter and summary were finished first")
+        if is_main:
+            summary = build_summary(
+                recipe=recipe, run_dir=run_dir, run_state=run_state, telemetry=telemetry,
+                trainer_state=trainer.state, hw=hw, precision=precision, checkpointing=checkpointing,
+                num_processes=num_processes, strategy=recipe.distributed.effective_strategy(num_processes),
+                eval_loss=eval_loss, started=started, dataset_sha256=dataset_sha256,
+                train_rows=len(train_rows), eval_rows=len(eval_rows),
+            )
+            _write_summary(run_dir, summary)
+            _plot_curves(run_dir)
+            from finetune.estimate.calibration import record_run
+            record_run(summary, recipe, run_dir)  # the next estimate on this machine learns from this run
     dist_state.wait_for_everyone()
-    if error is not None and not isinstance(error, KeyboardInterrupt):
+    # A full disk is described in the summary (status failed, how to recover): no traceback for it.
+    if error is not None and not isinstance(error, KeyboardInterrupt) and not _disk_full_hint(error):
         raise error
     return summary if is_main else {"status": run_state.status}
+
+
+def _disk_full_hint(exc: BaseException) -> str:
+    """For a full disk, what to do about it (appended to the run's message); '' for any other error."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "; the disk is full: free some space, then run again with --resume (what was saved is intact)"
+    return ""
+
+
+def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """summary.json; if the disk is full, a one-line error saying what is kept and how to finish."""
+    try:
+        atomic.write_json(run_dir / "summary.json", summary)
+    except OSError as exc:
+        kept = "the adapter and checkpoints are" if (run_dir / "adapter").is_dir() else "the checkpoints are"
+        raise RunError(f"{run_dir / 'summary.json'}: not written ({exc.strerror or exc}); {kept} kept; free some "
+                       "space, then run again with --resume to write it (nothing is trained again)") from None
 
 
 def save_outcome(
@@ -239,19 +306,26 @@ def save_outcome(
         evals = [h for h in trainer.state.log_history if "eval_loss" in h]
         if evals and (evals[-1].get("step") == trainer.state.global_step or run_state.status != "completed"):
             eval_loss = evals[-1]["eval_loss"]  # a stopped run saves now rather than spend time evaluating
-        elif run_state.status == "completed":
+        elif run_state.status == "completed" and run_state.signal_received is None:
             eval_loss = trainer.evaluate().get("eval_loss")
+        elif evals:
+            eval_loss = evals[-1]["eval_loss"]  # a signal asked to stop: save rather than evaluate
     keep_trained = run_state.status != "diverged" and (error is None or run_state.status == "interrupted")
-    # FSDP/DeepSpeed shard the weights: every rank takes part in gathering them to save.
-    saved_by_ranks = keep_trained and save_sharded_adapter(trainer, run_dir / "adapter")
-    if trainer.is_world_process_zero():
-        adapter_dir = run_dir / "adapter"
-        if run_state.status == "diverged":
-            good = latest_checkpoint(run_dir / CHECKPOINTS)
-            if good is not None:
-                _copy_adapter(good, adapter_dir, tokenizer)
-        elif keep_trained and not saved_by_ranks:
-            _save_adapter(trainer.model, tokenizer, adapter_dir)
+    try:
+        # FSDP/DeepSpeed shard the weights: every rank takes part in gathering them to save.
+        saved_by_ranks = keep_trained and save_sharded_adapter(trainer, run_dir / "adapter")
+        if trainer.is_world_process_zero():
+            adapter_dir = run_dir / "adapter"
+            if run_state.status == "diverged":
+                good = latest_checkpoint(run_dir / CHECKPOINTS)
+                if good is not None:
+                    _copy_adapter(good, adapter_dir, tokenizer)
+            elif keep_trained and not saved_by_ranks:
+                _save_adapter(trainer.model, tokenizer, adapter_dir)
+    except OSError as exc:  # a full disk: the staged save failed, the previous adapter/ is untouched
+        run_state.status = "failed"
+        run_state.message = (f"the adapter was not saved ({type(exc).__name__}: {exc}); adapter/ still holds the "
+                             f"previous one{_disk_full_hint(exc) or '; run again with --resume'}")
     return eval_loss
 
 

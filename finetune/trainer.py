@@ -210,6 +210,7 @@ class RunState:
             elapsed_before_s=self.telemetry.elapsed(),
             energy_before_wh=(self.telemetry.last_line.get("energy_wh") or ledger.energy_before_wh),
             peak_memory_mb=ledger.peak_memory_mb,
+            extra=ledger.extra,  # e.g. the dataset's hash, which --resume checks
         ).to_json()
 
     def on_log(self, trainer: Any, logs: dict[str, Any]) -> None:
