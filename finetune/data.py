@@ -184,6 +184,50 @@ def _assistant_spans(text: str, messages: list[dict[str, Any]], terminator: str 
     return spans
 
 
+# How a system text enters a template without a system role (Gemma): before the first user text, this apart.
+SYSTEM_FOLD = "\n\n"
+
+
+def fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fold a leading system message into the first user turn (for templates that have no system role)."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    system, rest = messages[0], [dict(m) for m in messages[1:]]
+    for message in rest:
+        if message["role"] == "user":
+            message["content"] = system["content"] + SYSTEM_FOLD + message["content"]
+            return rest
+    return rest
+
+
+def render_chat(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], add_generation_prompt: bool = False
+) -> str:
+    """Render with the chat template; where the template refuses a system role, fold the system text in."""
+    return tokenizer.apply_chat_template(
+        _plain(chat_messages(tokenizer, messages)), tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def _plain(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Only role and content (templates must not see our per-message weight)."""
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def chat_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages as the template will render them: unchanged, or with the system text folded (see docs)."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    try:
+        tokenizer.apply_chat_template(_plain(messages[:2]), tokenize=False)
+        return messages
+    except Exception as exc:  # jinja2's raise_exception: the template's own words say why
+        if "system" not in str(exc).lower():
+            name = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+            raise DataError(f"chat template of {name}: {str(exc).splitlines()[0]}") from None
+    return fold_system(messages)
+
+
 def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
     """The text that closes an assistant turn in this tokenizer's chat template (e.g. <|im_end|>)."""
     probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "MARK"}]
@@ -202,8 +246,8 @@ def tokenize_conversation(
     terminator: str | None = None,
 ) -> dict[str, Any]:
     """Render with the chat template and label only assistant tokens (the rest get -100)."""
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-    text = tokenizer.apply_chat_template(plain, tokenize=False)
+    messages = chat_messages(tokenizer, messages)
+    text = tokenizer.apply_chat_template(_plain(messages), tokenize=False)
     spans = _assistant_spans(text, messages, terminator)
     if getattr(tokenizer, "is_fast", False):
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -269,3 +313,24 @@ def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         labels[i, :n] = torch.tensor(row["labels"])
         mask[i, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def trained_segments(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], max_length: int
+) -> list[tuple[str, bool]]:
+    """The rendered row as consecutive (text, trained) pieces: what the loss mask learns, token by token."""
+    row = tokenize_conversation(tokenizer, messages, max_length, end_of_turn_token(tokenizer))
+    groups: list[tuple[list[int], bool]] = []
+    for token, label in zip(row["input_ids"], row["labels"]):
+        trained = label != IGNORE_INDEX
+        if groups and groups[-1][1] == trained:
+            groups[-1][0].append(token)
+        else:
+            groups.append(([token], trained))
+    # Decoded per group, not per token: a character split over byte-level tokens stays whole.
+    return [(tokenizer.decode(ids), trained) for ids, trained in groups]
+
+
+def mark_trained(pieces: list[tuple[str, bool]], start: str = "\u27e6", end: str = "\u27e7") -> str:
+    """One string with the trained pieces between markers (default ⟦ ⟧)."""
+    return "".join(f"{start}{text}{end}" if trained else text for text, trained in pieces)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from finetune.data import DataReport, end_of_turn_token, length_stats, tokenize_conversation
+from finetune.data import (
+    DataReport,
+    end_of_turn_token,
+    length_stats,
+    mark_trained,
+    tokenize_conversation,
+    trained_segments,
+)
 from finetune.recipe import BUNDLED_DEFAULT, Recipe, load_recipe
 
 
@@ -30,4 +37,8 @@ def token_stats(report: DataReport, recipe_path: Path | None) -> dict[str, Any]:
         "truncated": sum(1 for n in lengths if n > max_length),
         "max_length": max_length,
         "model": recipe.base_model if recipe_path else BUNDLED_DEFAULT,
+        # The first row as the model sees it, trained tokens between ⟦ ⟧ (what the loss mask learns).
+        "first_row": mark_trained(trained_segments(tokenizer, report.conversations[0].messages, max_length))
+        if report.conversations
+        else None,
     }

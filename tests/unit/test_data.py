@@ -123,3 +123,47 @@ def test_truncation_reports_and_keeps_labels_aligned(bundled_dir):
     messages = [{"role": "user", "content": "word " * 50}, {"role": "assistant", "content": "Arr " * 50}]
     row = tokenize_conversation(tokenizer, messages, 40, "<|im_end|>")
     assert row["truncated"] and len(row["input_ids"]) == len(row["labels"]) == 40
+
+
+# A template without a system role, in the shape of Gemma's (written here, not copied): it raises on "system".
+NO_SYSTEM = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def test_a_template_without_system_role_gets_the_system_text_folded_into_the_first_user_turn(bundled_dir):
+    from transformers import AutoTokenizer
+
+    from finetune.data import SYSTEM_FOLD, mark_trained, render_chat, trained_segments
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_dir)
+    tokenizer.chat_template = NO_SYSTEM
+    messages = [
+        {"role": "system", "content": "Be a pirate."},
+        {"role": "user", "content": "Where?"},
+        {"role": "assistant", "content": "Arr, there."},
+        {"role": "user", "content": "When?"},
+        {"role": "assistant", "content": "Now, matey."},
+    ]
+    text = render_chat(tokenizer, messages)
+    assert text.startswith("<start_of_turn>user\nBe a pirate." + SYSTEM_FOLD + "Where?<end_of_turn>\n")
+    assert text.count("Be a pirate.") == 1
+    row = tokenize_conversation(tokenizer, messages, 512, end_of_turn_token(tokenizer))
+    trained = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != IGNORE_INDEX])
+    assert trained == "Arr, there.<end_of_turn>Now, matey.<end_of_turn>"
+    marked = mark_trained(trained_segments(tokenizer, messages, 512))
+    assert "⟦Arr, there.<end_of_turn>⟧" in marked and "⟦Now, matey.<end_of_turn>⟧" in marked
+    assert marked.count("⟦") == 2 and "Be a pirate." in marked
+
+
+def test_a_template_that_refuses_for_another_reason_is_a_one_line_data_error(bundled_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_dir)
+    tokenizer.chat_template = "{{ raise_exception('Conversation roles must alternate') }}"
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "a"}]
+    with pytest.raises(DataError, match="chat template of .*Conversation roles must alternate"):
+        tokenize_conversation(tokenizer, messages, 64)
