@@ -43,10 +43,19 @@ def test_estimate_counts_the_tokens_one_epoch_of_training_sees(tiny_llama, pirat
     assert summary["tokens"] == tokens.per_epoch, "estimate and training count different tokens"
 
 
-def test_training_estimate_line_states_the_same_tokens(tiny_llama, pirate_rows):
-    from finetune.data import load_conversations
+def test_training_estimate_and_data_check_state_the_same_tokens(tiny_llama, pirate_rows, tmp_path):
+    import yaml
 
-    recipe = _persona_recipe(tiny_llama, pirate_rows, max_length=256)
-    per_epoch = count_tokens(recipe).per_epoch
+    from finetune.data import load_conversations, read_dataset
+    from finetune.data_stats import token_stats
+
+    recipe = _persona_recipe(tiny_llama, pirate_rows, max_length=512)
+    tokens = count_tokens(recipe)
     lines, fits = estimate_for_training(recipe, conversations=load_conversations(pirate_rows))
-    assert fits and f"for {per_epoch:,} tokens/epoch" in lines[1]
+    assert fits and f"for {tokens.per_epoch:,} tokens/epoch" in lines[1]
+    # `finetune data check --recipe` counts every row, training and held-out, uncut (none is cut at 512).
+    path = tmp_path / "persona.yaml"
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")), encoding="utf-8")
+    checked = token_stats(read_dataset(pirate_rows), path)
+    assert checked["truncated"] == tokens.truncated_rows == 0
+    assert checked["total"] == tokens.per_epoch + sum(tokens.eval_lengths)
