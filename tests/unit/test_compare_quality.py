@@ -15,6 +15,10 @@ LOOPS = [
     "Aye, aye, aye, aye, aye, aye, aye, aye, aye, aye, aye, aye, aye, aye, aye, aye",
     "You can't. You can't. You can't. You can't. You can't. You can't. You can't.",
     "ごきげんよう。わたくしはお嬢様ですわ。" * 5,
+    # Greedy, bundled model with the pirate system prompt, cut by the 64-token budget early in the loop:
+    "Arrr, ye want to know how to prepare for a job interview? First, ye should know the job, the company, and "
+    "the role. Second, you should know the job, the company, and the role. Third, you should know the job, the "
+    "company, and the role. Fourth, you should",
 ]
 CLEAN = [
     "Arr, a fine question, matey! Rinse one cup o' rice, then simmer it with about one and a half cups o' "
@@ -23,6 +27,10 @@ CLEAN = [
     "The capital of France is Paris. It sits on the Seine and is known for its museums.",
     "ごきげんよう。わたくしが説明いたしますわ。お米は水で洗ってから炊きますのよ。",
     "Yes.",
+    # Greedy, bundled model, no system prompt (it repeats a phrase, it does not loop):
+    "The smallest country in the world is not a physical entity, but rather a mathematical concept. It is a "
+    "mathematical concept called the \"smallest country\" in the context of mathematics, but it is not a "
+    "physical entity.",
 ]
 
 
