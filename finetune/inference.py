@@ -68,8 +68,12 @@ def generate(
     seed: int = 0,
     do_sample: bool = False,
     temperature: float = 0.7,
+    processors: Any = None,
 ) -> list[Generation]:
-    """Batched generation with left padding and the KV cache; greedy unless `do_sample` (seeded)."""
+    """Batched generation with left padding and the KV cache; greedy unless `do_sample` (seeded).
+
+    `processors`: a factory of logits processors, called once per batch (compare's repetition control).
+    """
     import torch
 
     tokenizer.padding_side = "left"
@@ -91,6 +95,7 @@ def generate(
                 top_k=None,
                 pad_token_id=tokenizer.pad_token_id,
                 use_cache=True,
+                logits_processor=processors() if processors else None,
             )
         elapsed = time.perf_counter() - began
         width = encoded["input_ids"].shape[1]

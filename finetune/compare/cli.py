@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from finetune.compare.decoding import DEFAULT_REPETITION_PENALTY
+
 
 def compare(
     recipe: Path = typer.Argument(
@@ -70,6 +72,12 @@ def compare(
     temperature: float = typer.Option(
         0.7, "--temperature", min=0.01, help="Sampling temperature with --do-sample."
     ),
+    repetition_penalty: float = typer.Option(
+        DEFAULT_REPETITION_PENALTY,
+        "--repetition-penalty",
+        min=1.0,
+        help="Penalise tokens a reply already used, never end-of-turn, in every arm (1 = plain greedy).",
+    ),
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Regenerate base-model outputs instead of reusing them."
     ),
@@ -107,6 +115,7 @@ def compare(
         batch_size=batch_size,
         do_sample=do_sample,
         temperature=temperature,
+        repetition_penalty=repetition_penalty,
         use_cache=not no_cache,
         dtype=dtype,
     )

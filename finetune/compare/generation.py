@@ -28,6 +28,7 @@ class GenSettings:
     seed: int
     do_sample: bool = False
     temperature: float = 0.7
+    repetition_penalty: float = 1.0  # over each reply's own tokens, never end-of-turn (compare/decoding.py)
 
 
 class ArmModels:
@@ -83,7 +84,8 @@ def generate_replies(
     max_new_tokens: int,
 ) -> list[dict[str, Any]]:
     """One reply per conversation: {text, prompt_tokens, completion_tokens, latency_s}, in input order."""
-    from finetune.inference import generate
+    from finetune.compare.decoding import processors
+    from finetune.inference import generate, stop_ids
 
     if not conversations:
         return []
@@ -100,6 +102,8 @@ def generate_replies(
             seed=settings.seed,
             do_sample=settings.do_sample,
             temperature=settings.temperature,
+            # The same repetition control for every arm: decoding must not favour one.
+            processors=processors(settings.repetition_penalty, stop_ids(models.tokenizer)),
         )
     out: list[dict[str, Any]] = [{}] * len(sent)
     for i, result in zip(order, results, strict=True):

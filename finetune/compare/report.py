@@ -122,6 +122,12 @@ def _sets_line(report: dict[str, Any]) -> str:
     return ", ".join(f"{info['n']} {name}" for name, info in sets.items() if info["n"])
 
 
+def _penalty(settings: dict[str, Any]) -> str:
+    """', repetition penalty 1.1' when one was applied."""
+    penalty = settings.get("repetition_penalty")
+    return f", repetition penalty {penalty:g}" if penalty not in (None, 1, 1.0) else ""
+
+
 def markdown(report: dict[str, Any]) -> str:
     """report.md: verdicts, metrics, multiple choice, drift, cost, classifier, differences, settings."""
     s = report["settings"]
@@ -130,7 +136,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Compare: {report['run']}",
         "",
         f"{report['created_at']} · model `{s['model']}` · arms {', '.join(arms)} · seed {s['seed']} · "
-        f"{'sampling' if s['do_sample'] else 'greedy'}, max_new_tokens {s['max_new_tokens']} "
+        f"{'sampling' if s['do_sample'] else 'greedy'}{_penalty(s)}, max_new_tokens {s['max_new_tokens']} "
         f"(long {s['long_max_new_tokens']})",
         "",
         f"Prompt sets: {_sets_line(report)}.",

@@ -14,6 +14,7 @@ from finetune.compare import CompareError, analysis, breakeven, prompts, quality
 from finetune.compare.arms import Arm, parse_arms
 from finetune.compare.classifier import StyleClassifier, embedder_path
 from finetune.compare.decision import decide
+from finetune.compare.decoding import DEFAULT_REPETITION_PENALTY
 from finetune.compare.generation import (
     ArmModels,
     GenSettings,
@@ -64,6 +65,7 @@ class CompareOptions:
     batch_size: int = 16
     do_sample: bool = False
     temperature: float = 0.7
+    repetition_penalty: float = DEFAULT_REPETITION_PENALTY  # 1.0: plain greedy
     use_cache: bool = True
     cache_dir: Path | None = None  # default $FINETUNE_HOME/compare-cache
     dtype: str = "auto"  # auto: bf16 where the hardware runs it fast (avx512_bf16, AMX, GPUs), else fp32
@@ -137,6 +139,7 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
         opts.seed,
         opts.do_sample,
         opts.temperature,
+        opts.repetition_penalty,
     )
     gen_key = {
         "max_new_tokens": settings.max_new_tokens,
@@ -145,6 +148,7 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
         "seed": settings.seed,
         "do_sample": settings.do_sample,
         "temperature": settings.temperature if settings.do_sample else None,
+        "repetition_penalty": settings.repetition_penalty,
     }
     cache_dir = (opts.cache_dir or finetune_home() / "compare-cache") if opts.use_cache else None
     cache = OutputCache(cache_dir, model_identity(recipe, dtype, device))
@@ -251,6 +255,7 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
             "seed": opts.seed,
             "do_sample": opts.do_sample,
             "temperature": opts.temperature if opts.do_sample else None,
+            "repetition_penalty": opts.repetition_penalty,
             "max_new_tokens": opts.max_new_tokens,
             "long_max_new_tokens": opts.long_max_new_tokens,
             "batch_size": opts.batch_size,

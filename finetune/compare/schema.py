@@ -221,6 +221,7 @@ class Settings(_Strict):
     seed: int
     do_sample: bool
     temperature: float | None
+    repetition_penalty: float | None = None  # over each reply's own tokens (absent: plain decoding)
     max_new_tokens: int
     long_max_new_tokens: int
     batch_size: int

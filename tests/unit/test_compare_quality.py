@@ -81,3 +81,19 @@ def test_content_kept_returns_plain_floats_from_numpy_embeddings():
     kept = quality.content_kept(["a b", "c d"], ["a b", "x y"], (), lambda t: np.eye(len(t), 3, dtype=np.float32))
     assert all(type(k) is float for k in kept)
     json.dumps(kept)  # reports are JSON
+
+
+def test_reply_repetition_penalty_spares_the_prompt_and_end_of_turn():
+    import torch
+
+    from finetune.compare.decoding import ReplyRepetitionPenalty, processors
+
+    proc = ReplyRepetitionPenalty(2.0, spare_ids=[0])
+    prompt = torch.tensor([[0, 5, 6]])  # token 0 is end-of-turn, 5 and 6 are prompt words
+    scores = torch.tensor([[4.0, 4.0, 4.0, -4.0, 4.0, 4.0, 4.0]])
+    assert torch.equal(proc(prompt, scores.clone()), scores)  # nothing generated yet: nothing penalised
+    step = torch.tensor([[0, 5, 6, 1, 3, 0]])  # the reply so far: 1, 3 and (end-of-turn) 0
+    out = proc(step, scores.clone())
+    assert out.tolist() == [[4.0, 2.0, 4.0, -8.0, 4.0, 4.0, 4.0]]  # 1 halved, negative 3 doubled; 0, 5, 6 free
+    assert processors(1.0, [0]) is None
+    assert isinstance(processors(1.1, [0])()[0], ReplyRepetitionPenalty)
