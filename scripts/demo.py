@@ -30,7 +30,8 @@ def side_by_side(count: int = 3) -> None:
     from rich.table import Table
 
     from finetune.data import load_conversations, split_train_eval
-    from finetune.inference import attach_adapter, generate, load_base, load_run
+    from finetune.compare.decoding import DEFAULT_REPETITION_PENALTY, processors
+    from finetune.inference import attach_adapter, generate, load_base, load_run, stop_ids
 
     run_dir, recipe = load_run(RUN)
     _, held_out = split_train_eval(
@@ -38,9 +39,11 @@ def side_by_side(count: int = 3) -> None:
     )
     prompts = [[m for m in c.messages if m["role"] == "user"][:1] for c in held_out[:count]]
     model, tokenizer = load_base(recipe)
-    base = generate(model, tokenizer, prompts, max_new_tokens=80)
+    # compare's decoding (greedy, repetition control over the reply's own tokens), the same for both columns
+    penalty = processors(DEFAULT_REPETITION_PENALTY, stop_ids(tokenizer))
+    base = generate(model, tokenizer, prompts, max_new_tokens=80, processors=penalty)
     model = attach_adapter(model, run_dir / "adapter")
-    tuned = generate(model, tokenizer, prompts, max_new_tokens=80)
+    tuned = generate(model, tokenizer, prompts, max_new_tokens=80, processors=penalty)
     table = Table(title="Held-out prompts: base model vs pirate adapter (no system prompt)", show_lines=True)
     table.add_column("prompt", ratio=1)
     table.add_column("base SmolLM2-135M-Instruct", ratio=2)
