@@ -29,8 +29,8 @@ def side_by_side(count: int = 3) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from finetune.data import load_conversations, split_train_eval
     from finetune.compare.decoding import DEFAULT_REPETITION_PENALTY, processors
+    from finetune.data import load_conversations, split_train_eval
     from finetune.inference import attach_adapter, generate, load_base, load_run, stop_ids
 
     run_dir, recipe = load_run(RUN)
