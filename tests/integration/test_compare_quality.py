@@ -18,7 +18,8 @@ def replies():
     """Greedy fp32 replies of SmolLM2-135M-Instruct (no adapter, no system prompt) to two prompts."""
     import torch
 
-    from finetune.inference import generate, load_base
+    from finetune.compare.decoding import DEFAULT_REPETITION_PENALTY, processors
+    from finetune.inference import generate, load_base, stop_ids
     from finetune.recipe import load_recipe
 
     before = torch.get_num_threads()
@@ -29,13 +30,16 @@ def replies():
             [{"role": "user", "content": "How do I boil an egg?"}],  # loops: "Boil an egg:\n\n" to the limit
             [{"role": "user", "content": "What is the capital of France?"}],
         ]
-        return generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=2)
+        plain = generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=2)
+        penalty = processors(DEFAULT_REPETITION_PENALTY, stop_ids(tokenizer))
+        controlled = generate(model, tokenizer, prompts, max_new_tokens=48, batch_size=2, processors=penalty)
+        return plain, controlled
     finally:
         torch.set_num_threads(before)
 
 
 def test_a_real_loop_is_flagged_and_a_real_answer_is_not(replies):
-    loop, clean = replies
+    loop, clean = replies[0]
     assert quality.is_loop(loop.text), loop.text
     assert not quality.ended_at_eot(loop.completion_tokens, 48)  # it ran to the token limit
     assert quality.distinct_n(loop.text) < 0.5
@@ -45,3 +49,12 @@ def test_a_real_loop_is_flagged_and_a_real_answer_is_not(replies):
     kept = quality.content_kept([clean.text, loop.text], ["Paris is the capital of France.",
                                                           "Paris is the capital of France."])
     assert kept[0] > 0.7 > kept[1]
+
+
+def test_compare_decoding_breaks_the_loop_and_keeps_the_answer(replies):
+    # The same prompts with compare's repetition control (reply tokens only, end-of-turn spared): the egg
+    # answer becomes an answer that ends by itself, and the clean one is unchanged.
+    (_, clean), (egg, france) = replies
+    assert not quality.is_loop(egg.text), egg.text
+    assert quality.ended_at_eot(egg.completion_tokens, 48) and "egg" in egg.text.lower()
+    assert france.text == clean.text
