@@ -8,7 +8,7 @@ TORCH   ?= torch==2.13.0
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser demo test test-fast lint bench clean datasets lock
+.PHONY: install browser demo test test-fast lint bench clean datasets lock llama-cpp
 
 install: $(VENV)/.installed
 
@@ -39,7 +39,11 @@ browser:
 demo: install
 	$(BIN)/python scripts/demo.py
 
-test: install browser
+# llama.cpp's runtime for the GGUF checks: a wheel cached outside the repo, built from source once per machine.
+llama-cpp: install
+	$(BIN)/python scripts/llama_cpp.py
+
+test: install browser llama-cpp
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test-fast: install

@@ -7,7 +7,6 @@ run's adapter applied by peft, and fails when the largest logit difference excee
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from typing import Any
 
 from finetune import atomic
 from finetune.errors import ModelError, RunError
-from finetune.recipe import Recipe
+from finetune.gguf_export import GGUF_SUFFIX
 
 # Largest |logit difference| allowed between the artefact and base + adapter, both computed in fp32.
 # fp32 differs only by summation order; fp16/bf16 add the rounding of every stored weight (bf16 keeps
@@ -71,21 +70,6 @@ def check_target(out_dir: Path, force: bool) -> None:
             raise RunError(f"{out_dir}: is a run folder; --force will not replace it (choose another --out)")
 
 
-def staging_dir(out_dir: Path) -> Path:
-    """A fresh temporary folder beside the target, renamed into place when the export is whole."""
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def publish(tmp: Path, out_dir: Path) -> None:
-    """Replace the target folder with the finished staging folder."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-
-
 # --- models and logits -------------------------------------------------------------------------------------
 
 
@@ -129,35 +113,6 @@ def adapter_state(adapter_dir: Path) -> dict[str, Any]:
 def write_tokenizer(tokenizer: Any, folder: Path) -> None:
     """Save the tokenizer (with its chat template) into a folder."""
     tokenizer.save_pretrained(str(folder))
-
-
-def _gguf_pre(recipe: Recipe, say: Callable[[str], None]) -> str:
-    """llama.cpp's pre-tokenizer name: the bundled model's own GGUF says it; other bases get 'default'."""
-    import importlib.util
-
-    from finetune.models import BUNDLED
-
-    if recipe.base_model.startswith("bundled:"):
-        info = BUNDLED.get(recipe.base_model.split(":", 1)[1])
-        spec = importlib.util.find_spec(info["package"]) if info else None
-        if spec and spec.submodule_search_locations:
-            path = Path(list(spec.submodule_search_locations)[0]) / info["file"]
-            if path.is_file():
-                import gguf
-
-                field = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.pre")
-                if field is not None:
-                    return str(field.contents())
-    say("note: tokenizer.ggml.pre set to 'default'; llama.cpp may split text differently from this tokenizer")
-    return "default"
-
-
-def _gguf_tokenizer_dir(tokenizer: Any, config: dict[str, Any], parent: Path) -> Path:
-    """A scratch folder holding the tokenizer files and config.json that the GGUF vocab writer reads."""
-    folder = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=parent))
-    write_tokenizer(tokenizer, folder)
-    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    return folder
 
 
 # --- the export -------------------------------------------------------------------------------------------
@@ -215,8 +170,7 @@ class Exporter:
         model = attach_adapter(base, self.adapter_dir, name="run")
         inputs = verify_inputs(self.tokenizer)
         reference = logits_of(model, inputs)
-        tmp = staging_dir(self.out_dir)
-        try:
+        with atomic.staged_dir(self.out_dir) as tmp:
             report = self._write(model, inputs, tmp)
             report.update(
                 {
@@ -232,16 +186,20 @@ class Exporter:
                     "tolerance": TOLERANCES[self.dtype],
                 }
             )
-            report["max_abs_logit_diff"] = max_abs_diff(report.pop("_logits"), reference)
-            report["passed"] = report["max_abs_logit_diff"] <= report["tolerance"]
+            logits = report.pop("_logits")
+            tokens_ok = report.pop("_tokens_passed", True)
+            report["max_abs_logit_diff"] = None if logits is None else max_abs_diff(logits, reference)
+            report["passed"] = tokens_ok and (logits is None or report["max_abs_logit_diff"] <= report["tolerance"])
             atomic.write_json(tmp / "verification.json", report)
             self.files.append("verification.json")
             self._card(tmp, report)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        publish(tmp, self.out_dir)
         report["out_dir"] = str(self.out_dir)
+        if not report["passed"] and not tokens_ok:
+            raise ModelError(
+                f"{self.out_dir / 'verification.json'}: llama.cpp tokenises "
+                f"{report['tokens']['first_mismatch']['text']!r} differently from training; "
+                "the export is not faithful"
+            )
         if not report["passed"]:
             raise ModelError(
                 f"{self.out_dir / 'verification.json'}: largest logit difference "
@@ -331,103 +289,94 @@ class Exporter:
         }
 
     def _merged_gguf(self, model: Any, inputs: list[Any], tmp: Path) -> dict[str, Any]:
-        """The merged model as one llama.cpp GGUF (weights f16/f32, tokenizer and chat template inside)."""
-        import torch
-        from transformers import AutoModelForCausalLM
+        """The merged model as one GGUF written by llama.cpp's own converter, checked in llama.cpp."""
+        from finetune import llama_cpp
 
-        from finetune.gguf_export import GGUF_SUFFIX
-
-        merged = self._merged_model(model)
         name = f"{self.recipe.name}-{GGUF_SUFFIX[self.dtype]}.gguf"
-        written = self._write_model_gguf(tmp / name, merged.state_dict(), self.dtype)
-        del merged
+        merged = model.merge_and_unload()  # fp32: the converter rounds once, to the GGUF's type
+        with tempfile.TemporaryDirectory(prefix=".merged-hf-", dir=tmp.parent) as scratch:
+            merged.save_pretrained(scratch, safe_serialization=True)
+            write_tokenizer(self.tokenizer, Path(scratch))
+            llama_cpp.convert_model(Path(scratch), tmp / name, GGUF_SUFFIX[self.dtype])
         self.files.append(name)
         if self.ollama:
             self._modelfile(tmp, model_file=name)
-        reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), gguf_file=name, dtype=torch.float32).eval()
-        logits = logits_of(reloaded, inputs)
-        self.say(
-            f"merged into the base and written as GGUF ({GGUF_SUFFIX[self.dtype]}): {name}, "
-            f"{len(written)} tensors"
-        )
+        self.say(f"merged and written as GGUF ({GGUF_SUFFIX[self.dtype]}) by llama.cpp's converter: {name}")
         return {
             "export": "merged-gguf",
             "artefact": name,
-            "_logits": logits,
-            "tensors": len(written),
-            "method": "the GGUF reloaded with AutoModelForCausalLM(gguf_file=...) in fp32",
+            "converter": f"llama.cpp convert_hf_to_gguf.py (llama-cpp-python {llama_cpp.VERSION} sources)",
+            **self._in_llama_cpp(tmp / name, None, inputs),
             **self._merge_fields(),
         }
 
-    def _write_model_gguf(self, path: Path, state: dict[str, Any], dtype: str) -> list[str]:
-        """Write a whole-model GGUF with the run's tokenizer and metadata."""
-        from finetune.card import resolve_license
-        from finetune.gguf_export import write_model_gguf
-        from finetune.models import model_license
-
-        licence = resolve_license(model_license(self.recipe.base_model), self.hub_id)
-        scratch = _gguf_tokenizer_dir(self.tokenizer, self.config, path.parent)
-        try:
-            meta = {
-                "name": path.stem,
-                "license": licence["id"] if licence else None,
-                "base_model": self.hub_id,
-            }
-            return write_model_gguf(
-                path, state, self.config, scratch, dtype, meta, pre=_gguf_pre(self.recipe, self.say)
-            )
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-
     def _lora_gguf(self, model: Any, inputs: list[Any], tmp: Path) -> dict[str, Any]:
-        """The adapter as a llama.cpp LoRA GGUF; checked by rebuilding B @ A from the file onto the base."""
-        import torch
+        """The adapter as a llama.cpp LoRA GGUF (convert_lora_to_gguf.py), checked over a converted base."""
+        from finetune import llama_cpp
+        from finetune.gguf_export import lora_alpha_for_gguf, lora_pairs
 
-        from finetune.gguf_export import (
-            GGUF_SUFFIX,
-            lora_alpha_for_gguf,
-            lora_deltas_from_gguf,
-            write_lora_gguf,
-        )
-
+        # One-line refusals before any work: what llama.cpp's LoRA format cannot hold needs --merge.
+        lora_alpha_for_gguf(self.lora_config)
+        lora_pairs(adapter_state(self.adapter_dir))
         name = f"{self.recipe.name}-lora-{GGUF_SUFFIX[self.dtype]}.gguf"
-        written = write_lora_gguf(
-            tmp / name,
-            adapter_state(self.adapter_dir),
-            self.lora_config,
-            self.config,
-            self.dtype,
-            {"name": f"{self.recipe.name}-lora", "base_model": self.hub_id},
-        )
-        self.files.append(name)
         base = model.unload()  # the untouched base: peft's layers removed, nothing merged
-        if self.ollama:
-            base_name = f"{self.hub_id.rstrip('/').split('/')[-1]}-f16.gguf"
-            self._write_model_gguf(tmp / base_name, base.state_dict(), "fp16")
-            self.files.append(base_name)
-            self._modelfile(tmp, model_file=base_name, adapter_file=name)
-        deltas = lora_deltas_from_gguf(tmp / name, self.config)
-        params = dict(base.named_parameters())
-        with torch.no_grad():
-            for hf_name, delta in deltas.items():
-                params[hf_name].add_(delta.to(params[hf_name].dtype))
-        logits = logits_of(base, inputs)
-        self.say(
-            f"adapter written as llama.cpp LoRA GGUF ({GGUF_SUFFIX[self.dtype]}): {name}, "
-            f"{len(written)} tensors"
-        )
+        with tempfile.TemporaryDirectory(prefix=".lora-hf-", dir=tmp.parent) as scratch:
+            base_dir, adapter_dir = Path(scratch) / "base", Path(scratch) / "adapter"
+            base.save_pretrained(str(base_dir), safe_serialization=True)
+            write_tokenizer(self.tokenizer, base_dir)
+            adapter_dir.mkdir()
+            shutil.copy(self.adapter_dir / "adapter_model.safetensors", adapter_dir)
+            atomic.write_json(adapter_dir / "adapter_config.json",
+                              {**self.lora_config, "base_model_name_or_path": str(base_dir)})
+            llama_cpp.convert_lora(adapter_dir, base_dir, tmp / name, GGUF_SUFFIX[self.dtype])
+            self.files.append(name)
+            if self.ollama:
+                base_name = f"{self.hub_id.rstrip('/').split('/')[-1]}-f16.gguf"
+                llama_cpp.convert_model(base_dir, tmp / base_name, "f16")
+                self.files.append(base_name)
+                self._modelfile(tmp, model_file=base_name, adapter_file=name)
+            check = {}
+            if llama_cpp.runtime_available():
+                # The adapter is checked over an f32 base so the figure measures the adapter, not f16 rounding.
+                llama_cpp.convert_model(base_dir, Path(scratch) / "base-f32.gguf", "f32")
+                check = self._in_llama_cpp(Path(scratch) / "base-f32.gguf", tmp / name, inputs)
+        self.say(f"adapter written as LoRA GGUF ({GGUF_SUFFIX[self.dtype]}) by llama.cpp's converter: {name}")
         return {
             "export": "lora-gguf",
             "artefact": name,
+            "converter": f"llama.cpp convert_lora_to_gguf.py (llama-cpp-python {llama_cpp.VERSION} sources)",
+            **(check or self._in_llama_cpp(tmp / name, None, inputs)),
+        }
+
+    def _in_llama_cpp(self, model_file: Path, lora: Path | None, inputs: list[Any]) -> dict[str, Any]:
+        """Token ids and logits of the GGUF in llama.cpp itself (skipped when llama-cpp-python is missing)."""
+        from finetune import llama_cpp
+
+        if not llama_cpp.runtime_available():
+            self.say("verification in llama.cpp skipped: llama-cpp-python is not installed (make llama-cpp)")
+            return {"_logits": None, "llama_cpp": "skipped: llama-cpp-python not installed",
+                    "method": "none (llama.cpp not installed)"}
+        llm = llama_cpp.load(model_file, lora, n_ctx=max(64, max(int(i.shape[1]) for i in inputs) + 8))
+        try:
+            token_report = llama_cpp.token_check(llm, self.tokenizer)
+            logits = [llama_cpp.logits(llm, i[0].tolist()) for i in inputs]
+            eog = llama_cpp.eog_ids(llm)
+        finally:
+            llm.close()
+        self.say(f"llama.cpp: {token_report['matched']}/{token_report['texts']} check texts tokenised identically")
+        return {
             "_logits": logits,
-            "tensors": len(written),
-            "lora_alpha": lora_alpha_for_gguf(self.lora_config),
-            "method": "B @ A read from the GGUF (rows un-permuted, scaled alpha/r) added to the fp32 base",
+            "_tokens_passed": token_report["passed"],
+            "llama_cpp": "checked",
+            "tokens": token_report,
+            "end_of_generation_ids": eog,
+            "method": "the GGUF loaded in llama.cpp (llama-cpp-python"
+            + (", LoRA over an f32 base converted by llama.cpp" if lora else "") + "): logits of the prompts",
         }
 
     def _modelfile(self, tmp: Path, model_file: str, adapter_file: str | None = None) -> None:
         """An Ollama Modelfile beside the GGUF files."""
-        from finetune.gguf_export import modelfile_text
+        from finetune.ollama import modelfile_text
 
         text = modelfile_text(self.tokenizer, model_file, adapter_file, self.recipe.system_prompt)
         atomic.write_text(tmp / "Modelfile", text)

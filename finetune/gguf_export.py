@@ -1,5 +1,7 @@
-"""GGUF files for llama.cpp and Ollama: a LoRA adapter, a whole llama-family model with tokenizer, readers.
+"""GGUF layout helpers: llama.cpp's tensor names, the rotary row order, LoRA checks and readers.
 
+The GGUF files themselves are written by llama.cpp's own converters (finetune/llama_cpp.py); these helpers
+pre-check an adapter (one-line errors before any work) and read files back for tests.
 Layouts follow llama.cpp: tensor names from gguf's TensorNameMap (`blk.N.attn_q.weight`), Q and K rows
 reordered for llama.cpp's interleaved rotary embedding, 1-D tensors kept in f32, LoRA pairs stored as
 `<name>.lora_a` (rank x in) and `<name>.lora_b` (out x rank) with `adapter.lora.alpha` as the scale numerator.
@@ -7,9 +9,7 @@ reordered for llama.cpp's interleaved rotary embedding, 1-D tensors kept in f32,
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +17,11 @@ import numpy as np
 
 from finetune.errors import ModelError
 
-# Hugging Face architectures that llama.cpp runs as `llama` (same tensors, same rotary layout).
-LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
-GGUF_DTYPES = ("fp32", "fp16")
 GGUF_SUFFIX = {"fp32": "f32", "fp16": "f16"}
 PEFT_PREFIX = "base_model.model."
 
 
 # --- names and the rotary permutation (pure) ------------------------------------------------------
-
-
-def check_llama(config: dict[str, Any]) -> None:
-    """Refuse architectures this writer does not lay out (llama.cpp's own converter handles the rest)."""
-    arch = (config.get("architectures") or ["?"])[0]
-    if arch not in LLAMA_ARCHITECTURES:
-        raise ModelError(
-            f"config.json architectures: GGUF export supports {', '.join(LLAMA_ARCHITECTURES)}, got {arch}; "
-            "export --merge as safetensors and convert it with llama.cpp's convert_hf_to_gguf.py"
-        )
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind not in ("default", "linear"):
-        raise ModelError(f"config.json rope type '{kind}': GGUF export supports default and linear rope only")
 
 
 def tensor_name_map(n_blocks: int) -> Any:
@@ -122,198 +105,6 @@ def lora_pairs(state: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     return {name: (p["lora_A"], p["lora_B"]) for name, p in sorted(pairs.items())}
 
 
-# --- writing ----------------------------------------------------------------------------------------
-
-
-def _as_numpy(tensor: Any, dtype: str) -> np.ndarray:
-    """A torch tensor as a contiguous numpy array in the GGUF storage dtype."""
-    import torch
-
-    target = torch.float16 if dtype == "fp16" else torch.float32
-    return tensor.detach().to("cpu", target).contiguous().numpy()
-
-
-def _file_type(dtype: str) -> int:
-    """gguf's LlamaFileType for a storage dtype."""
-    import gguf
-
-    return int(gguf.LlamaFileType.MOSTLY_F16 if dtype == "fp16" else gguf.LlamaFileType.ALL_F32)
-
-
-def _write(writer: Any, path: Path) -> None:
-    """Write a filled GGUFWriter to a temporary name, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    writer.write_header_to_file(path=tmp)
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(tmp, path)
-
-
-def _general(writer: Any, meta: dict[str, Any]) -> None:
-    """general.* keys: name, licence and the base model it came from."""
-    writer.add_name(meta.get("name") or "model")
-    if meta.get("license"):
-        writer.add_license(meta["license"])
-    if meta.get("base_model"):
-        writer.add_base_model_count(1)
-        writer.add_base_model_name(0, meta["base_model"])
-        if meta["base_model"].count("/") == 1 and not meta["base_model"].startswith(("/", ".")):
-            writer.add_base_model_repo_url(0, f"https://huggingface.co/{meta['base_model']}")
-
-
-def write_lora_gguf(
-    path: Path,
-    state: dict[str, Any],
-    lora_config: dict[str, Any],
-    config: dict[str, Any],
-    dtype: str,
-    meta: dict[str, Any],
-) -> list[str]:
-    """Write a peft LoRA adapter as a llama.cpp LoRA GGUF; returns the tensor names written."""
-    import gguf
-
-    check_llama(config)
-    alpha = lora_alpha_for_gguf(lora_config)
-    names = tensor_name_map(int(config["num_hidden_layers"]))
-    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-    writer.add_type(gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-    writer.add_file_type(_file_type(dtype))
-    _general(writer, meta)
-    written = []
-    for hf_name, (lora_a, lora_b) in lora_pairs(state).items():
-        name = gguf_tensor_name(hf_name, names)
-        a, b = _as_numpy(lora_a, dtype), _as_numpy(lora_b, dtype)
-        heads = rotary_heads(hf_name, config)
-        if heads is not None:
-            b = np.ascontiguousarray(permute_rows(b, heads))
-        # numpy (rank, in) and (out, rank) are ggml ne (in, rank) and (rank, out): what llama.cpp checks.
-        writer.add_tensor(f"{name}.lora_a", a)
-        writer.add_tensor(f"{name}.lora_b", b)
-        written += [f"{name}.lora_a", f"{name}.lora_b"]
-    _write(writer, path)
-    return written
-
-
-def _llama_hparams(writer: Any, config: dict[str, Any], dtype: str) -> None:
-    """llama.* hyperparameters as llama.cpp's llama loader reads them."""
-    heads = int(config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
-    writer.add_context_length(int(config.get("max_position_embeddings", 4096)))
-    writer.add_embedding_length(int(config["hidden_size"]))
-    writer.add_block_count(int(config["num_hidden_layers"]))
-    writer.add_feed_forward_length(int(config["intermediate_size"]))
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(int(config.get("num_key_value_heads") or heads))
-    rope = config.get("rope_parameters") or {}
-    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
-    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-    writer.add_file_type(_file_type(dtype))
-    writer.add_vocab_size(int(config["vocab_size"]))
-    writer.add_rope_dimension_count(head_dim)
-    if head_dim != int(config["hidden_size"]) // heads:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    scaling = config.get("rope_scaling") or {}
-    if scaling.get("rope_type", scaling.get("type")) == "linear":
-        import gguf
-
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(scaling["factor"]))
-
-
-def token_table(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
-    """Token strings and llama.cpp token types for a byte-level BPE tokenizer, padded to vocab_size."""
-    import gguf
-
-    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    added = tokenizer.added_tokens_decoder
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(int(gguf.TokenType.UNUSED))
-        elif i in added:
-            tokens.append(by_id[i])
-            looks_special = by_id[i].startswith("<|") and by_id[i].endswith("|>")
-            kind = (
-                gguf.TokenType.CONTROL if added[i].special or looks_special else gguf.TokenType.USER_DEFINED
-            )
-            types.append(int(kind))
-        else:
-            tokens.append(by_id[i])
-            types.append(int(gguf.TokenType.NORMAL))
-    return tokens, types
-
-
-def _tokenizer_kv(writer: Any, tokenizer_dir: Path, config: dict[str, Any], pre: str) -> None:
-    """tokenizer.ggml.* keys: gpt2 (byte-level BPE) model, tokens, types, merges, special ids, template."""
-    import gguf
-    from transformers import AutoTokenizer
-
-    spec = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    model = spec.get("model", {})
-    if (
-        model.get("type") != "BPE"
-        or model.get("byte_fallback")
-        or (spec.get("decoder") or {}).get("type") != "ByteLevel"
-    ):
-        raise ModelError(
-            f"{tokenizer_dir}/tokenizer.json: GGUF export supports byte-level BPE (gpt2-style) "
-            "tokenizers only; convert the merged folder with llama.cpp's convert_hf_to_gguf.py"
-        )
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    tokens, types = token_table(tokenizer, int(config["vocab_size"]))
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    prefix = getattr(tokenizer, "add_prefix_space", None)
-    writer.add_add_space_prefix(bool(prefix) if isinstance(prefix, bool) else False)
-    special = gguf.SpecialVocab(str(tokenizer_dir), load_merges=True, n_vocab=len(tokens))
-    if "bos" not in special.add_special_token:
-        # Chat templates add their own markers; without an explicit rule llama.cpp would prepend BOS.
-        special.add_special_token["bos"] = bool(getattr(tokenizer, "add_bos_token", False))
-    special.add_to_gguf(writer, quiet=True)
-
-
-def write_model_gguf(
-    path: Path,
-    state: dict[str, Any],
-    config: dict[str, Any],
-    tokenizer_dir: Path,
-    dtype: str,
-    meta: dict[str, Any],
-    pre: str = "default",
-) -> list[str]:
-    """Write a whole llama-family model (weights in f16 or f32, norms in f32) with its tokenizer as GGUF."""
-    import gguf
-
-    check_llama(config)
-    names = tensor_name_map(int(config["num_hidden_layers"]))
-    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-    writer.add_type(gguf.GGUFType.MODEL)
-    _general(writer, meta)
-    _llama_hparams(writer, config, dtype)
-    _tokenizer_kv(writer, tokenizer_dir, config, pre)
-    tied = bool(config.get("tie_word_embeddings"))
-    written = []
-    for hf_name, tensor in state.items():
-        if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
-            continue  # recomputed by llama.cpp / the output reuses token_embd
-        name = gguf_tensor_name(hf_name, names)
-        data = _as_numpy(tensor, dtype if tensor.dim() > 1 else "fp32")  # llama.cpp keeps norms in f32
-        heads = rotary_heads(hf_name, config)
-        if heads is not None:
-            data = np.ascontiguousarray(permute_rows(data, heads))
-        writer.add_tensor(name, data)
-        written.append(name)
-    _write(writer, path)
-    return written
-
-
 # --- reading back -------------------------------------------------------------------------------------
 
 
@@ -369,103 +160,3 @@ def _llama_linear_names(config: dict[str, Any]) -> list[str]:
         "mlp.down_proj",
     ]
     return [f"model.layers.{i}.{p}.weight" for i in range(int(config["num_hidden_layers"])) for p in parts]
-
-
-# --- Ollama ---------------------------------------------------------------------------------------------
-
-_CHATML_TURN = "<|im_start|>{role}\n{content}<|im_end|>\n"
-_PROBE = {"system": "SYSTEM-PROBE-7", "user": "USER-PROBE-7", "assistant": "ASSISTANT-PROBE-7"}
-
-
-def chatml_default_system(render: Any) -> tuple[bool, str | None]:
-    """Whether a chat template renders ChatML, and the system text it adds when none is given.
-
-    `render(messages)` renders a conversation with the generation prompt. The template is judged by what
-    it produces for probe conversations, not by parsing its Jinja.
-    """
-
-    def turn(role: str, content: str) -> str:
-        return _CHATML_TURN.format(role=role, content=content)
-
-    p = _PROBE
-    opening = "<|im_start|>assistant\n"
-    try:
-        with_system = render(
-            [{"role": "system", "content": p["system"]}, {"role": "user", "content": p["user"]}]
-        )
-        multi = render(
-            [
-                {"role": "system", "content": p["system"]},
-                {"role": "user", "content": p["user"]},
-                {"role": "assistant", "content": p["assistant"]},
-                {"role": "user", "content": p["user"]},
-            ]
-        )
-        bare = render([{"role": "user", "content": p["user"]}])
-    except Exception:  # templates may raise on roles they do not support: then it is not plain ChatML
-        return False, None
-    if with_system != turn("system", p["system"]) + turn("user", p["user"]) + opening:
-        return False, None
-    if (
-        multi
-        != turn("system", p["system"])
-        + turn("user", p["user"])
-        + turn("assistant", p["assistant"])
-        + turn("user", p["user"])
-        + opening
-    ):
-        return False, None
-    tail = turn("user", p["user"]) + opening
-    if not bare.endswith(tail):
-        return False, None
-    prefix = bare[: -len(tail)]
-    if not prefix:
-        return True, None
-    head, end = "<|im_start|>system\n", "<|im_end|>\n"
-    if prefix.startswith(head) and prefix.endswith(end):
-        return True, prefix[len(head) : -len(end)]
-    return False, None
-
-
-def ollama_template(default_system: str | None) -> str:
-    """A ChatML chat template in Ollama's Go-template form (system from .System, then the turns)."""
-    # No "{{-" trim markers: every newline in the text below is part of the ChatML format.
-    fallback = f"{{{{ else }}}}<|im_start|>system\n{default_system}<|im_end|>\n" if default_system else ""
-    return (
-        "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n"
-        f"{fallback}{{{{ end }}}}"
-        '{{ range .Messages }}{{ if ne .Role "system" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
-        "{{ end }}{{ end }}<|im_start|>assistant\n"
-    )
-
-
-def _quoted(text: str) -> str:
-    """A Modelfile triple-quoted value (which cannot itself hold three double quotes)."""
-    return '"""' + text.replace('"""', "'''") + '"""'
-
-
-def modelfile_text(
-    tokenizer: Any, model_file: str, adapter_file: str | None, system_prompt: str | None
-) -> str:
-    """An Ollama Modelfile: FROM (and ADAPTER), TEMPLATE for ChatML templates, SYSTEM, stop tokens."""
-
-    def render(messages: list[dict[str, str]]) -> str:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    lines = [f"FROM ./{model_file}"]
-    if adapter_file:
-        lines.append(f"ADAPTER ./{adapter_file}")
-    is_chatml, default_system = chatml_default_system(render)
-    if is_chatml:
-        lines.append(f"TEMPLATE {_quoted(ollama_template(default_system))}")
-    else:
-        lines.append(
-            "# TEMPLATE omitted: the chat template is not ChatML; Ollama uses the one inside the GGUF"
-        )
-    if system_prompt:
-        lines.append(f"SYSTEM {_quoted(system_prompt)}")
-    stops = ["<|im_end|>"] if is_chatml else []
-    if tokenizer.eos_token and tokenizer.eos_token not in stops:
-        stops.append(tokenizer.eos_token)
-    lines += [f'PARAMETER stop "{s}"' for s in stops]
-    return "\n".join(lines) + "\n"

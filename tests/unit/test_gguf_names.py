@@ -1,4 +1,4 @@
-"""GGUF layout: llama.cpp tensor names and shapes, the rotary row order, LoRA files and Ollama templates."""
+"""GGUF layout: llama.cpp tensor names and shapes, the rotary row order, LoRA scaling and pairs."""
 
 from __future__ import annotations
 
@@ -11,18 +11,14 @@ import pytest
 
 from finetune.errors import ModelError
 from finetune.gguf_export import (
-    chatml_default_system,
     gguf_tensor_name,
     lora_alpha_for_gguf,
-    lora_deltas_from_gguf,
     lora_pairs,
-    ollama_template,
     permute_rows,
     read_gguf,
     rotary_heads,
     tensor_name_map,
     unpermute_rows,
-    write_lora_gguf,
 )
 
 
@@ -147,89 +143,3 @@ def test_lora_pairs_groups_a_and_b_and_refuses_other_tensors() -> None:
         lora_pairs({"base_model.model.model.embed_tokens.weight": torch.zeros(2, 2)})
     with pytest.raises(ModelError, match="only one of"):
         lora_pairs({f"{prefix}.lora_A.weight": torch.zeros(2, 4)})
-
-
-def test_lora_gguf_layout_and_round_trip(tmp_path: Path) -> None:
-    import torch
-
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "num_hidden_layers": 2,
-        "hidden_size": 8,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "intermediate_size": 12,
-    }
-    outs = {"self_attn.q_proj": 8, "self_attn.k_proj": 4, "mlp.down_proj": 8}
-    ins = {"self_attn.q_proj": 8, "self_attn.k_proj": 8, "mlp.down_proj": 12}
-    generator = torch.Generator().manual_seed(0)
-    state, expected = {}, {}
-    for layer in range(2):
-        for module, out in outs.items():
-            key = f"base_model.model.model.layers.{layer}.{module}"
-            a, b = torch.randn(3, ins[module], generator=generator), torch.randn(out, 3, generator=generator)
-            state[f"{key}.lora_A.weight"], state[f"{key}.lora_B.weight"] = a, b
-            expected[f"model.layers.{layer}.{module}.weight"] = (6.0 / 3) * (b @ a)
-    path = tmp_path / "tiny-lora-f32.gguf"
-    write_lora_gguf(path, state, {"lora_alpha": 6, "r": 3}, config, "fp32", {"name": "tiny"})
-
-    info = read_gguf(path)
-    meta = info["metadata"]
-    assert meta["general.architecture"] == "llama"
-    assert meta["general.type"] == "adapter"
-    assert meta["adapter.type"] == "lora"
-    assert meta["adapter.lora.alpha"] == 6.0
-    tensors = info["tensors"]
-    assert len(tensors) == 12
-    # llama.cpp's checks: a.ne[0] == in features, b.ne[1] == out features, a.ne[1] == b.ne[0] == rank.
-    assert tensors["blk.0.attn_q.weight.lora_a"]["shape"] == [8, 3]
-    assert tensors["blk.0.attn_q.weight.lora_b"]["shape"] == [3, 8]
-    assert tensors["blk.1.attn_k.weight.lora_b"]["shape"] == [3, 4]
-    assert tensors["blk.1.ffn_down.weight.lora_a"]["shape"] == [12, 3]
-    assert all(t["type"] == "F32" for t in tensors.values())
-
-    deltas = lora_deltas_from_gguf(path, config)
-    assert set(deltas) == set(expected)
-    for name, delta in expected.items():
-        assert torch.allclose(deltas[name], delta, atol=1e-5), name
-
-
-def test_non_llama_architectures_are_refused(tmp_path: Path) -> None:
-    config = {"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 1}
-    with pytest.raises(ModelError, match="convert_hf_to_gguf"):
-        write_lora_gguf(tmp_path / "x.gguf", {}, {"lora_alpha": 1, "r": 1}, config, "fp32", {})
-
-
-def _jinja(template: str):
-    """Render a chat template the way transformers does (jinja2, with the generation prompt)."""
-    import jinja2
-
-    compiled = jinja2.Environment().from_string(template)
-    return lambda messages: compiled.render(messages=messages, add_generation_prompt=True, eos_token="</s>")
-
-
-def test_chatml_templates_are_recognised_with_their_default_system() -> None:
-    smollm = (
-        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-        "{{ '<|im_start|>system\nYou are SmolLM.<|im_end|>\n' }}{% endif %}"
-        "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    )
-    assert chatml_default_system(_jinja(smollm)) == (True, "You are SmolLM.")
-    plain_chatml = (
-        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-        "'<|im_end|>' + '\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    )
-    assert chatml_default_system(_jinja(plain_chatml)) == (True, None)
-    other = "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}### assistant:"
-    assert chatml_default_system(_jinja(other)) == (False, None)
-
-
-def test_ollama_template_keeps_chatml_newlines() -> None:
-    text = ollama_template("Be kind.")
-    assert "{{-" not in text  # a trim marker would eat the newline that ends each ChatML turn
-    assert text.startswith("{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ else }}")
-    assert "<|im_start|>system\nBe kind.<|im_end|>\n{{ end }}" in text
-    assert text.endswith("<|im_start|>assistant\n")
-    assert "{{ else }}" not in ollama_template(None)

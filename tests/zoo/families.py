@@ -1,0 +1,145 @@
+"""Model families for the zoo: real tokenizers (llama.cpp's vocab GGUFs) and real chat templates.
+
+Both come from llama.cpp's `models/` folder inside the llama-cpp-python source archive (finetune.llama_cpp
+unpacks it; nothing from it is committed). A tokenizer is rebuilt with
+`AutoTokenizer.from_pretrained(dir, gguf_file=...)` once and cached under $FINETUNE_HOME/zoo, since the
+conversion of a 150k vocabulary takes a minute; each model is a 2-layer, hidden-64 random network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from finetune import llama_cpp
+from finetune.paths import finetune_home
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family of the zoo."""
+
+    name: str
+    vocab: str  # llama.cpp models/ggml-vocab-<vocab>.gguf
+    template: str  # models/templates/<file>.jinja, or catalog:<name> for finetune's named templates
+    model_type: str
+    end_of_turn: str
+    note: str = ""  # where the tokenizer or template is not the family's own, why and what stands in
+    extra_tokens: tuple[str, ...] = ()  # special tokens the stand-in vocabulary lacks
+
+
+FAMILIES = {
+    f.name: f
+    for f in (
+        Family("llama3", "llama-bpe", "meta-llama-Llama-3.1-8B-Instruct.jinja", "llama", "<|eot_id|>"),
+        Family("qwen2.5", "qwen2", "Qwen-Qwen2.5-7B-Instruct.jinja", "qwen2", "<|im_end|>"),
+        Family("qwen3", "qwen2", "Qwen-Qwen3-0.6B.jinja", "qwen3", "<|im_end|>",
+               note="Qwen3 shares Qwen2.5's tokenizer (the same 151k vocabulary and pre-tokenizer)"),
+        Family("gpt2", "gpt-2", "catalog:plain", "gpt2", "<|endoftext|>",
+               note="GPT-2's own tokenizer; rinna japanese-gpt-1b's sentencepiece vocabulary is not in llama.cpp's "
+                    "models/, so this row tests the gpt2 architecture with finetune's plain template"),
+    )
+}
+
+
+def source() -> Path:
+    """llama.cpp's source tree (its models/ folder), from the cached llama-cpp-python sdist."""
+    tree = llama_cpp.source_dir()
+    if tree is None:
+        raise RuntimeError("llama.cpp sources unavailable: run `make llama-cpp` with the package index reachable")
+    return tree
+
+
+def chat_template(family: Family) -> str:
+    """The family's real chat template text."""
+    if family.template.startswith("catalog:"):
+        from finetune.models import named_chat_template
+
+        return named_chat_template(family.template.split(":", 1)[1])
+    return (source() / "models" / "templates" / family.template).read_text(encoding="utf-8")
+
+
+def tokenizer_dir(family: Family) -> Path:
+    """The family's tokenizer rebuilt from llama.cpp's vocab GGUF (cached), with the real chat template."""
+    from transformers import AutoTokenizer
+
+    target = finetune_home() / "zoo" / llama_cpp.VERSION / family.vocab
+    if not (target / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(source() / "models", gguf_file=f"ggml-vocab-{family.vocab}.gguf")
+        staging = target.with_name(f".{target.name}.{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    return target
+
+
+def make_model(folder: Path, family: Family) -> Path:
+    """A tiny random model of the family: 2 layers, hidden 64, the real tokenizer and chat template."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(family))
+    if family.extra_tokens:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(family.extra_tokens)})
+    tokenizer.chat_template = chat_template(family)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    vocab = len(tokenizer)
+    torch.manual_seed(0)
+    if family.model_type == "gpt2":
+        kwargs = dict(n_embd=64, n_layer=2, n_head=4, n_positions=256)
+    else:
+        kwargs = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                      max_position_embeddings=256, num_key_value_heads=2)
+    if family.model_type in ("gemma2", "qwen3"):
+        kwargs["head_dim"] = 16
+    eos_ids = sorted({tokenizer.convert_tokens_to_ids(t) for t in (family.end_of_turn, tokenizer.eos_token)})
+    config = AutoConfig.for_model(
+        family.model_type, vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids[0]
+        if len(eos_ids) == 1 else eos_ids, pad_token_id=tokenizer.pad_token_id, **kwargs)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.eos_token_id = eos_ids
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def conversation_rows(path: Path, n: int = 8) -> Path:
+    """A small chat dataset with a system turn, Japanese, emoji and code, as JSONL."""
+    rows = []
+    for i in range(n):
+        rows.append({"messages": [
+            {"role": "system", "content": "You are a terse pirate. 簡潔に。"},
+            {"role": "user", "content": f"How many coins in chest {i}? 宝箱{i}"},
+            {"role": "assistant", "content": f"Arr, {7 * i} doubloons 🪙 ですわ. `x = {i}`"},
+        ]})
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def recipe_for(model_dir: Path, data: Path, name: str) -> dict:
+    """A 3-step fp32 recipe on the tiny model."""
+    return {
+        "name": name,
+        "base_model": str(model_dir),
+        "dataset": {"path": str(data), "max_length": 96, "eval_fraction": 0.0},
+        "quantization": {"bits": None},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+        "training": {"max_steps": 3, "batch_size": 4, "learning_rate": 1e-2, "warmup_ratio": 0.0,
+                     "lr_scheduler": "constant", "precision": "fp32", "logging_steps": 1, "save_steps": 1000,
+                     "save_minutes": None},
+        "tracking": "none",
+    }
+
+
+def catalog_names() -> list[str]:
+    """Named templates of finetune's catalog (for tests that look them up)."""
+    return list(yaml.safe_load((ROOT / "finetune" / "catalog" / "chat_templates.yaml").read_text()))
