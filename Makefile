@@ -24,10 +24,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # Refresh constraints.txt from the working venv: everything but torch, its CUDA libraries (nvidia-c*,
-# nvidia-n*, triton: they differ per machine) and finetune itself. Run after upgrading and `make test`.
+# nvidia-n*, triton: they differ per machine), finetune itself and what was installed from a local file
+# (`name @ file://...`: the llama.cpp wheel built here; pip refuses such lines in a constraints file).
+# Run after upgrading and `make test`.
 lock: install
 	{ echo "# pip freeze of the working venv, minus torch and its CUDA libraries (see Makefile: lock). Refresh: make lock"; \
-	  $(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(torch|triton|finetune)==|^nvidia-[cn]'; } > constraints.txt.tmp
+	  $(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(torch|triton|finetune)==|^nvidia-[cn]| @ '; } > constraints.txt.tmp
 	mv constraints.txt.tmp constraints.txt
 
 # Debian's chromium and a CJK font for the arena's browser test (skipped if they cannot be installed).
