@@ -14,10 +14,35 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_models(tmp_path_factory) -> Path:
+    """Converted bundled models, shared by every test of this session (one conversion per session).
+
+    Never the user's ~/.cache/finetune: a conversion left by an earlier finetune version must not decide a
+    test. FINETUNE_TEST_MODELS=DIR reuses conversions across sessions (opt-in, for quick local reruns).
+    """
+    shared = os.environ.get("FINETUNE_TEST_MODELS")
+    models = Path(shared) if shared else tmp_path_factory.mktemp("finetune-models")
+    models.mkdir(parents=True, exist_ok=True)
+    home = tmp_path_factory.mktemp("finetune-home")
+    (home / "models").symlink_to(models, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FINETUNE_HOME", str(home))  # session fixtures (bundled_dir) convert in here
+        yield models
+
+
 @pytest.fixture(autouse=True)
-def _outputs(tmp_path, monkeypatch):
-    """Every test writes runs into its own folder, never the user's outputs/."""
+def _outputs(tmp_path, monkeypatch, _session_models):
+    """Every test writes runs into its own folder and has its own FINETUNE_HOME, never the user's.
+
+    A private home means no hardware measurement, speed calibration or catalogue left by an earlier test
+    decides this one; only the converted models are shared (they are the same bytes for every test).
+    """
     monkeypatch.setenv("FINETUNE_OUTPUTS", str(tmp_path / "outputs"))
+    home = tmp_path / "finetune-home"
+    home.mkdir()
+    (home / "models").symlink_to(_session_models, target_is_directory=True)
+    monkeypatch.setenv("FINETUNE_HOME", str(home))
     yield
 
 
