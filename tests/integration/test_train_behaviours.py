@@ -1,0 +1,239 @@
+"""Training behaviours that had no test: gradient accumulation, save_minutes, the estimate's refusal, exit
+codes per status, and every architecture and quantisation path learning something real."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune.errors import RunError
+from finetune.recipe import parse_recipe
+from finetune.train import train
+from tests.conftest import make_tiny_model, recipe_dict
+
+pytestmark = pytest.mark.slow
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+def step_records(run: Path) -> list[dict]:
+    return [r for r in records(run) if r.get("loss") is not None]
+
+
+def lora_b_norm(adapter: Path) -> float:
+    from safetensors.torch import load_file
+
+    weights = load_file(adapter / "adapter_model.safetensors")
+    b = [t.float() for k, t in weights.items() if "lora_B" in k]
+    assert b, sorted(weights)[:5]
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    return float(sum(t.norm() ** 2 for t in b) ** 0.5)
+
+
+def learning_spec(model: Path, data: Path, steps: int = 10, **training) -> dict:
+    """Long enough, with a high constant rate, for a random tiny model's loss to fall clearly."""
+    spec = recipe_dict(str(model), data, max_steps=steps, learning_rate=1e-2, lr_scheduler="constant",
+                       warmup_ratio=0.0, **training)
+    spec["dataset"]["eval_fraction"] = 0.0
+    return spec
+
+
+def assert_learned(run: Path, summary: dict, steps: int) -> None:
+    """Finite losses at every step, falling, and a LoRA B that moved away from its zero start."""
+    assert summary["status"] == "completed" and summary["steps"] == steps, summary
+    losses = [r["loss"] for r in step_records(run)]
+    assert len(losses) == steps and all(math.isfinite(x) for x in losses), losses
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first - 0.05, f"loss did not fall: first three {first:.3f}, last three {last:.3f}"
+    assert lora_b_norm(run / "adapter") > 1e-3, "LoRA B is still zero: the adapter learned nothing"
+
+
+ARCHITECTURES = ["llama", "mistral", "qwen2", "gemma2", "phi3", "gpt2", "gpt_neox", "gpt_neox_japanese"]
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_each_architecture_learns(model_type, bundled_dir, pirate_rows, tmp_path):
+    folder = make_tiny_model(tmp_path / model_type, model_type, bundled_dir)
+    summary = train(parse_recipe(learning_spec(folder, pirate_rows, batch_size=2)), output_dir=tmp_path / "run",
+                    say=lambda *_: None)
+    assert_learned(tmp_path / "run", summary, 10)
+    config = json.loads((tmp_path / "run/adapter/adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["target_modules"]
+
+
+@pytest.mark.parametrize(
+    ("quantization", "layer"),
+    [({"bits": 4, "quant_type": "nf4", "double_quant": True}, "Linear4bit"),
+     ({"bits": 4, "quant_type": "fp4", "double_quant": False}, "Linear4bit"),
+     ({"bits": 8}, "Linear8bitLt")],
+)
+def test_quantised_bases_learn_on_this_machine(quantization, layer, tiny_llama, pirate_rows, tmp_path):
+    import bitsandbytes as bnb
+    from transformers import TrainerCallback
+
+    seen: list[object] = []
+
+    class Inspect(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            seen.extend(m for m in model.modules() if isinstance(m, getattr(bnb.nn, layer)))
+
+    spec = learning_spec(tiny_llama, pirate_rows, batch_size=2)
+    spec["quantization"] = quantization
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", callbacks=[Inspect()], say=lambda *_: None)
+    assert summary["quantization"] == quantization["bits"]
+    assert seen, f"the base linears must be bitsandbytes {layer}"
+    if quantization["bits"] == 4:
+        assert seen[0].weight.quant_type == quantization["quant_type"]
+    assert_learned(tmp_path / "run", summary, 10)
+
+
+def test_fp16_precision_trains_or_refuses_in_one_line(tiny_llama, pirate_rows, tmp_path):
+    spec = learning_spec(tiny_llama, pirate_rows, steps=6, batch_size=2, precision="fp16")
+    try:
+        summary = train(parse_recipe(spec), output_dir=tmp_path / "run", say=lambda *_: None)
+    except RunError as exc:  # a CPU without fp16 autocast support must say so, not crash mid-run
+        assert "fp16" in str(exc) and "\n" not in str(exc)
+        assert not (tmp_path / "run/checkpoints").exists()
+        return
+    assert summary["precision"] == "fp16"
+    assert all(math.isfinite(r["loss"]) for r in step_records(tmp_path / "run"))
+    assert lora_b_norm(tmp_path / "run/adapter") > 1e-3
+
+
+def test_gradient_accumulation_1x4_equals_4x1(tiny_llama, pirate_rows, tmp_path):
+    from transformers import TrainerCallback
+
+    grads: dict[str, list[dict[str, torch.Tensor]]] = {}
+
+    def capture(label: str) -> TrainerCallback:
+        class Grads(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+                grads.setdefault(label, []).append(
+                    {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+        return Grads()
+
+    runs = {}
+    for label, (batch, accumulation) in {"4x1": (4, 1), "1x4": (1, 4)}.items():
+        spec = recipe_dict(str(tiny_llama), pirate_rows, max_steps=3, batch_size=batch,
+                           gradient_accumulation=accumulation, precision="fp32", group_by_length=False,
+                           lr_scheduler="constant", warmup_ratio=0.0)
+        spec["dataset"]["eval_fraction"] = 0.0
+        runs[label] = tmp_path / label
+        train(parse_recipe(spec), output_dir=runs[label], callbacks=[capture(label)], say=lambda *_: None)
+    wide, accumulated = step_records(runs["4x1"]), step_records(runs["1x4"])
+    assert [r["step"] for r in wide] == [r["step"] for r in accumulated] == [1, 2, 3]
+    for a, b in zip(wide, accumulated, strict=True):
+        # The loss is per labelled token over the whole optimizer step, however the step is split.
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (a, b)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3), (a, b)
+        assert a["tokens"] == b["tokens"]
+    assert len(grads["4x1"]) == len(grads["1x4"]) == 3
+    for g_wide, g_acc in zip(grads["4x1"], grads["1x4"], strict=True):
+        assert g_wide.keys() == g_acc.keys() and g_wide
+        for name in g_wide:
+            assert torch.allclose(g_wide[name], g_acc[name], rtol=1e-3, atol=1e-6), name
+
+
+def test_save_minutes_writes_checkpoints_between_save_steps(tiny_llama, pirate_rows, tmp_path):
+    from transformers import TrainerCallback
+
+    class Slow(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            time.sleep(0.8)  # each step now takes longer than save_minutes
+
+    spec = recipe_dict(str(tiny_llama), pirate_rows, max_steps=4, save_steps=1000, save_minutes=0.01,
+                       save_total_limit=10)
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", callbacks=[Slow()], say=lambda *_: None)
+    assert summary["status"] == "completed"
+    saved = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "run/checkpoints").glob("checkpoint-*"))
+    assert saved[:3] == [1, 2, 3], f"a checkpoint every 0.6 s of 0.8 s steps: {saved}"
+
+    spec["training"]["save_minutes"] = 60  # not due within the run: only the end saves
+    train(parse_recipe(spec), output_dir=tmp_path / "hour", callbacks=[Slow()], say=lambda *_: None)
+    assert [p.name for p in (tmp_path / "hour/checkpoints").glob("checkpoint-*")] in ([], ["checkpoint-4"])
+
+
+def test_the_estimate_refuses_a_run_that_does_not_fit_unless_forced(tiny_llama, pirate_rows, tmp_path, monkeypatch):
+    import psutil
+
+    real = psutil.virtual_memory()
+    # This machine, seen with 1 MiB of free RAM: no model fits.
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=2**20))
+    spec = recipe_dict(str(tiny_llama), pirate_rows, max_steps=2)
+    said: list[str] = []
+    with pytest.raises(RunError) as info:
+        train(parse_recipe(spec), output_dir=tmp_path / "run", say=said.append)
+    message = str(info.value)
+    assert "does not fit" in message and "--force" in message and "\n" not in message
+    assert not (tmp_path / "run").exists(), "a refused run writes nothing"
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", force=True, say=said.append)
+    assert summary["status"] == "completed" and any("does NOT fit" in line for line in said)
+
+
+def cli_train(monkeypatch, capsys, recipe: Path, *args: str) -> tuple[int, str]:
+    from finetune.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["finetune", "train", str(recipe), *args])
+    with pytest.raises(SystemExit) as info:
+        main()
+    out = capsys.readouterr()
+    return info.value.code or 0, out.out + out.err
+
+
+def test_exit_codes_per_status(tiny_llama, pirate_rows, tmp_path, monkeypatch, capsys):
+    import yaml
+    from transformers import TrainerCallback
+
+    import finetune.train as train_module
+
+    def recipe(name: str, **training) -> Path:
+        spec = recipe_dict(str(tiny_llama), pirate_rows, **{"max_steps": 3, **training})
+        spec["name"] = name
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return path
+
+    code, out = cli_train(monkeypatch, capsys, recipe("ok"), "--output-dir", str(tmp_path / "ok"))
+    assert code == 0 and "status completed" in out, out
+    code, out = cli_train(monkeypatch, capsys, recipe("budget", max_steps=100000, max_time="3s"),
+                          "--output-dir", str(tmp_path / "budget"))
+    assert code == 0 and "status time_budget" in out, out
+    code, out = cli_train(monkeypatch, capsys, recipe("ok"), "--output-dir", str(tmp_path / "ok"))
+    assert code == 2 and "--force" in out and "Traceback" not in out, "bad input: exit 2, one line"
+
+    class Poison(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            with torch.no_grad():
+                next(p for n, p in model.named_parameters() if "lora_A" in n).fill_(float("nan"))
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise RuntimeError("injected failure at step 2")
+
+    real_train = train_module.train
+
+    def inject(callback: TrainerCallback) -> None:
+        monkeypatch.setattr(train_module, "train", lambda *a, **k: real_train(*a, callbacks=[callback], **k))
+
+    inject(Poison())
+    code, out = cli_train(monkeypatch, capsys, recipe("nan", max_steps=20), "--output-dir", str(tmp_path / "nan"))
+    assert code == 3 and "status diverged" in out, out
+    assert json.loads((tmp_path / "nan/summary.json").read_text())["status"] == "diverged"
+    inject(Crash())
+    # An unexpected error is re-raised after the summary is written: Python prints it and exits 1.
+    with pytest.raises(RuntimeError, match="injected failure"):
+        cli_train(monkeypatch, capsys, recipe("crash", max_steps=20), "--output-dir", str(tmp_path / "crash"))
+    summary = json.loads((tmp_path / "crash/summary.json").read_text())
+    assert summary["status"] == "failed" and "injected failure" in summary["message"]
+    assert train_module.STATUS_EXIT == {"completed": 0, "time_budget": 0, "interrupted": 130, "diverged": 3,
+                                        "failed": 1}
