@@ -316,6 +316,11 @@ class Exporter:
         from finetune.gguf_export import lora_alpha_for_gguf, lora_pairs
 
         # One-line refusals before any work: what llama.cpp's LoRA format cannot hold needs --merge.
+        if self.config.get("model_type") in llama_cpp.LORA_CRASHES:
+            raise ModelError(
+                f"{self.config['model_type']}: llama.cpp crashes applying a LoRA GGUF to this architecture; "
+                "export with --merge --format gguf"
+            )
         lora_alpha_for_gguf(self.lora_config)
         lora_pairs(adapter_state(self.adapter_dir))
         name = f"{self.recipe.name}-lora-{GGUF_SUFFIX[self.dtype]}.gguf"

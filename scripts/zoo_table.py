@@ -18,12 +18,15 @@ def row(f: dict) -> list[str]:
     """One table row from one family's figures."""
     merged, lora, mask = f["merged_gguf"], f["lora_gguf"], f["mask"]
     loss = f["train"].get("final_loss")
+    if "refused" in lora:
+        lora = {"tokens_matched": "-", "max_abs_logit_diff": float("nan"), "note": f"refused: {lora['refused']}"}
     return [
         f"{f['family']} (`{f['vocab']}` vocab)",
         f"3 steps, loss {loss:.2f}" if isinstance(loss, float) else "3 steps",
         f"{mask['trained_tokens']}/{mask['row_tokens']} tokens, ends `{mask['end_of_turn']}`",
         f"f32, pre `{merged['pre_tokenizer'] or merged['tokenizer_model']}`",
-        f"f32 over converted base (adapter moves logits {lora.get('adapter_moves_logits_by', float('nan')):.2f})",
+        lora.get("note") or f"f32 over converted base (adapter moves logits "
+        f"{lora.get('adapter_moves_logits_by', float('nan')):.2f})",
         f"{merged['tokens_matched']} (LoRA base {lora['tokens_matched']})",
         f"merged {merged['max_abs_logit_diff']:.1e}, LoRA {lora['max_abs_logit_diff']:.1e} "
         f"(tol {merged['tolerance']:g})",

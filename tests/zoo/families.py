@@ -95,7 +95,7 @@ def make_model(folder: Path, family: Family) -> Path:
     vocab = len(tokenizer)
     torch.manual_seed(0)
     if family.model_type == "gpt2":
-        kwargs = dict(n_embd=64, n_layer=2, n_head=4, n_positions=256)
+        kwargs = dict(n_embd=64, n_layer=2, n_head=4, n_positions=256, n_ctx=256)  # real GPT-2 configs carry n_ctx
     else:
         kwargs = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                       max_position_embeddings=256, num_key_value_heads=2)
