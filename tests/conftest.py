@@ -32,15 +32,14 @@ def _session_models(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _outputs(tmp_path, monkeypatch, _session_models):
+def _outputs(tmp_path, tmp_path_factory, monkeypatch, _session_models):
     """Every test writes runs into its own folder and has its own FINETUNE_HOME, never the user's.
 
     A private home means no hardware measurement, speed calibration or catalogue left by an earlier test
     decides this one; only the converted models are shared (they are the same bytes for every test).
     """
     monkeypatch.setenv("FINETUNE_OUTPUTS", str(tmp_path / "outputs"))
-    home = tmp_path / "finetune-home"
-    home.mkdir()
+    home = tmp_path_factory.mktemp("finetune-home")  # beside tmp_path, not in it: tests list their tmp_path
     (home / "models").symlink_to(_session_models, target_is_directory=True)
     monkeypatch.setenv("FINETUNE_HOME", str(home))
     yield
