@@ -34,8 +34,17 @@ CHECK_TEXT = (
 
 
 def cache_dir() -> Path:
-    """Where the sdist and its unpacked copy live (survives fresh clones: CI reuses it)."""
-    return finetune_home() / "llama-cpp"
+    """Where the sdist and its unpacked copy live (survives fresh clones: CI reuses it).
+
+    `$FINETUNE_HOME/llama-cpp`, or the user-level ~/.cache/finetune/llama-cpp when only that one holds the
+    pinned sources (a private FINETUNE_HOME, as each test has, shares the same immutable archive).
+    """
+    own = finetune_home() / "llama-cpp"
+    user = Path.home() / ".cache" / "finetune" / "llama-cpp"
+    for root in (own, user):
+        if (root / f"src-{VERSION}").is_dir() or (root / SDIST).is_file():
+            return root
+    return own
 
 
 def source_dir(download: bool = True) -> Path | None:

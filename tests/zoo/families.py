@@ -2,7 +2,8 @@
 
 Both come from llama.cpp's `models/` folder inside the llama-cpp-python source archive (finetune.llama_cpp
 unpacks it; nothing from it is committed). A tokenizer is rebuilt with
-`AutoTokenizer.from_pretrained(dir, gguf_file=...)` once and cached under $FINETUNE_HOME/zoo, since the
+`AutoTokenizer.from_pretrained(dir, gguf_file=...)` once and cached beside llama.cpp's unpacked sources
+(finetune.llama_cpp.cache_dir()/zoo), since the
 conversion of a 150k vocabulary takes a minute; each model is a 2-layer, hidden-64 random network.
 """
 
@@ -17,7 +18,6 @@ from pathlib import Path
 import yaml
 
 from finetune import llama_cpp
-from finetune.paths import finetune_home
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,7 +70,7 @@ def tokenizer_dir(family: Family) -> Path:
     """The family's tokenizer rebuilt from llama.cpp's vocab GGUF (cached), with the real chat template."""
     from transformers import AutoTokenizer
 
-    target = finetune_home() / "zoo" / llama_cpp.VERSION / family.vocab
+    target = llama_cpp.cache_dir() / "zoo" / family.vocab  # beside the sources it is built from
     if not (target / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(source() / "models", gguf_file=f"ggml-vocab-{family.vocab}.gguf")
         staging = target.with_name(f".{target.name}.{os.getpid()}")
