@@ -181,7 +181,9 @@ def test_adapter_export_loads_with_plain_peft_and_needs_force(runs, reference, b
         assert row in card
     assert f"base_model: {HUB_ID}" in card and "license: apache-2.0" in card
     assert "- The adapter answers in pirate speak in 15 of 16 replies." in card
-    assert str(bundled_dir) in card  # the local converted copy is recorded
+    from finetune.models import resolve_base_model
+
+    assert resolve_base_model("bundled:smollm2-135m-instruct") in card  # the local converted copy is recorded
 
     # Exporting over the now non-empty folder needs --force (CLI: one line, exit 2).
     done = subprocess.run(
