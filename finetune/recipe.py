@@ -276,12 +276,12 @@ def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(current.model_fields) if hasattr(current, "model_fields") else []
 
 
-def _explain(error: dict[str, Any]) -> str:
-    """One readable clause for one pydantic error."""
-    loc = tuple(p for p in error["loc"] if not isinstance(p, int) or True)
+def explain_error(error: dict[str, Any], schema: type[BaseModel]) -> str:
+    """One readable clause for one pydantic error of `schema`: the dotted key, what was wrong, a did-you-mean."""
+    loc = tuple(error["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
-        valid = _fields_of(Recipe, loc)
+        valid = _fields_of(schema, loc)
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(valid)})" if valid else ""
         return f"{key}: unknown key{hint}"
@@ -333,7 +333,7 @@ def parse_recipe(data: Any, source: str = "<recipe>", lines: dict[tuple[str, ...
         first = exc.errors()[0]
         where = _location(source, lines or {}, tuple(first["loc"]))
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise RecipeError(f"{where}: {_explain(dict(first))}{more}") from None
+        raise RecipeError(f"{where}: {explain_error(dict(first), Recipe)}{more}") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

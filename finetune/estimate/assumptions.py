@@ -7,7 +7,6 @@ that file like a recipe (unknown keys and wrong types fail with the file, line a
 
 from __future__ import annotations
 
-import difflib
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from finetune.catalog import CATALOG_DIR, CatalogError
-from finetune.recipe import _fields_of, _key_lines, _location
+from finetune.recipe import _key_lines, _location, explain_error
 
 ASSUMPTIONS_FILE = CATALOG_DIR / "estimate_assumptions.yaml"
 
@@ -112,22 +111,6 @@ class Assumptions(_Frozen):
         return Assumptions.model_validate({**self.model_dump(), **changes})
 
 
-def _explain(error: dict[str, Any]) -> str:
-    """One clause for pydantic's first error: the dotted key, and what was wrong or expected."""
-    loc = tuple(error["loc"])
-    key = ".".join(str(p) for p in loc) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        valid = _fields_of(Assumptions, loc)
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(valid)})" if valid else ""
-        return f"{key}: unknown key{hint}"
-    if error["type"] == "missing":
-        return f"{key}: required key is missing"
-    value = error.get("input")
-    shown = "" if isinstance(value, (dict, list)) else f", got {value!r}"
-    return f"{key}: {error['msg']}{shown}"
-
-
 def load_assumptions(path: str | Path = ASSUMPTIONS_FILE) -> Assumptions:
     """Read and validate an assumptions file; CatalogError names its file, line and key on a problem."""
     path = Path(path)
@@ -149,7 +132,7 @@ def load_assumptions(path: str | Path = ASSUMPTIONS_FILE) -> Assumptions:
         first = dict(next((e for e in errors if e["type"] == "extra_forbidden"), errors[0]))
         where = _location(path, _key_lines(text), tuple(first["loc"]))
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise CatalogError(f"{where}: {_explain(first)}{more}") from None
+        raise CatalogError(f"{where}: {explain_error(first, Assumptions)}{more}") from None
 
 
 @lru_cache(maxsize=1)
