@@ -114,23 +114,25 @@ def train(
     until: str | None = None,
     say: Callable[[str], None] = print,
     callbacks: list[Any] | None = None,
+    learn: bool = True,
 ) -> dict[str, Any]:
     """Train a LoRA adapter from a recipe; returns the run summary (also written to summary.json).
 
     `callbacks` are extra transformers TrainerCallbacks (custom logging, fault injection, and tests that
-    take the trained model from on_train_end).
+    take the trained model from on_train_end). `learn=False` keeps the run out of the estimate's record of
+    this machine (the probe stores its own measurement instead).
     """
     lock = RunLock(run_dir_for(recipe, output_dir))  # one train per run folder, held until we return
     try:
         return _train(recipe, lock, output_dir=output_dir, max_steps=max_steps, force=force, resume=resume,
-                      until=until, say=say, callbacks=callbacks)
+                      until=until, say=say, callbacks=callbacks, learn=learn)
     finally:
         lock.release()
 
 
 def _train(
     recipe: Recipe, lock: RunLock, *, output_dir: str | Path | None, max_steps: int | None, force: bool,
-    resume: bool, until: str | None, say: Callable[[str], None], callbacks: list[Any] | None,
+    resume: bool, until: str | None, say: Callable[[str], None], callbacks: list[Any] | None, learn: bool,
 ) -> dict[str, Any]:
     """The run, top to bottom (train() holds the run folder's lock around it)."""
     from accelerate import PartialState
@@ -260,8 +262,9 @@ def _train(
             )
             _write_summary(run_dir, summary)
             _plot_curves(run_dir)
-            from finetune.estimate.calibration import record_run
-            record_run(summary, recipe, run_dir)  # the next estimate on this machine learns from this run
+            if learn:
+                from finetune.estimate.calibration import record_run
+                record_run(summary, recipe, run_dir)  # the next estimate on this machine learns from this run
     dist_state.wait_for_everyone()
     # A full disk is described in the summary (status failed, how to recover): no traceback for it.
     if error is not None and not isinstance(error, KeyboardInterrupt) and not _disk_full_hint(error):
@@ -385,7 +388,8 @@ def run_probe(recipe: Recipe, steps: int = 4) -> dict[str, Any]:
     probe.training.save_minutes = None
     probe.tracking.wandb = "disabled"
     with tempfile.TemporaryDirectory(prefix="finetune-probe-") as tmp:
-        summary = train(probe, output_dir=Path(tmp) / "probe", max_steps=steps + 1, say=lambda *_: None)
+        summary = train(probe, output_dir=Path(tmp) / "probe", max_steps=steps + 1, say=lambda *_: None,
+                        learn=False)
         records = [r for r in atomic.read_jsonl(Path(tmp) / "probe" / "metrics.jsonl") if r["step"] > 1]
     timed = [r for r in records if r.get("loss") is not None] or records
     seconds = sum(r["seconds_per_step"] for r in timed) / max(1, len(timed))

@@ -30,6 +30,9 @@ def options(pirate_run, out: Path, cache: Path, **overrides) -> CompareOptions:
         long_file=EVAL / "long_prompts.jsonl", max_long=2, max_new_tokens=48, long_max_new_tokens=96,
         mc_files=[EVAL / "commonsense_en.jsonl"], mc_samples=20, classifier_samples=48, out=out,
         cache_dir=cache, batch_size=16,
+        # Fixed, not auto: each test measures the hardware afresh (its own FINETUNE_HOME), and on a loaded CPU
+        # where bf16 and fp32 are close the auto choice can flip between two runs, changing the cache key.
+        dtype="fp32",
     )
     settings.update(overrides)
     return CompareOptions(**settings)
