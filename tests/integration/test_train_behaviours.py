@@ -147,8 +147,11 @@ def test_save_minutes_writes_checkpoints_between_save_steps(tiny_llama, pirate_r
     from transformers import TrainerCallback
 
     class Slow(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            time.sleep(0.8)  # each step now takes longer than save_minutes
+        def on_step_begin(self, args, state, control, **kwargs):
+            # Each step now takes longer than save_minutes. Sleeping at the step's start puts the delay between
+            # one save and the next check whatever the machine's speed (at the step's end it would run after
+            # the check, so fast steps skip every other save and slow ones do not).
+            time.sleep(0.8)
 
     spec = recipe_dict(str(tiny_llama), pirate_rows, max_steps=4, save_steps=1000, save_minutes=0.01,
                        save_total_limit=10)
