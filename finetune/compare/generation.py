@@ -217,6 +217,10 @@ def model_identity(recipe: Recipe, dtype: str, device: str) -> dict[str, Any]:
     from finetune.models import resolve_base_model
 
     source = resolve_base_model(recipe.base_model)
+    if Path(source).exists():
+        # The real folder, not the path it was reached by: a FINETUNE_HOME whose models/ is a link to a shared
+        # folder (as every test's is) holds the same weights, and the cache must say so.
+        source = str(Path(source).resolve())
     identity: dict[str, Any] = {
         "dtype": dtype,
         "device": device,
