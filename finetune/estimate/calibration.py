@@ -44,6 +44,12 @@ def predicted_step(recipe: Recipe, shape: ModelShape, device: Device, measured: 
     return {"seconds_per_step": seconds, "peak_memory_mb": total * 1024, "seq": seq, "peak_seq": peak_setup.seq}
 
 
+def _sig(seconds: float) -> float:
+    """Seconds to five significant figures: a fixed number of decimals lost a tenth of a percent of a
+    millisecond step, enough that the stored figures no longer gave back the stored factor."""
+    return float(f"{seconds:.5g}")
+
+
 def speed_factor(predicted_seconds: float, measured_seconds: float) -> float:
     """Measured over predicted step time: how much slower (>1) or faster this machine is than assumed.
 
@@ -121,7 +127,7 @@ def compare_probe(recipe: Recipe, shape: ModelShape, device: Device, measured: d
         "device": device.name,
         "measured": {k: measured.get(k) for k in ("seconds_per_step", "tokens_per_step", "peak_memory_mb",
                                                   "precision", "device", "gradient_checkpointing")},
-        "predicted": {"seconds_per_step": round(predicted["seconds_per_step"], 4),
+        "predicted": {"seconds_per_step": _sig(predicted["seconds_per_step"]),
                       "peak_memory_mb": round(predicted["peak_memory_mb"], 1)},
         "memory_error": round(predicted["peak_memory_mb"] / measured["peak_memory_mb"] - 1, 4)
         if measured.get("peak_memory_mb") else None,
@@ -236,9 +242,9 @@ def _record_run(summary: dict[str, Any], recipe: Recipe, run_dir: Path) -> dict[
         "max_length": recipe.dataset.max_length, "batch_size": recipe.training.batch_size,
         "lora_r": recipe.lora.r, "recipe": recipe.name, "run": str(run_dir),
         "measured_at": summary.get("finished_at"),
-        "measured": {"seconds_per_step": round(achieved["seconds_per_step"], 4),
+        "measured": {"seconds_per_step": _sig(achieved["seconds_per_step"]),
                      "tokens_per_step": round(achieved["tokens_per_step"], 1), "peak_memory_mb": peak_mb},
-        "predicted": {"seconds_per_step": round(predicted["seconds_per_step"], 4),
+        "predicted": {"seconds_per_step": _sig(predicted["seconds_per_step"]),
                       "peak_memory_mb": round(predicted["peak_memory_mb"], 1)},
         "speed_factor": round(speed_factor(predicted["seconds_per_step"], achieved["seconds_per_step"]), 4),
         "memory_factor": round(peak_mb / predicted["peak_memory_mb"], 4),
