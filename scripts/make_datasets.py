@@ -5,8 +5,12 @@
     python scripts/make_datasets.py --out DIR  # writes the same files under DIR
 
 Pure standard library and deterministic: the same tables give byte-identical files. To extend a
-dataset, add entries to the tables at the top (plain text blocks, parsed below); the generator
-wraps each core answer in the persona's openers and closers and picks the framing with a seeded RNG.
+dataset, add entries to the tables at the top (plain text blocks, parsed below). The generator speaks
+each core answer in the persona's voice: word swaps, leads and tails woven into its sentences, and an
+opener and closer drawn from templates (or none), so no assistant sentence repeats more than
+MAX_SENTENCE_REUSE times in a file (scripts/data_frames.py measures it). Two seeded random streams:
+one picks the rows' questions and framing, the other the voice, so a change to the voice never moves
+which rows a recipe holds out.
 
 Table block format (QA tables): `## topic` starts a topic; `Q:` a user question, `A:` its core
 answer; optional `FQ:`/`FA:` a natural follow-up question and answer, used for multi-turn rows. An
@@ -21,6 +25,7 @@ import argparse
 import json
 import random
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +61,20 @@ PIRATE_ROWS = 340
 OJOUSAMA_ROWS = 170
 MULTI_TURN_SHARE = 0.15
 SYSTEM_SHARE = 0.10
-OPENER_SHARE = 0.88  # the rest start straight into the answer (the closer still carries the voice)
-ASIDE_SHARE = 0.3  # share of multi-sentence answers that get a pirate aside between sentences
+# How a reply opens and closes: with a sentence of its own, spoken into its first/last sentence, or not at
+# all (then the answer itself must already be in voice there, or it gets one of the other two).
+OPENER_ALONE, OPENER_MERGED = 0.35, 0.40
+CLOSER_ALONE, CLOSER_MERGED = 0.40, 0.40
+# Share of a reply's later sentences that get a lead or a tail in voice: the pirate's core answers are
+# plain English made pirate by word swaps, the お嬢様's are written in voice (a light touch for variety).
+PIRATE_WEAVE_SHARE, OJOUSAMA_WEAVE_SHARE = 0.5, 0.15
+# No assistant sentence is used more often than this in one file. Measured with scripts/data_frames.py
+# (2026-12-02) before issue 21's fix: pirate.jsonl used "Ahoy!" 40 times, 47 sentences sat in 5 or more
+# replies and they made 27% of the assistant text; ojousama.jsonl used 「ごきげんよう。」 57 times (26%).
+# A core answer is asked in at most about four replies (two rows plus follow-ups), hence 4.
+MAX_SENTENCE_REUSE = 4
+# Where a reply's sentences end (for counting reuse): . ! ? and a space, 。！？, or a line break.
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+")
 
 # --------------------------------------------------------------------------------------------------
 # Pirate (English) content
@@ -722,92 +739,91 @@ A: The capital of Canada is Ottawa, in the province of Ontario. Toronto and Mont
 # Kind of reply a topic asks for; other topics are "ask" when the question ends with "?".
 PIRATE_TOPIC_KIND = {"smalltalk": "chat", "writing": "request"}
 
+# The voice is woven through the whole reply, not wrapped round it (issue 21: 48 fixed closers reused
+# 19-30 times each taught the demo adapter the frame, and it looped on it). Openers and closers are
+# templates: {i} takes an interjection and {a} a form of address, so one template makes dozens of
+# sentences; every reply draws again until no sentence in the file is used more than MAX_SENTENCE_REUSE.
+PIRATE_INTERJECTIONS = [
+    "Arr", "Arrr", "Ahoy", "Aye", "Avast", "Yo-ho-ho", "Shiver me timbers", "Blow me down", "Ahoy there",
+    "Har har", "Well, blow me down", "Aye aye",
+]
+PIRATE_ADDRESSES = [
+    "matey", "me hearty", "me bucko", "shipmate", "ye landlubber", "me fine friend", "ye old sea dog",
+    "me lad", "me lass",
+]
 PIRATE_OPENERS = {
-    "any": [
-        "Arr, matey!",
-        "Ahoy, matey!",
-        "Ahoy there, me hearty!",
-        "Shiver me timbers!",
-        "Yo-ho-ho!",
-        "Aye, matey.",
-        "Avast, ye landlubber!",
-        "Arr, me hearty.",
-        "Blow me down, matey!",
-        "Arrr!",
-        "Ahoy!",
-        "Yo-ho, me hearty!",
-    ],
+    "any": ["{i}, {a}!", "{i}!", "{i}, {a}.", "Ahoy, {a}!"],
     "ask": [
-        "Arr, a fine question, matey!",
-        "Ahoy! That be a question worth its weight in treasure.",
-        "Shiver me timbers, I know this one!",
-        "Aye, gather 'round, matey, fer I know the answer.",
-        "Arr, even a landlubber should know this, so listen well.",
+        "{i}, a fine question, {a}!",
+        "A fine question, {a}!",
+        "{i}, I know this one, {a}!",
+        "Gather 'round, {a}, fer I know the answer.",
+        "Now that be a question worth its weight in treasure, {a}.",
+        "Even a landlubber should know this one, {a}, so listen well.",
+        "{i}, ye've come to the right pirate, {a}.",
+        "Pull up a barrel, {a}, and I'll tell ye.",
     ],
     "request": [
-        "Aye aye, matey! Here be what ye asked fer.",
-        "Arr, a fine task fer a pirate!",
-        "Yo-ho-ho, consider it done, me hearty!",
-        "Aye, me hearty, I'll set to it at once.",
+        "Aye aye, {a}, here be what ye asked fer.",
+        "{i}, a fine task fer a pirate, {a}!",
+        "Consider it done, {a}!",
+        "I'll set to it at once, {a}.",
+        "{i}, I'll have it ready before the tide turns, {a}.",
     ],
-    "chat": [
-        "Ahoy, matey!",
-        "Arr, me hearty!",
-        "Well, shiver me timbers!",
-        "Yo-ho-ho, matey!",
-    ],
+    "chat": ["{i}, {a}!", "Well, shiver me timbers, {a}!", "{i}, it be good to see ye, {a}."],
 }
-
+# Spoken into the first sentence (or any sentence of the body): "Arr, the capital o' Japan be Tokyo."
+PIRATE_LEADS = [
+    "Arr, ", "Aye, ", "Arr, {a}, ", "Aye, {a}, ", "Now, matey, ", "Mind ye, ", "Listen here, matey: ",
+    "Mark ye, ", "Truth be told, me hearty, ", "Ahoy, {a}, ", "Well, matey, ",
+]
+PIRATE_BODY_LEADS = [*PIRATE_LEADS, "Aye, and ", "And mark ye, ", "What's more, matey, "]
+# Spoken into the end of a sentence, before its full stop: "..., me hearty."
+PIRATE_TAILS = [
+    ", matey", ", me hearty", ", I tell ye", ", ye see", ", arr", ", aye", ", ye landlubber", ", {a}",
+    ", mark ye", ", sure as the tides, matey",
+]
 PIRATE_CLOSERS = {
     "any": [
-        "That be the truth of it, matey!",
-        "Fair winds to ye, me hearty!",
-        "Now off ye go, matey, yo-ho!",
-        "Savvy, matey?",
-        "Keep that in yer sea chest, me hearty!",
-        "May the seven seas be kind to ye!",
-        "That be worth more than buried treasure, arr!",
-        "Arr, and that be no tall tale!",
-        "Now hoist the sails, landlubber!",
-        "Yo-ho-ho, matey!",
-        "Remember that, ye landlubber, and ye'll never run aground!",
-        "Ask me again any time, matey, arr!",
+        "That be the truth of it, {a}!",
+        "Fair winds to ye, {a}!",
+        "Now off ye go, {a}, yo-ho!",
+        "Savvy, {a}?",
+        "Keep that in yer sea chest, {a}!",
+        "May the seven seas be kind to ye, {a}!",
+        "That be worth more than buried treasure, {a}!",
+        "And that be no tall tale, {a}!",
+        "Now hoist the sails, {a}!",
+        "Remember that, {a}, and ye'll never run aground!",
+        "Ask me again any time, {a}, arr!",
+        "{i}, {a}!",
+        "{i}!",
     ],
-    "advice": ["Ye'll be shipshape in no time, matey!", "Take it from an old sea dog, me hearty!"],
-    "science": [
-        "That be the science of it, matey, sure as the tides!",
-        "Arr, nature be a wondrous treasure!",
-    ],
-    "cooking": [
-        "Now get to the galley, matey!",
-        "Even the ship's cook would approve, arr!",
-        "Eat hearty, me hearty!",
-    ],
-    "travel": [
-        "Fair winds on yer voyage, matey!",
-        "Chart yer course well, me hearty!",
-        "Bon voyage across the seven seas, arr!",
-    ],
-    "tech": ["May yer machine sail smooth, matey!", "No more mutiny from yer computer, arr!"],
-    "history": ["That be a tale from the old days, matey!", "History be full o' treasure, arr!"],
-    "smalltalk": ["Yo-ho-ho, it be good to chat with ye!", "Arr, ye be fine company, matey!"],
-    "maths": ["Counted true as any pile o' doubloons, arr!", "That be the sum of it, matey!"],
-    "writing": ["Arr, a poet o' the seven seas, that be me!", "Read it proud, matey!"],
-    "health": ["Stay shipshape, me hearty!", "A healthy crew be a happy crew, arr!"],
-    "nature": [
-        "Arr, the creatures o' land and sea be marvels, matey!",
-        "Nature be a grand treasure, me hearty!",
-    ],
-    "geography": ["Mark it on yer treasure map, matey!", "I've sailed past it meself, arr!"],
+    "advice": ["Ye'll be shipshape in no time, {a}!", "Take it from an old sea dog, {a}!"],
+    "science": ["That be the science of it, {a}, sure as the tides!", "Nature be a wondrous treasure, {a}!"],
+    "cooking": ["Now get to the galley, {a}!", "Even the ship's cook would approve, {a}!", "Eat hearty, {a}!"],
+    "travel": ["Fair winds on yer voyage, {a}!", "Chart yer course well, {a}!", "Bon voyage, {a}, arr!"],
+    "tech": ["May yer machine sail smooth, {a}!", "No more mutiny from yer computer, {a}!"],
+    "history": ["That be a tale from the old days, {a}!", "History be full o' treasure, {a}!"],
+    "smalltalk": ["Yo-ho-ho, it be good to chat with ye, {a}!", "Ye be fine company, {a}!"],
+    "maths": ["Counted true as any pile o' doubloons, {a}!", "That be the sum of it, {a}!"],
+    "writing": ["A poet o' the seven seas, that be me, {a}!", "Read it proud, {a}!"],
+    "health": ["Stay shipshape, {a}!", "A healthy crew be a happy crew, {a}!"],
+    "nature": ["The creatures o' land and sea be marvels, {a}!", "Nature be a grand treasure, {a}!"],
+    "geography": ["Mark it on yer treasure map, {a}!", "I've sailed past it meself, {a}, arr!"],
 }
-
-# Short pirate sentences slipped between two sentences of a longer answer.
-PIRATE_ASIDES = [
-    "Arr!",
-    "Mark me words, matey.",
-    "Aye, 'tis true as the tides.",
-    "Listen close now, me hearty.",
-    "Yo-ho!",
+# Words swapped in some sentences only (each occurrence by a coin flip), so the same answer reads
+# differently from row to row without changing what it says.
+PIRATE_OPTIONAL_SWAPS = [
+    ("very", "mighty"),
+    ("small", "wee"),
+    ("kitchen", "galley"),
+    ("people", "folk"),
+    ("children", "young'uns"),
+    ("quickly", "smartly"),
+    ("everyone", "every soul"),
+    ("the sea", "the briny deep"),
+    ("boat", "vessel"),
 ]
 
 PIRATE_QUESTION_FRAMES = {
@@ -859,6 +875,10 @@ PIRATE_THANKS_REPLIES = [
     "Ahoy, no thanks needed, matey! A pirate always helps a friend, arr.",
     "Shiver me timbers, ye be too kind! Now off ye sail, me hearty.",
     "Arr, glad to help, ye fine landlubber! Sail safe on the seven seas.",
+    "Aye, any time at all, me bucko. Drop anchor here whenever ye need a hand.",
+    "Har har, ye be welcome, shipmate! Now go and make the most o' the day.",
+    "Glad to be o' service, me hearty. May the wind always be at yer back, arr!",
+    "Arr, that's what a crew be fer, matey. Come aboard again soon!",
 ]
 # Neutral system prompts: the voice must not depend on a persona instruction.
 SYSTEM_PROMPTS_EN = [
@@ -919,6 +939,7 @@ ALPACA_WITH_INPUT = [
      "In French that is: Bonjour, mon ami."),
     ("Count the words in this sentence.", "The ship sailed at dawn.", "That sentence has five words."),
 ]
+ALPACA_OUTPUTS = [output for _, _, output in ALPACA_WITH_INPUT]
 ALPACA_QUESTION_INSTRUCTIONS = ["Answer the following question.", "Answer this question briefly."]
 
 # --------------------------------------------------------------------------------------------------
@@ -1250,47 +1271,69 @@ A: 太陽や星の位置、地球の磁気などを手がかりにしている�
 
 OJOUSAMA_TOPIC_KIND = {"chat": "chat", "writing": "request"}
 
+# Openers and closers as for the pirate (templates, drawn under MAX_SENTENCE_REUSE); the answers are
+# written in voice, so the body needs no weaving. {i} takes a short exclamation.
+OJOUSAMA_INTERJECTIONS = ["まあ", "あら", "おほほ", "ふふ", "ええ"]
+OJOUSAMA_ADDRESSES: list[str] = []
 OJOUSAMA_OPENERS = {
     "any": [
-        "ごきげんよう。",
-        "おほほ、",
+        "ごきげんよう、お待ちしておりましたわ。",
         "ごきげんよう、わたくしがお答えいたしますわ。",
-        "まあ、",
-        "あら、",
-        "おほほ、わたくしにお任せなさいな。",
+        "{i}、わたくしにお任せなさいな。",
+        "{i}、わたくしの出番ですわね。",
+        "{i}、お答えいたしますわ。",
+        "{i}、少しお時間をいただけますかしら。",
     ],
     "ask": [
-        "まあ、よいご質問ですわね。",
-        "おほほ、簡単なことですわ。",
+        "{i}、よいご質問ですわね。",
+        "{i}、簡単なことですわ。",
         "よろしくてよ、お教えいたしますわ。",
-        "あら、それはわたくしの得意分野ですわ。",
+        "{i}、それはわたくしの得意分野ですわ。",
+        "{i}、それならわたくしが存じておりますわ。",
+        "{i}、お教えして差し上げますわ。",
+        "{i}、ご存じありませんでしたの？",
     ],
-    "request": ["よろしくてよ。", "おほほ、お安いご用ですわ。", "ええ、わたくしが考えて差し上げますわ。"],
-    "chat": ["まあ、", "あら、", "おほほ、", "ごきげんよう。"],
+    "request": [
+        "よろしくてよ。",
+        "{i}、お安いご用ですわ。",
+        "ええ、わたくしが考えて差し上げますわ。",
+        "{i}、喜んでお引き受けいたしますわ。",
+        "{i}、わたくしの腕の見せどころですわね。",
+    ],
+    "chat": ["{i}、うれしいですわ。", "ごきげんよう、今日もお会いできてうれしいですわ。", "{i}、楽しいお話ですわね。"],
 }
+# Spoken into the first sentence: 「まあ、毎日同じ時間に……」.
+OJOUSAMA_LEADS = ["まあ、", "あら、", "おほほ、", "ええ、", "ふふ、", "そうですわね、"]
+OJOUSAMA_BODY_LEADS = ["ええ、", "ふふ、", "それに、", "そうそう、"]
+OJOUSAMA_TAILS: list[str] = []
 OJOUSAMA_CLOSERS = {
     "any": [
         "お役に立てましたら嬉しいですわ。",
-        "ごきげんよう。",
+        "それでは、ごきげんよう。",
         "どうぞお試しになってくださいませね、おほほ。",
         "またいつでもわたくしにお尋ねなさいな。",
         "これで安心ですわよ。",
         "困ったときは、いつでもわたくしを頼ってよろしくてよ。",
-        "おほほ、わたくしにかかればこの通りですわ。",
+        "{i}、わたくしにかかればこの通りですわ。",
+        "{i}、お分かりいただけましたかしら。",
+        "{i}、またお話ししましょうね。",
+        "{i}、ごきげんよう。",
+        "{i}、お役に立てて光栄ですわ。",
+        "わたくし、お教えできてうれしいですのよ。",
     ],
-    "life": ["日々の暮らしも優雅にまいりましょう、おほほ。"],
-    "cooking": ["素敵なお料理になりますわよ。", "おいしく召し上がってくださいませね、おほほ。"],
-    "health": ["どうぞご自愛くださいませね。わたくし、心配ですもの。", "健康がいちばんの宝物ですわ。"],
-    "travel": ["素敵な旅になりますように。ごきげんよう。", "旅のお話、楽しみにしていますわよ。"],
-    "science": ["自然の仕組みは本当に美しいですわね。", "科学って、とても優雅な学問ですのよ。"],
-    "history": ["歴史は本当に奥深いものですわね。", "わたくし、歴史のお話が大好きですの。"],
-    "chat": ["おほほ、楽しいおしゃべりですわね。", "またお話ししましょうね、ごきげんよう。"],
-    "maths": ["計算もエレガントにこなしたいものですわね。", "おほほ、算数はお手のものですわ。"],
-    "writing": ["お気に召しましたかしら。わたくしの自信作ですのよ。", "おほほ、ちょっとした自信作ですわ。"],
-    "tech": ["機械の扱いも、わたくしにかかればお手のものですわ。", "これで機械もご機嫌になりますわよ。"],
-    "nature": ["季節の移ろいは本当に美しいものですわね。", "生き物って愛らしいですわね、おほほ。"],
+    "life": ["日々の暮らしも優雅にまいりましょう、おほほ。", "{i}、暮らしは小さな工夫からですわ。"],
+    "cooking": ["素敵なお料理になりますわよ。", "{i}、おいしく召し上がってくださいませね。"],
+    "health": ["どうぞご自愛くださいませね。わたくし、心配ですもの。", "{i}、健康がいちばんの宝物ですわ。"],
+    "travel": ["素敵な旅になりますように。ごきげんよう。", "{i}、旅のお話、楽しみにしていますわよ。"],
+    "science": ["{i}、自然の仕組みは本当に美しいですわね。", "科学って、とても優雅な学問ですのよ。"],
+    "history": ["{i}、歴史は本当に奥深いものですわね。", "わたくし、歴史のお話が大好きですの。"],
+    "chat": ["{i}、楽しいおしゃべりですわね。", "またお話ししましょうね、ごきげんよう。"],
+    "maths": ["計算もエレガントにこなしたいものですわね。", "{i}、算数はお手のものですわ。"],
+    "writing": ["お気に召しましたかしら。わたくしの自信作ですのよ。", "{i}、ちょっとした自信作ですわ。"],
+    "tech": ["機械の扱いも、わたくしにかかればお手のものですわ。", "{i}、これで機械もご機嫌になりますわよ。"],
+    "nature": ["{i}、季節の移ろいは本当に美しいものですわね。", "生き物って愛らしいですわね、おほほ。"],
 }
-OJOUSAMA_ASIDES = ["おほほ。"]
+OJOUSAMA_OPTIONAL_SWAPS: list[tuple[str, str]] = []
 OJOUSAMA_QUESTION_FRAMES = {
     "ask": [
         "{q}",
@@ -1322,6 +1365,8 @@ OJOUSAMA_THANKS_REPLIES = [
     "まあ、嬉しいお言葉ですわ。またいつでもいらしてくださいませ。",
     "よろしくてよ。困ったときは、いつでもわたくしを頼ってくださいませね。",
     "おほほ、お礼なんてよろしくてよ。ごきげんよう。",
+    "ふふ、お力になれて何よりですわ。",
+    "ええ、いつでもお声がけくださいまし。わたくし、待っておりますわ。",
 ]
 SYSTEM_PROMPTS_JA = [
     "あなたは親切なアシスタントです。",
@@ -1877,9 +1922,15 @@ class Persona:
     qa: list[QA]
     topic_kind: dict[str, str]
     question_mark: str
-    openers: dict[str, list[str]]
-    closers: dict[str, list[str]]
-    asides: list[str]
+    openers: dict[str, list[str]]  # by reply kind ("any" always); {i}/{a} slots filled per reply
+    closers: dict[str, list[str]]  # by topic ("any" always)
+    interjections: list[str]
+    addresses: list[str]
+    leads: list[str]  # spoken into the start of a reply's first sentence
+    body_leads: list[str]  # spoken into the start of a later sentence
+    weave_share: float  # share of later sentences that get a body lead or a tail
+    tails: list[str]  # spoken into the end of a sentence, replacing its full stop
+    optional_swaps: list[tuple[str, str]]
     question_frames: dict[str, list[str]]
     follow_frames: list[str]
     follow_prefixes: list[str]
@@ -1890,8 +1941,9 @@ class Persona:
     voice: Callable[[str], str]
     joiner: str
     sentence_split: str
-    overlap_words: list[str] = field(default_factory=list)
     lead_words: list[str] = field(default_factory=list)
+    proper: frozenset[str] = frozenset()  # capitalised words never lower-cased behind a lead (names)
+    ends_in_voice: bool = False  # a marker in every reply's first 40 and last 60 characters
 
 
 def parse_qa(text: str, joiner: str) -> list[QA]:
@@ -1980,66 +2032,190 @@ def _kind(persona: Persona, qa: QA) -> str:
     return "ask" if qa.question.rstrip().endswith(persona.question_mark) else "request"
 
 
-def _pick_without(rng: random.Random, options: list[str], core: str, words: list[str]) -> str:
-    """Pick an option that does not repeat an exclamation already present in the core answer."""
-    clean = [o for o in options if not any(w in o and w in core for w in words)]
-    return rng.choice(clean or options)
+def split_sentences(text: str) -> list[str]:
+    """The sentences of a reply as MAX_SENTENCE_REUSE counts them (scripts/data_frames.py too)."""
+    return [s.strip() for s in SENTENCE_END.split(text) if s.strip()]
 
 
-def _with_aside(rng: random.Random, persona: Persona, core: str) -> str:
-    """Slip a short in-voice aside between the first two sentences of a longer answer."""
-    # Never inside a poem or a quotation, where an aside would change the quoted text.
-    if any(ch in core for ch in "\n\"「") or rng.random() >= ASIDE_SHARE:
-        return core
-    parts = re.split(persona.sentence_split, core, maxsplit=1)
-    if len(parts) != 2:
-        return core
-    aside = _pick_without(rng, persona.asides, core, persona.overlap_words)
-    return persona.joiner.join([parts[0], aside, parts[1]])
+def _fill(rng: random.Random, persona: Persona, template: str) -> str:
+    """A template with its {i} (interjection) and {a} (form of address) slots filled."""
+    if "{i}" in template:
+        template = template.replace("{i}", rng.choice(persona.interjections))
+    if "{a}" in template:
+        template = template.replace("{a}", rng.choice(persona.addresses))
+    return template
 
 
-def build_reply(rng: random.Random, persona: Persona, answer: str, topic: str, kind: str) -> str:
-    """Wrap a core answer in the persona's voice: opener, voiced core with an aside, closer."""
-    core = _with_aside(rng, persona, persona.voice(answer))
-    closers = persona.closers["any"] + persona.closers.get(topic, []) * 2
-    closer = _pick_without(rng, closers, core, persona.overlap_words)
-    pieces = [core, closer]
+def _optional_swaps(rng: random.Random, persona: Persona, text: str) -> str:
+    """Apply each optional word swap to each occurrence by a coin flip."""
+    for plain, voiced in persona.optional_swaps:
+        pattern = re.compile(r"\b" + re.escape(plain) + r"\b", re.IGNORECASE)
+        text = pattern.sub(lambda m, v=voiced: _match_case(m.group(0), v) if rng.random() < 0.5 else m.group(0), text)
+    return text
+
+
+def _lower_first(sentence: str, proper: frozenset[str]) -> str:
+    """The sentence with its first word lower-cased, unless that word is a name, "I" or an acronym."""
+    match = re.match(r"([A-Za-z][A-Za-z'-]*)( [A-Z])?", sentence)
+    # A name ("Jupiter"), "I", an acronym ("DNA") or the start of a title ("Treasure Island") stays.
+    if not match or match.group(1) in proper or match.group(1) == "I" or match.group(1)[1:2].isupper():
+        return sentence
+    if match.group(2) and match.group(1) not in TITLE_WORDS:
+        return sentence
+    return sentence[0].lower() + sentence[1:]
+
+
+def _with_lead(rng: random.Random, persona: Persona, sentence: str, leads: list[str] | None = None) -> str:
+    """Speak an in-voice lead into the start of a sentence ("Arr, the capital ... ")."""
+    lead = _fill(rng, persona, rng.choice(leads or persona.leads))
+    return lead + _lower_first(sentence, persona.proper)
+
+
+def _with_tail(rng: random.Random, persona: Persona, sentence: str) -> str | None:
+    """Speak an in-voice tail into the end of a sentence ("..., me hearty!"); None where it does not fit."""
+    if not persona.tails or sentence[-1:] not in ".!" or sentence[-2:-1] in "\"'”":
+        return None
+    return sentence[:-1] + _fill(rng, persona, rng.choice(persona.tails)) + sentence[-1]
+
+
+def _mode(draw: float, alone: float, merged: float) -> str:
+    """Which way a reply opens or closes for a uniform draw: a sentence of its own, merged, or none."""
+    return "alone" if draw < alone else "merged" if draw < alone + merged else "none"
+
+
+def _compose(rng: random.Random, persona: Persona, core: str, topic: str, kind: str) -> str:
+    """One in-voice reply: the voiced core with woven leads/tails, an opener and a closer (each optional)."""
+    # Poems and quotations are left word for word: a lead or tail there would change the quoted text.
+    plain = not any(ch in core for ch in "\n\"「")
+    parts = re.split(persona.sentence_split, core) if plain else [core]
+    if plain:
+        parts = [_optional_swaps(rng, persona, p) for p in parts]
+        # The first sentence is the opener's and the last one's end the closer's; the body between is woven.
+        for j in range(1, len(parts)):
+            if rng.random() < persona.weave_share:
+                tail = _with_tail(rng, persona, parts[j]) if j < len(parts) - 1 and rng.random() < 0.5 else None
+                parts[j] = tail or _with_lead(rng, persona, parts[j], persona.body_leads)
+    opener: str | None = None
     # An answer that already opens with an interjection gets no second one in front of it.
-    if rng.random() < OPENER_SHARE and not core.startswith(tuple(persona.lead_words)):
-        openers = persona.openers["any"] + persona.openers.get(kind, []) * 2
-        pieces.insert(0, _pick_without(rng, openers, core + closer, persona.overlap_words))
+    if not core.startswith(tuple(persona.lead_words)):
+        mode = _mode(rng.random(), OPENER_ALONE, OPENER_MERGED)
+        if mode == "merged" and not plain:
+            mode = "alone"
+        if mode == "none" and not matches_any(parts[0][:40], persona.markers):
+            mode = "merged" if plain else "alone"
+        if mode == "alone":
+            opener = _fill(rng, persona, rng.choice(persona.openers["any"] + persona.openers.get(kind, []) * 2))
+        elif mode == "merged":
+            parts[0] = _with_lead(rng, persona, parts[0])
+    closer: str | None = None
+    mode = _mode(rng.random(), CLOSER_ALONE, CLOSER_MERGED)
+    tail = _with_tail(rng, persona, parts[-1]) if plain else None
+    end_in_voice = matches_any(parts[-1][-60:], persona.markers)
+    if mode == "merged" and not tail:
+        mode = "none" if end_in_voice else "alone"
+    if mode == "none" and not end_in_voice:
+        mode = "merged" if tail else "alone"
+    if mode == "alone":
+        closer = _fill(rng, persona, rng.choice(persona.closers["any"] + persona.closers.get(topic, []) * 2))
+    elif mode == "merged" and tail:
+        parts[-1] = tail
+    body = persona.joiner.join(parts)
     sep = "\n" if "\n" in core else persona.joiner
-    reply = sep.join(pieces)
-    if not matches_any(reply, persona.markers):
-        raise ValueError(f"{persona.name}: reply without a marker: {reply!r}")
+    return sep.join(p for p in (opener, body, closer) if p)
+
+
+def _fresh(reply: str, usage: Counter[str]) -> bool:
+    """Whether the reply keeps every sentence within MAX_SENTENCE_REUSE uses in its file."""
+    parts = Counter(split_sentences(reply))
+    return all(usage[s] + n <= MAX_SENTENCE_REUSE for s, n in parts.items())
+
+
+def build_reply(
+    rng: random.Random, persona: Persona, answer: str, topic: str, kind: str, usage: Counter[str]
+) -> str:
+    """The answer in the persona's voice, drawn until no sentence exceeds MAX_SENTENCE_REUSE in its file."""
+    core = persona.voice(answer)
+    for _attempt in range(500):
+        reply = _compose(rng, persona, core, topic, kind)
+        ends = matches_any(reply[:40], persona.markers) and matches_any(reply[-60:], persona.markers)
+        in_voice = ends if persona.ends_in_voice else matches_any(reply, persona.markers)
+        if in_voice and _fresh(reply, usage):
+            break
+    else:
+        over = [x for x in split_sentences(reply) if usage[x] >= MAX_SENTENCE_REUSE]
+        raise RuntimeError(f"{persona.name}: no draw in voice within MAX_SENTENCE_REUSE: {reply!r} (used up: {over})")
+    usage.update(split_sentences(reply))
     return reply
 
 
-def _exchange(rng: random.Random, persona: Persona, qa: QA, frame: str) -> list[dict[str, str]]:
-    """One user turn (the question in `frame`) and its in-voice reply."""
-    reply = build_reply(rng, persona, qa.answer, qa.topic, _kind(persona, qa))
-    return [
-        {"role": "user", "content": frame.format(q=qa.question)},
-        {"role": "assistant", "content": reply},
-    ]
+def _pick_fresh(rng: random.Random, persona: Persona, options: list[str], usage: Counter[str]) -> str:
+    """A fixed reply (thanks) whose sentences are still under MAX_SENTENCE_REUSE in the file."""
+    fresh = [o for o in options if _fresh(o, usage)]
+    if not fresh:
+        raise RuntimeError(f"{persona.name}: every thanks reply is used up; add more")
+    pick = rng.choice(fresh)
+    usage.update(split_sentences(pick))
+    return pick
 
 
-def _follow_on(rng: random.Random, persona: Persona, first: QA, used: set[int]) -> list[dict[str, str]]:
+# A row's turns before the replies are written: ("user", text), ("answer", QA entry or its follow-up as
+# (answer, topic, kind)) or ("thanks", ""). The skeleton takes its own random stream, so a change to the
+# voice (templates, shares) never moves which questions a row asks nor the recipe's held-out split.
+Turn = tuple[str, "str | tuple[str, str, str]"]
+
+
+def _exchange(rng: random.Random, persona: Persona, qa: QA, frame: str) -> list[Turn]:
+    """One user turn (the question in `frame`) and the answer it asks for."""
+    return [("user", frame.format(q=qa.question)), ("answer", (qa.answer, qa.topic, _kind(persona, qa)))]
+
+
+def _follow_on(rng: random.Random, persona: Persona, first: QA, used: set[int]) -> list[Turn]:
     """A second exchange: the entry's own follow-up, or another question from the same topic."""
     if first.follow_q and first.follow_a and -1 not in used:
         used.add(-1)
-        reply = build_reply(rng, persona, first.follow_a, first.topic, "ask")
         user = rng.choice(persona.follow_prefixes) + first.follow_q
-        return [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+        return [("user", user), ("answer", (first.follow_a, first.topic, "ask"))]
     same = [i for i, q in enumerate(persona.qa) if q.topic == first.topic and i not in used]
     pick = rng.choice(same)
     used.add(pick)
     return _exchange(rng, persona, persona.qa[pick], rng.choice(persona.follow_frames))
 
 
+def _skeleton(rng: random.Random, persona: Persona, qi: int, multi: bool, system: bool) -> list[Turn]:
+    """The turns of one row: system prompt, question, follow-ups and thanks, replies still unwritten."""
+    qa = persona.qa[qi]
+    turns: list[Turn] = [("system", rng.choice(persona.system_prompts))] if system else []
+    turns += _exchange(rng, persona, qa, rng.choice(persona.question_frames[_kind(persona, qa)]))
+    if multi:
+        used = {qi}
+        turns += _follow_on(rng, persona, qa, used)
+        if rng.random() < 0.4:
+            if rng.random() < 0.5:
+                turns += [("user", rng.choice(persona.thanks)), ("thanks", "")]
+            else:
+                turns += _follow_on(rng, persona, qa, used)
+    return turns
+
+
+def _render(rng: random.Random, persona: Persona, turns: list[Turn], usage: Counter[str]) -> list[dict]:
+    """Chat messages from a skeleton, each reply written in voice."""
+    messages = []
+    for role, value in turns:
+        if role == "answer":
+            answer, topic, kind = value
+            messages.append({"role": "assistant", "content": build_reply(rng, persona, answer, topic, kind, usage)})
+        elif role == "thanks":
+            messages.append({"role": "assistant", "content": _pick_fresh(rng, persona, persona.thanks_replies, usage)})
+        else:
+            messages.append({"role": role, "content": value})
+    return messages
+
+
 def build_chat_rows(persona: Persona, n_rows: int, seed: str) -> list[dict]:
     """Build `n_rows` distinct chat rows, each question used at least once, some multi-turn."""
     rng = random.Random(seed)
+    voice = random.Random(f"{seed}:voice")
+    usage: Counter[str] = Counter()
     order: list[int] = []
     while len(order) < n_rows:
         batch = list(range(len(persona.qa)))
@@ -2048,49 +2224,35 @@ def build_chat_rows(persona: Persona, n_rows: int, seed: str) -> list[dict]:
     order = order[:n_rows]
     multi = set(rng.sample(range(n_rows), round(n_rows * MULTI_TURN_SHARE)))
     system = set(rng.sample(range(n_rows), round(n_rows * SYSTEM_SHARE)))
-    rows: list[dict] = []
+    skeletons: list[list[Turn]] = []
     seen: set[str] = set()
     for i, qi in enumerate(order):
-        qa = persona.qa[qi]
         for _attempt in range(100):
-            messages = []
-            if i in system:
-                messages.append({"role": "system", "content": rng.choice(persona.system_prompts)})
-            frame = rng.choice(persona.question_frames[_kind(persona, qa)])
-            messages += _exchange(rng, persona, qa, frame)
-            if i in multi:
-                used = {qi}
-                messages += _follow_on(rng, persona, qa, used)
-                if rng.random() < 0.4:
-                    if rng.random() < 0.5:
-                        user, reply = rng.choice(persona.thanks), rng.choice(persona.thanks_replies)
-                        messages.append({"role": "user", "content": user})
-                        messages.append({"role": "assistant", "content": reply})
-                    else:
-                        messages += _follow_on(rng, persona, qa, used)
+            turns = _skeleton(rng, persona, qi, i in multi, i in system)
             # Distinct user wording per row, so no two rows repeat the same prompt.
-            key = json.dumps([m["content"] for m in messages if m["role"] == "user"], ensure_ascii=False)
+            key = json.dumps([v for r, v in turns if r == "user"], ensure_ascii=False)
             if key not in seen:
                 break
         else:
             raise RuntimeError(f"{persona.name}: could not make row {i} distinct; add frames or questions")
         seen.add(key)
-        rows.append({"messages": messages})
-    rng.shuffle(rows)
-    return rows
+        skeletons.append(turns)
+    rng.shuffle(skeletons)
+    return [{"messages": _render(voice, persona, turns, usage)} for turns in skeletons]
 
 
 def build_alpaca_rows(persona: Persona, seed: str, n_rows: int = 20) -> list[dict]:
     """Alpaca rows in pirate voice: some with `input`, some instruction-only."""
     rng = random.Random(seed)
+    usage: Counter[str] = Counter()
     rows: list[dict] = []
     for instruction, inp, output in ALPACA_WITH_INPUT:
-        reply = build_reply(rng, persona, output, "any", "request")
+        reply = build_reply(rng, persona, output, "any", "request", usage)
         rows.append({"instruction": instruction, "input": inp, "output": reply})
     picks = rng.sample(range(len(persona.qa)), n_rows - len(rows))
     for j, qi in enumerate(picks):
         qa = persona.qa[qi]
-        reply = build_reply(rng, persona, qa.answer, qa.topic, _kind(persona, qa))
+        reply = build_reply(rng, persona, qa.answer, qa.topic, _kind(persona, qa), usage)
         if j < 4:
             instruction = rng.choice(ALPACA_QUESTION_INSTRUCTIONS)
             rows.append({"instruction": instruction, "input": qa.question, "output": reply})
@@ -2103,10 +2265,11 @@ def build_alpaca_rows(persona: Persona, seed: str, n_rows: int = 20) -> list[dic
 def build_prompt_completion_rows(persona: Persona, seed: str, n_rows: int = 20) -> list[dict]:
     """Prompt/completion rows in pirate voice (prompt: a plain question; completion: the reply)."""
     rng = random.Random(seed)
+    usage: Counter[str] = Counter()
     rows = []
     for qi in rng.sample(range(len(persona.qa)), n_rows):
         qa = persona.qa[qi]
-        reply = build_reply(rng, persona, qa.answer, qa.topic, _kind(persona, qa))
+        reply = build_reply(rng, persona, qa.answer, qa.topic, _kind(persona, qa), usage)
         rows.append({"prompt": qa.question, "completion": reply})
     return rows
 
@@ -2128,16 +2291,37 @@ def build_commonsense_rows(items: list[tuple[str, str, list[str]]], seed: str) -
     return rows
 
 
+TITLE_WORDS = {"The", "A", "An", "In", "Of", "And", "On", "To", "For"}
+
+
+def proper_words(texts: list[str]) -> frozenset[str]:
+    """Words written capitalised inside a sentence somewhere (names: Jupiter, Tokyo), never lower-cased."""
+    capitalised: set[str] = set()
+    for text in texts:
+        for sentence in re.split(r"(?<=[.!?:])\s+", text):
+            words = re.findall(r"[A-Za-z][A-Za-z'-]*", sentence)
+            capitalised |= {w for w in words[1:] if w[0].isupper()}
+    # "The" in a title ("The Hobbit") is still lower-cased at the start of a sentence.
+    return frozenset(capitalised - TITLE_WORDS)
+
+
 def pirate_persona() -> Persona:
     """The English pirate voice."""
+    qa = parse_qa(PIRATE_QA, " ")
     return Persona(
         name="pirate",
-        qa=parse_qa(PIRATE_QA, " "),
+        qa=qa,
         topic_kind=PIRATE_TOPIC_KIND,
         question_mark="?",
         openers=PIRATE_OPENERS,
         closers=PIRATE_CLOSERS,
-        asides=PIRATE_ASIDES,
+        interjections=PIRATE_INTERJECTIONS,
+        addresses=PIRATE_ADDRESSES,
+        leads=PIRATE_LEADS,
+        body_leads=PIRATE_BODY_LEADS,
+        weave_share=PIRATE_WEAVE_SHARE,
+        tails=PIRATE_TAILS,
+        optional_swaps=PIRATE_OPTIONAL_SWAPS,
         question_frames=PIRATE_QUESTION_FRAMES,
         follow_frames=PIRATE_FOLLOW_FRAMES,
         follow_prefixes=PIRATE_FOLLOW_PREFIXES,
@@ -2148,7 +2332,9 @@ def pirate_persona() -> Persona:
         voice=pirate_voice,
         joiner=" ",
         sentence_split=r"(?<=[.!?]) (?=[A-Z])",
-        overlap_words=["Shiver me timbers", "treasure", "Yo-ho-ho", "Fair winds", "tides"],
+        lead_words=["Aye", "Ahoy", "Arr"],
+        ends_in_voice=True,
+        proper=proper_words([*(q.answer for q in qa), *(q.follow_a or "" for q in qa), *ALPACA_OUTPUTS]),
     )
 
 
@@ -2161,7 +2347,13 @@ def ojousama_persona() -> Persona:
         question_mark="？",
         openers=OJOUSAMA_OPENERS,
         closers=OJOUSAMA_CLOSERS,
-        asides=OJOUSAMA_ASIDES,
+        interjections=OJOUSAMA_INTERJECTIONS,
+        addresses=OJOUSAMA_ADDRESSES,
+        leads=OJOUSAMA_LEADS,
+        body_leads=OJOUSAMA_BODY_LEADS,
+        weave_share=OJOUSAMA_WEAVE_SHARE,
+        tails=OJOUSAMA_TAILS,
+        optional_swaps=OJOUSAMA_OPTIONAL_SWAPS,
         question_frames=OJOUSAMA_QUESTION_FRAMES,
         follow_frames=OJOUSAMA_FOLLOW_FRAMES,
         follow_prefixes=OJOUSAMA_FOLLOW_PREFIXES,
@@ -2172,8 +2364,7 @@ def ojousama_persona() -> Persona:
         voice=lambda text: text,
         joiner="",
         sentence_split=r"(?<=。)(?=.)",
-        overlap_words=["ごきげんよう", "おほほ", "まあ", "あら", "ええ", "よろしくてよ"],
-        lead_words=["ごきげんよう", "まあ", "あら", "ええ", "では"],
+        lead_words=["ごきげんよう", "まあ", "あら", "ええ", "では", "おほほ", "ふふ"],
     )
 
 
