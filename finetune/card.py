@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from finetune.compare.schema import Report, read_report
 
 _CATALOG = Path(__file__).parent / "catalog"
 
@@ -26,7 +27,7 @@ class CardInputs:
     system_prompt: str | None = None
     dataset: str | None = None
     summary: dict[str, Any] | None = None
-    compare: dict[str, Any] | None = None
+    compare: Report | None = None
     compare_path: str | None = None
     formats: list[str] = field(default_factory=lambda: ["safetensors"])
     files: list[str] = field(default_factory=list)
@@ -59,17 +60,14 @@ def resolve_license(
     }
 
 
-def latest_compare(run_dir: Path) -> tuple[dict[str, Any], Path] | None:
-    """The newest `compare/*/report.json` of a run, parsed, with its path (None if there is none)."""
+def latest_compare(run_dir: Path) -> tuple[Report, Path] | None:
+    """The newest `compare/*/report.json` of a run, read through the schema, with its path (None if none).
+
+    A newest report that does not match the schema is a one-line error naming it: a card must not quietly
+    show an older comparison's verdicts. (report.json is written atomically, so it is never half-written.)
+    """
     reports = sorted((run_dir / "compare").glob("*/report.json"), key=lambda p: p.stat().st_mtime)
-    for path in reversed(reports):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # a half-written or broken report: fall back to the previous one
-        if isinstance(data, dict):
-            return data, path
-    return None
+    return (read_report(reports[-1]), reports[-1]) if reports else None
 
 
 def _fig(value: Any) -> str:
@@ -140,18 +138,13 @@ def _decision(inputs: CardInputs) -> list[str]:
         return ["## Adapter or prompt?", "", "Not compared yet: run `finetune compare` before relying on it.", ""]
     from finetune.compare.decision import decide
     from finetune.compare.report import decision_markdown
-    from finetune.compare.schema import validate_report
 
-    report = dict(inputs.compare)
-    try:
-        chosen = decide(validate_report(report))
-    except ValueError:  # a report from another version: show what it decided, if anything
-        lines = decision_markdown(report)
-        why = "This comparison predates the decision: rerun `finetune compare` for one."
-        return lines or ["## Adapter or prompt?", "", why, ""]
+    # Decided again from the report's figures, so arena votes added since (and reports from before the
+    # decision existed) get one.
+    chosen = decide(inputs.compare)
     if chosen is None:
         return ["## Adapter or prompt?", "", "The comparison holds no adapter arm to decide on.", ""]
-    return decision_markdown({**report, "decision": chosen.model_dump()})
+    return decision_markdown(inputs.compare.model_copy(update={"decision": chosen}))
 
 
 def _comparison(inputs: CardInputs) -> list[str]:
@@ -161,11 +154,10 @@ def _comparison(inputs: CardInputs) -> list[str]:
         return lines + ["No comparison has been run yet (`finetune compare` writes one).", ""]
     if inputs.compare_path:
         lines += [f"From `{inputs.compare_path}`.", ""]
-    verdicts = inputs.compare.get("verdicts") or []
-    lines += [f"- {v}" for v in verdicts] or ["The report holds no verdicts."]
+    lines += [f"- {v}" for v in inputs.compare.verdicts] or ["The report holds no verdicts."]
     lines.append("")
-    if inputs.compare.get("arena"):
-        lines += _arena(inputs.compare["arena"]) + [""]
+    if inputs.compare.arena:
+        lines += _arena(inputs.compare.arena) + [""]
     return lines
 
 

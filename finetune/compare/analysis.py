@@ -2,7 +2,8 @@
 
 Input, per arm: {"single": [row], "multi": [row], "long": [row], "ppl": {reference id: log-perplexity},
 "mc": {set name: [{"id", "correct", "correct_sum"}]}}. Rows carry `prompt_id` and the scores named
-in METRICS. No model is needed here, so every number in a report can be recomputed from samples.
+in METRICS. Output: the report's sections as schema models. No model is needed here, so every number in a
+report can be recomputed from samples.
 """
 
 from __future__ import annotations
@@ -14,6 +15,19 @@ from itertools import combinations
 from typing import Any
 
 from finetune.compare import quality, stats
+from finetune.compare.schema import (
+    ArmMetrics,
+    Difference,
+    Drift,
+    Estimate,
+    LongDrift,
+    MCArm,
+    MCSet,
+    MultiDrift,
+    PairedEstimate,
+    ThirdScores,
+    TurnDrift,
+)
 
 Scores = dict[str, Any]
 
@@ -103,14 +117,14 @@ def item_values(arm_scores: Scores, metric: Metric) -> dict[str, float | None]:
 
 def estimate(
     values: dict[str, float | None], seed: int, log_scale: bool = False, share: bool = False
-) -> dict[str, Any]:
+) -> Estimate:
     """Mean of per-item values with a 95% CI: Wilson for 0/1 shares, else a percentile bootstrap (exp'd back
     for log-scale metrics)."""
     present = [v for v in values.values() if v is not None]
     if share and stats.is_binary(present):
-        return stats.wilson_ci(present)
+        return Estimate(**stats.wilson_ci(present))
     est = stats.bootstrap_mean_ci(present, seed=seed)
-    return stats.exp_estimate(est) if log_scale else est
+    return Estimate(**(stats.exp_estimate(est) if log_scale else est))
 
 
 def paired(
@@ -119,7 +133,7 @@ def paired(
     seed: int,
     log_scale: bool = False,
     share: bool = False,
-) -> dict:
+) -> PairedEstimate:
     """Paired difference a - b over items both have, with a paired t-interval and p-value (a ratio a / b of
     geometric means for log-scale metrics: the test runs on the log differences)."""
     keys = [k for k in a if k in b and a[k] is not None and b[k] is not None]
@@ -137,18 +151,19 @@ def paired(
         est = stats.exp_estimate(est)
         if est.get("mde") is not None:
             est["mde"] = math.exp(est["mde"])  # the smallest detectable ratio above 1
-    return est
+    return PairedEstimate(**est)  # p_holm stays unset: only the verdicts' tests get one (apply_holm)
 
 
-def arm_section(scores: dict[str, Scores], arms: list[str], seed: int) -> dict[str, dict[str, Any]]:
-    """Every metric per arm as {mean, ci_low, ci_high, n} (None where the arm has no such items)."""
-    out: dict[str, dict[str, Any]] = {}
+def arm_section(scores: dict[str, Scores], arms: list[str], seed: int) -> dict[str, ArmMetrics]:
+    """Every metric per arm as an Estimate (None where the arm has no such items)."""
+    out: dict[str, ArmMetrics] = {}
     for arm in arms:
-        out[arm] = {}
+        metrics = {}
         for metric in METRICS:
             values = item_values(scores[arm], metric)
             est = estimate(values, _seed(seed, metric.key, arm), metric.log_scale, metric.share)
-            out[arm][metric.key] = est if est["n"] else None
+            metrics[metric.key] = est if est.n else None
+        out[arm] = ArmMetrics(**metrics)
     return out
 
 
@@ -158,20 +173,22 @@ def _mc_values(arm_scores: Scores, name: str, field: str = "correct") -> dict[st
 
 
 def mc_section(
-    scores: dict[str, Scores], arms: list[str], sets: dict[str, dict[str, Any]], seed: int
-) -> dict:
-    """Multiple-choice accuracy per set and arm (length-normalised; by summed log-probability too)."""
+    scores: dict[str, Scores], arms: list[str], sets: dict[str, tuple[str, int, str]], seed: int
+) -> dict[str, MCSet]:
+    """Multiple-choice accuracy per set (name: (file, questions, scoring)) and arm, length-normalised and by
+    summed log-probability."""
     out = {}
-    for name, meta in sets.items():
-        per_arm = {}
-        for arm in arms:
-            per_arm[arm] = {
-                "accuracy": estimate(_mc_values(scores[arm], name), _seed(seed, "mc", name, arm), share=True),
-                "accuracy_sum": estimate(
+    for name, (file, n, scoring) in sets.items():
+        per_arm = {
+            arm: MCArm(
+                accuracy=estimate(_mc_values(scores[arm], name), _seed(seed, "mc", name, arm), share=True),
+                accuracy_sum=estimate(
                     _mc_values(scores[arm], name, "correct_sum"), _seed(seed, "mcs", name, arm), share=True
                 ),
-            }
-        out[name] = {**meta, "arms": per_arm}
+            )
+            for arm in arms
+        }
+        out[name] = MCSet(file=file, n=n, scoring=scoring, arms=per_arm)
     return out
 
 
@@ -182,7 +199,7 @@ def _pairs(arms: list[str]) -> list[tuple[str, str]]:
 
 def differences(
     scores: dict[str, Scores], arms: list[str], mc_sets: list[str], seed: int
-) -> list[dict[str, Any]]:
+) -> list[Difference]:
     """Paired differences (a - b, or a / b for perplexity) for every pair of arms and compared metric."""
     out = []
     specs = [(m.key, m.label, m.higher_is_better, m.log_scale, m) for m in METRICS if m.compared]
@@ -196,35 +213,35 @@ def differences(
                 name = key.split(":", 1)[1]
                 va, vb = _mc_values(scores[a], name), _mc_values(scores[b], name)
             est = paired(va, vb, _seed(seed, key, a, b), log_scale, share)
-            if not est["n"]:
+            if not est.n:
                 continue
             null = 1.0 if log_scale else 0.0
-            sig = stats.significant(est, null)
+            sig = stats.significant(est.model_dump(), null)
             better = None
             if sig:
-                a_better = (est["mean"] > null) == higher
+                a_better = (est.mean > null) == higher
                 better = a if a_better else b
             out.append(
-                {
-                    "metric": key,
-                    "label": label,
-                    "a": a,
-                    "b": b,
-                    "scale": "ratio" if log_scale else "difference",
-                    **est,
-                    "significant": sig,
-                    "better": better,
-                    "higher_is_better": higher,
-                    "p_holm": None,
-                }
+                Difference(
+                    metric=key,
+                    label=label,
+                    a=a,
+                    b=b,
+                    scale="ratio" if log_scale else "difference",
+                    **est.model_dump(exclude_unset=True),
+                    significant=sig,
+                    better=better,
+                    higher_is_better=higher,
+                    p_holm=None,
+                )
             )
     return out
 
 
-def drift_section(scores: dict[str, Scores], arms: list[str], seed: int) -> dict[str, Any]:
+def drift_section(scores: dict[str, Scores], arms: list[str], seed: int) -> Drift:
     """Style by user turn in conversations, and first vs last third of long answers, per arm."""
-    multi: dict[str, Any] = {}
-    long: dict[str, Any] = {}
+    multi: dict[str, MultiDrift] = {}
+    long: dict[str, LongDrift] = {}
     for arm in arms:
         rows = scores[arm].get("multi") or []
         if rows:
@@ -233,17 +250,15 @@ def drift_section(scores: dict[str, Scores], arms: list[str], seed: int) -> dict
             for t in turns:
                 at = [r for r in rows if r["turn"] == t]
                 by_turn.append(
-                    {
-                        "turn": t,
-                        "style": estimate(
-                            {r["prompt_id"]: r.get("style") for r in at}, _seed(seed, "dm", arm, str(t))
-                        ),
-                        "marker_rate": estimate(
+                    TurnDrift(
+                        turn=t,
+                        style=estimate({r["prompt_id"]: r.get("style") for r in at}, _seed(seed, "dm", arm, str(t))),
+                        marker_rate=estimate(
                             {r["prompt_id"]: r.get("marker") for r in at},
                             _seed(seed, "dmm", arm, str(t)),
                             share=True,
                         ),
-                    }
+                    )
                 )
             first = {r["prompt_id"]: r.get("style") for r in rows if r["turn"] == 0}
             last_turn = {}
@@ -251,44 +266,44 @@ def drift_section(scores: dict[str, Scores], arms: list[str], seed: int) -> dict
                 if r["turn"] >= last_turn.get(r["prompt_id"], (-1, None))[0]:
                     last_turn[r["prompt_id"]] = (r["turn"], r.get("style"))
             last = {k: v for k, (t, v) in last_turn.items() if t > 0}
-            multi[arm] = {"by_turn": by_turn, "change": paired(last, first, _seed(seed, "dc", arm))}
+            multi[arm] = MultiDrift(by_turn=by_turn, change=paired(last, first, _seed(seed, "dc", arm)))
         rows = scores[arm].get("long") or []
         if rows:
 
             def pick(field: str, rows: list[dict] = rows) -> dict[str, float | None]:
                 return {r["prompt_id"]: r.get(field) for r in rows}
 
-            long[arm] = {
-                "first_third": {
-                    "style": estimate(pick("first_style"), _seed(seed, "lf", arm)),
-                    "marker_rate": estimate(pick("first_marker"), _seed(seed, "lfm", arm), share=True),
-                },
-                "last_third": {
-                    "style": estimate(pick("last_style"), _seed(seed, "ll", arm)),
-                    "marker_rate": estimate(pick("last_marker"), _seed(seed, "llm", arm), share=True),
-                },
-                "change": paired(pick("last_style"), pick("first_style"), _seed(seed, "lc", arm)),
-            }
-    return {"multi": multi, "long": long}
+            long[arm] = LongDrift(
+                first_third=ThirdScores(
+                    style=estimate(pick("first_style"), _seed(seed, "lf", arm)),
+                    marker_rate=estimate(pick("first_marker"), _seed(seed, "lfm", arm), share=True),
+                ),
+                last_third=ThirdScores(
+                    style=estimate(pick("last_style"), _seed(seed, "ll", arm)),
+                    marker_rate=estimate(pick("last_marker"), _seed(seed, "llm", arm), share=True),
+                ),
+                change=paired(pick("last_style"), pick("first_style"), _seed(seed, "lc", arm)),
+            )
+    return Drift(multi=multi, long=long)
 
 
-def _find(diffs: list[dict[str, Any]], metric: str, a: str, b: str) -> dict[str, Any] | None:
-    """The difference a vs b on a metric, whichever order it was computed in (flipped if needed)."""
+def find_difference(diffs: list[Difference], metric: str, a: str, b: str) -> Difference | None:
+    """The difference a vs b on a metric, whichever order it was computed in (a flipped copy if needed)."""
     for d in diffs:
-        if d["metric"] != metric:
+        if d.metric != metric:
             continue
-        if (d["a"], d["b"]) == (a, b):
+        if (d.a, d.b) == (a, b):
             return d
-        if (d["a"], d["b"]) == (b, a):
-            flipped = dict(d, a=a, b=b)
+        if (d.a, d.b) == (b, a):
 
-            def flip(x: float | None, ratio: bool = d["scale"] == "ratio") -> float | None:
+            def flip(x: float | None, ratio: bool = d.scale == "ratio") -> float | None:
                 if x is None:  # too few items: no interval to flip
                     return None
                 return 1 / x if ratio else -x
 
-            flipped.update(mean=flip(d["mean"]), ci_low=flip(d["ci_high"]), ci_high=flip(d["ci_low"]))
-            return flipped
+            return d.model_copy(
+                update={"a": a, "b": b, "mean": flip(d.mean), "ci_low": flip(d.ci_high), "ci_high": flip(d.ci_low)}
+            )
     return None
 
 
@@ -312,7 +327,7 @@ def verdict_pairs(arms: list[str]) -> list[tuple[str, str, list[str] | None]]:
     return pairs
 
 
-def verdict_lines(diffs: list[dict[str, Any]], arms: list[str], mc_sets: list[str]) -> list[str]:
+def verdict_lines(diffs: list[Difference], arms: list[str], mc_sets: list[str]) -> list[str]:
     """The verdict per headline comparison and metric (metrics with no data are left out)."""
     labels = {m.key: m.label for m in METRICS}
     log_scale = {m.key: m.log_scale for m in METRICS}
@@ -320,22 +335,23 @@ def verdict_lines(diffs: list[dict[str, Any]], arms: list[str], mc_sets: list[st
     for a, b, metrics in verdict_pairs(arms):
         keys = metrics or [*HEADLINE, *(f"mc:{s}" for s in mc_sets)]
         for key in keys:
-            d = _find(diffs, key, a, b)
+            d = find_difference(diffs, key, a, b)
             if d is None:
                 continue
             label = labels.get(key) or mc_label(key.split(":", 1)[1])
-            higher = d["higher_is_better"]
             lines.append(
-                stats.verdict(label, a, b, d, higher_is_better=higher, ratio=log_scale.get(key, False))
+                stats.verdict(
+                    label, a, b, d.model_dump(), higher_is_better=d.higher_is_better, ratio=log_scale.get(key, False)
+                )
             )
     return lines
 
 
-def drift_lines(drift: dict[str, Any]) -> list[str]:
+def drift_lines(drift: Drift) -> list[str]:
     """One line per arm (base excluded) on whether its voice holds over turns and over long answers."""
     lines = []
-    for arm, section in drift["multi"].items():
-        turns = section["by_turn"]
+    for arm, conv in drift.multi.items():
+        turns = conv.by_turn
         if arm == "base" or len(turns) < 2:
             continue
         lines.append(
@@ -343,13 +359,13 @@ def drift_lines(drift: dict[str, Any]) -> list[str]:
                 arm,
                 "over the conversation",
                 "turn 1",
-                f"turn {turns[-1]['turn'] + 1}",
-                turns[0]["style"],
-                turns[-1]["style"],
-                section["change"],
+                f"turn {turns[-1].turn + 1}",
+                turns[0].style.model_dump(),
+                turns[-1].style.model_dump(),
+                conv.change.model_dump(),
             )
         )
-    for arm, section in drift["long"].items():
+    for arm, answers in drift.long.items():
         if arm == "base":
             continue
         lines.append(
@@ -358,54 +374,54 @@ def drift_lines(drift: dict[str, Any]) -> list[str]:
                 "in long answers",
                 "first third",
                 "last third",
-                section["first_third"]["style"],
-                section["last_third"]["style"],
-                section["change"],
+                answers.first_third.style.model_dump(),
+                answers.last_third.style.model_dump(),
+                answers.change.model_dump(),
             )
         )
     return lines
 
 
-def _entry(diffs: list[dict[str, Any]], metric: str, a: str, b: str) -> dict[str, Any] | None:
+def _entry(diffs: list[Difference], metric: str, a: str, b: str) -> Difference | None:
     """The stored difference of a and b on a metric, in whichever order it was computed (not a copy)."""
     for d in diffs:
-        if d["metric"] == metric and {d["a"], d["b"]} == {a, b}:
+        if d.metric == metric and {d.a, d.b} == {a, b}:
             return d
     return None
 
 
-def verdict_family(diffs: list[dict[str, Any]], drift: dict[str, Any], arms: list[str], mc_sets: list[str]) -> list:
+def verdict_family(diffs: list[Difference], drift: Drift, arms: list[str], mc_sets: list[str]) -> list[PairedEstimate]:
     """Every test a verdict line reports: the verdict comparisons and the drift changes (the Holm family)."""
-    family: list[dict[str, Any]] = []
+    family: list[PairedEstimate] = []
     for a, b, metrics in verdict_pairs(arms):
         for key in metrics or [*HEADLINE, *(f"mc:{s}" for s in mc_sets)]:
             d = _entry(diffs, key, a, b)
-            if d is not None and d not in family:
+            if d is not None and all(d is not f for f in family):
                 family.append(d)
-    for kind in ("multi", "long"):
-        for arm, section in drift[kind].items():
-            if arm != "base" and (kind == "long" or len(section["by_turn"]) >= 2):
-                family.append(section["change"])
+    for arm, conv in drift.multi.items():
+        if arm != "base" and len(conv.by_turn) >= 2:
+            family.append(conv.change)
+    family += [answers.change for arm, answers in drift.long.items() if arm != "base"]
     return family
 
 
-def apply_holm(diffs: list[dict[str, Any]], drift: dict[str, Any], arms: list[str], mc_sets: list[str]) -> int:
+def apply_holm(diffs: list[Difference], drift: Drift, arms: list[str], mc_sets: list[str]) -> int:
     """Holm-correct the p-values of every verdict (family-wise error <= 5%); returns the family's size.
 
     Sets `p_holm` on each test in the family and re-decides `significant` and `better` from it; paired
     differences outside the verdicts keep their uncorrected p-value (the report says so).
     """
     family = verdict_family(diffs, drift, arms, mc_sets)
-    adjusted = stats.holm([t.get("p_value") if t.get("n", 0) >= stats.MIN_SIGNIFICANT_N else None for t in family])
+    adjusted = stats.holm([t.p_value if t.n >= stats.MIN_SIGNIFICANT_N else None for t in family])
     for test, p in zip(family, adjusted, strict=True):
-        test["p_holm"] = p
-        if "better" in test:  # a difference between arms (drift changes have no winner)
-            null = 1.0 if test["scale"] == "ratio" else 0.0
-            test["significant"] = stats.significant(test, null)
-            test["better"] = None
-            if test["significant"]:
-                a_better = (test["mean"] > null) == test["higher_is_better"]
-                test["better"] = test["a"] if a_better else test["b"]
+        test.p_holm = p
+        if isinstance(test, Difference):  # a difference between arms (drift changes have no winner)
+            null = 1.0 if test.scale == "ratio" else 0.0
+            test.significant = stats.significant(test.model_dump(), null)
+            test.better = None
+            if test.significant:
+                a_better = (test.mean > null) == test.higher_is_better
+                test.better = test.a if a_better else test.b
     return sum(1 for p in adjusted if p is not None)
 
 
@@ -439,7 +455,7 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
-def quality_lines(section: dict[str, dict[str, Any]], arms: list[str]) -> list[str]:
+def quality_lines(section: dict[str, ArmMetrics], arms: list[str]) -> list[str]:
     """A WARNING line per arm that loops in more than LOOP_ALERT of its replies in any prompt set.
 
     These open the verdicts, so "wins on style but loops in 40% of replies" cannot be missed.
@@ -448,13 +464,12 @@ def quality_lines(section: dict[str, dict[str, Any]], arms: list[str]) -> list[s
     for arm in arms:
         parts = []
         for loop_key, ended_key, what in QUALITY_SETS:
-            loop, ended = section[arm].get(loop_key), section[arm].get(ended_key)
-            if not loop or loop.get("mean") is None or loop["mean"] <= LOOP_ALERT:
+            loop, ended = getattr(section[arm], loop_key), getattr(section[arm], ended_key)
+            if not loop or loop.mean is None or loop.mean <= LOOP_ALERT:
                 continue
-            text = (f"loops in {_pct(loop['mean'])} of {what} [{_pct(loop['ci_low'])}, {_pct(loop['ci_high'])}], "
-                    f"n={loop['n']}")
-            if ended and ended.get("mean") is not None:
-                text += f"; {_pct(1 - ended['mean'])} hit the token limit"
+            text = f"loops in {_pct(loop.mean)} of {what} [{_pct(loop.ci_low)}, {_pct(loop.ci_high)}], n={loop.n}"
+            if ended and ended.mean is not None:
+                text += f"; {_pct(1 - ended.mean)} hit the token limit"
             parts.append(text)
         if parts:
             lines.append(f"WARNING {arm}: " + "; ".join(parts) + " (its style and marker scores count the loops)")

@@ -7,6 +7,7 @@ import io
 from typing import Any
 
 from finetune.compare.analysis import METRICS
+from finetune.compare.schema import Estimate, Report
 
 PROPORTIONS = {"style", "marker_rate", "style_multi", "style_long"}
 CHART_METRICS = [
@@ -39,17 +40,11 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _bars(ax: Any, arms: list[str], estimates: list[dict[str, Any] | None], title: str, share: bool) -> None:
+def _bars(ax: Any, arms: list[str], estimates: list[Estimate | None], title: str, share: bool) -> None:
     """One panel: a bar per arm at its mean, whiskers from ci_low to ci_high."""
-    means = [e["mean"] if e and e["mean"] is not None else 0.0 for e in estimates]
-    lows = [
-        m - e["ci_low"] if e and e["ci_low"] is not None else 0.0
-        for m, e in zip(means, estimates, strict=True)
-    ]
-    highs = [
-        e["ci_high"] - m if e and e["ci_high"] is not None else 0.0
-        for m, e in zip(means, estimates, strict=True)
-    ]
+    means = [e.mean if e and e.mean is not None else 0.0 for e in estimates]
+    lows = [m - e.ci_low if e and e.ci_low is not None else 0.0 for m, e in zip(means, estimates, strict=True)]
+    highs = [e.ci_high - m if e and e.ci_high is not None else 0.0 for m, e in zip(means, estimates, strict=True)]
     colors = [f"C{i}" for i in range(len(arms))]
     ax.bar(range(len(arms)), means, yerr=[lows, highs], capsize=4, color=colors)
     ax.set_xticks(range(len(arms)))
@@ -59,17 +54,17 @@ def _bars(ax: Any, arms: list[str], estimates: list[dict[str, Any] | None], titl
         ax.set_ylim(0, 1.05)
 
 
-def metric_chart(report: dict[str, Any]) -> str | None:
+def metric_chart(report: Report) -> str | None:
     """Bars with 95% CI whiskers for each metric that has data, plus multiple-choice accuracy per set."""
-    arms = report["settings"]["arms"]
+    arms = report.settings.arms
     labels = {m.key: m.label for m in METRICS}
     panels = []
     for key in CHART_METRICS:
-        estimates = [report["arms"][a].get(key) for a in arms]
-        if any(e and e["mean"] is not None for e in estimates):
+        estimates = [getattr(report.arms[a], key) for a in arms]
+        if any(e and e.mean is not None for e in estimates):
             panels.append((labels[key], estimates, key in PROPORTIONS))
-    for name, section in report["multiple_choice"].items():
-        panels.append((f"MC accuracy ({name})", [section["arms"][a]["accuracy"] for a in arms], True))
+    for name, mc in report.multiple_choice.items():
+        panels.append((f"MC accuracy ({name})", [mc.arms[a].accuracy for a in arms], True))
     if not panels:
         return None
     plt = _plt()
@@ -84,9 +79,9 @@ def metric_chart(report: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
-def drift_chart(report: dict[str, Any]) -> str | None:
+def drift_chart(report: Report) -> str | None:
     """Style by user turn in conversations, and first vs last third of long answers, per arm."""
-    multi, long = report["drift"]["multi"], report["drift"]["long"]
+    multi, long = report.drift.multi, report.drift.long
     if not multi and not long:
         return None
     plt = _plt()
@@ -95,14 +90,14 @@ def drift_chart(report: dict[str, Any]) -> str | None:
     ax_iter = iter(axes.flat)
     if multi:
         ax = next(ax_iter)
-        for i, (arm, section) in enumerate(multi.items()):
-            turns = [t["turn"] + 1 for t in section["by_turn"]]
-            means = [t["style"]["mean"] for t in section["by_turn"]]
-            lows = [t["style"]["ci_low"] for t in section["by_turn"]]
-            highs = [t["style"]["ci_high"] for t in section["by_turn"]]
+        for i, (arm, conv) in enumerate(multi.items()):
+            turns = [t.turn + 1 for t in conv.by_turn]
+            means = [t.style.mean for t in conv.by_turn]
+            lows = [t.style.ci_low for t in conv.by_turn]
+            highs = [t.style.ci_high for t in conv.by_turn]
             ax.plot(turns, means, "o-", color=f"C{i}", label=arm)
             ax.fill_between(turns, lows, highs, color=f"C{i}", alpha=0.15)
-        ax.set_xticks(sorted({t["turn"] + 1 for s in multi.values() for t in s["by_turn"]}))
+        ax.set_xticks(sorted({t.turn + 1 for c in multi.values() for t in c.by_turn}))
         ax.set_xlabel("user turn")
         ax.set_ylabel("style score")
         ax.set_ylim(-0.02, 1.02)
@@ -116,17 +111,11 @@ def drift_chart(report: dict[str, Any]) -> str | None:
             (-width / 2, "first_third", "first third"),
             (width / 2, "last_third", "last third"),
         ):
-            est = [long[a][part]["style"] for a in arms]
-            means = [e["mean"] or 0.0 for e in est]
+            est = [getattr(long[a], part).style for a in arms]
+            means = [e.mean or 0.0 for e in est]
             err = [
-                [
-                    m - (e["ci_low"] if e["ci_low"] is not None else m)
-                    for m, e in zip(means, est, strict=True)
-                ],
-                [
-                    (e["ci_high"] if e["ci_high"] is not None else m) - m
-                    for m, e in zip(means, est, strict=True)
-                ],
+                [m - (e.ci_low if e.ci_low is not None else m) for m, e in zip(means, est, strict=True)],
+                [(e.ci_high if e.ci_high is not None else m) - m for m, e in zip(means, est, strict=True)],
             ]
             ax.bar([i + offset for i in range(len(arms))], means, width, yerr=err, capsize=3, label=label)
         ax.set_xticks(range(len(arms)))

@@ -121,17 +121,17 @@ def compare(
     )
     folder, report = run_compare(options, say=lambda text: console.print(text, highlight=False))
     console.print(console_table(report))
-    decision = report.get("decision")
+    decision = report.decision
     if decision:
-        headline = escape(decision["headline"])
+        headline = escape(decision.headline)
         console.print(f"[bold]Adapter or prompt?[/bold] {headline}", highlight=False, soft_wrap=True)
-        for reason in decision["reasons"]:
-            console.print(f"  {reason['topic']}: {escape(reason['text'])}", highlight=False, soft_wrap=True)
-    for line in report["verdicts"]:
+        for reason in decision.reasons:
+            console.print(f"  {reason.topic}: {escape(reason.text)}", highlight=False, soft_wrap=True)
+    for line in report.verdicts:
         if line.startswith("WARNING"):  # a loop-ridden arm must be impossible to miss
             console.print(f"[bold red]• {escape(line)}[/bold red]", highlight=False, soft_wrap=True)
         else:
             console.print(f"• {line}", highlight=False, soft_wrap=True)
-    for line in report["warnings"]:
+    for line in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
     console.print(f"report: {folder / 'report.html'}  samples: {folder / 'samples.jsonl'}", highlight=False)

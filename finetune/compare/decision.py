@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from finetune.compare.analysis import CONTENT_MARGIN, LOOP_ALERT
+from finetune.compare.analysis import CONTENT_MARGIN, LOOP_ALERT, find_difference
 from finetune.compare.schema import ArmMetrics, Decision, Difference, Estimate, Reason, Report
 from finetune.compare.stats import MIN_SIGNIFICANT_N
 
@@ -33,28 +33,7 @@ def _est(e: Estimate | None, digits: int = 2) -> str:
 
 def _diff(report: Report, metric: str, a: str, b: str) -> Difference | None:
     """The paired difference a vs b (flipped if it was computed as b vs a)."""
-    for d in report.differences:
-        if d.metric != metric:
-            continue
-        if (d.a, d.b) == (a, b):
-            return d
-        if (d.a, d.b) == (b, a):
-            flip = {"mean": None, "ci_low": None, "ci_high": None}
-            if d.mean is not None:
-                if d.scale == "ratio":
-                    flip = {
-                        "mean": 1 / d.mean,
-                        "ci_low": 1 / d.ci_high if d.ci_high else None,
-                        "ci_high": 1 / d.ci_low if d.ci_low else None,
-                    }
-                else:
-                    flip = {
-                        "mean": -d.mean,
-                        "ci_low": -d.ci_high if d.ci_high is not None else None,
-                        "ci_high": -d.ci_low if d.ci_low is not None else None,
-                    }
-            return d.model_copy(update={"a": a, "b": b, **flip})
-    return None
+    return find_difference(report.differences, metric, a, b)
 
 
 def _wins(d: Difference | None, arm: str) -> bool:

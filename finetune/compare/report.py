@@ -13,6 +13,7 @@ from rich.text import Text
 from finetune import atomic
 from finetune.compare.analysis import METRICS
 from finetune.compare.charts import drift_chart, metric_chart
+from finetune.compare.schema import Difference, Estimate, Report
 
 TABLE_METRICS = [
     "style",
@@ -60,97 +61,98 @@ _SHORT = {
 _DIGITS = {"prompt_tokens": 1, "latency_s": 2, "s_per_token": 3, "perplexity": 2, "completion_tokens": 1}
 
 
-def fmt_estimate(est: dict[str, Any] | None, digits: int = 2) -> str:
+def fmt_estimate(est: Estimate | None, digits: int = 2) -> str:
     """'0.85 [0.78, 0.91]', or '-' when there is no estimate."""
-    if not est or est.get("mean") is None:
+    if est is None or est.mean is None:
         return "-"
-    if est.get("ci_low") is None:
-        return f"{est['mean']:.{digits}f} (n={est.get('n')}: not enough data for a CI)"
-    return f"{est['mean']:.{digits}f} [{est['ci_low']:.{digits}f}, {est['ci_high']:.{digits}f}]"
+    if est.ci_low is None or est.ci_high is None:
+        return f"{est.mean:.{digits}f} (n={est.n}: not enough data for a CI)"
+    return f"{est.mean:.{digits}f} [{est.ci_low:.{digits}f}, {est.ci_high:.{digits}f}]"
 
 
-def metric_rows(
-    report: dict[str, Any], short: bool = False
-) -> list[tuple[str, list[dict[str, Any] | None], int]]:
+def metric_rows(report: Report, short: bool = False) -> list[tuple[str, list[Estimate | None], int]]:
     """Rows of (metric label, one estimate per arm, decimals) for every metric with data."""
-    arms = report["settings"]["arms"]
+    arms = report.settings.arms
     labels = _SHORT if short else {m.key: m.label for m in METRICS}
     rows = []
     for key in TABLE_METRICS:
-        estimates = [report["arms"][a].get(key) for a in arms]
-        if any(e and e.get("mean") is not None for e in estimates):
+        estimates = [getattr(report.arms[a], key) for a in arms]
+        if any(e and e.mean is not None for e in estimates):
             rows.append((labels[key], estimates, _DIGITS.get(key, 2)))
-    for name, section in report["multiple_choice"].items():
+    for name, section in report.multiple_choice.items():
         label = f"MC {name}" if short else f"MC accuracy ({name})"
-        rows.append((label, [section["arms"][a]["accuracy"] for a in arms], 2))
+        rows.append((label, [section.arms[a].accuracy for a in arms], 2))
     return rows
 
 
-def _text_rows(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
+def _text_rows(report: Report) -> list[tuple[str, list[str]]]:
     """metric_rows with each estimate formatted on one line."""
     return [(label, [fmt_estimate(e, d) for e in ests]) for label, ests, d in metric_rows(report)]
 
 
-def console_table(report: dict[str, Any]) -> Table:
+def console_table(report: Report) -> Table:
     """The rich table the terminal shows: metrics down, arms across, mean [95% CI]."""
-    table = Table(title=f"compare {report['run']}: mean, 95% CI below", title_justify="left")
+    table = Table(title=f"compare {report.run}: mean, 95% CI below", title_justify="left")
     table.add_column("metric")
-    for arm in report["settings"]["arms"]:
+    for arm in report.settings.arms:
         table.add_column(arm, justify="right")
     for label, estimates, digits in metric_rows(report, short=True):
         cells = []
         for est in estimates:
-            if not est or est.get("mean") is None:
+            if est is None or est.mean is None:
                 cells.append(Text("-"))
                 continue
+            scale = 1
             if label == _SHORT["s_per_token"]:  # milliseconds read better in a narrow column
-                est = {k: (v * 1000 if isinstance(v, float) else v) for k, v in est.items()}
-                digits = 0
+                scale, digits = 1000, 0
             elif label == _SHORT["perplexity"]:
                 digits = 1
-            cell = Text(f"{est['mean']:.{digits}f}")
-            if est.get("ci_low") is not None:
-                cell.append(f"\n[{est['ci_low']:.{digits}f}, {est['ci_high']:.{digits}f}]", style="dim")
+            cell = Text(f"{est.mean * scale:.{digits}f}")
+            if est.ci_low is not None and est.ci_high is not None:
+                cell.append(f"\n[{est.ci_low * scale:.{digits}f}, {est.ci_high * scale:.{digits}f}]", style="dim")
             cells.append(cell)
         table.add_row(label, *cells)
     return table
 
 
-def _sets_line(report: dict[str, Any]) -> str:
+def _sets_line(report: Report) -> str:
     """'16 single, 3 multi, ...' for the header."""
-    sets = report["settings"]["prompt_sets"]
-    return ", ".join(f"{info['n']} {name}" for name, info in sets.items() if info["n"])
+    return ", ".join(f"{info.n} {name}" for name, info in report.settings.prompt_sets.items() if info.n)
 
 
-def _penalty(settings: dict[str, Any]) -> str:
+def _penalty(penalty: float | None) -> str:
     """', repetition penalty 1.1' when one was applied."""
-    penalty = settings.get("repetition_penalty")
     return f", repetition penalty {penalty:g}" if penalty not in (None, 1, 1.0) else ""
 
 
-def markdown(report: dict[str, Any]) -> str:
+def _settings_json(report: Report) -> str:
+    """The settings block as indented JSON, keys as report.json has them."""
+    return json.dumps(report.settings.model_dump(mode="json", exclude_unset=True), indent=2, ensure_ascii=False)
+
+
+def markdown(report: Report) -> str:
     """report.md: verdicts, metrics, multiple choice, drift, cost, classifier, differences, settings."""
-    s = report["settings"]
-    arms = s["arms"]
+    s = report.settings
+    arms = s.arms
     out = [
-        f"# Compare: {report['run']}",
+        f"# Compare: {report.run}",
         "",
-        f"{report['created_at']} · model `{s['model']}` · arms {', '.join(arms)} · seed {s['seed']} · "
-        f"{'sampling' if s['do_sample'] else 'greedy'}{_penalty(s)}, max_new_tokens {s['max_new_tokens']} "
-        f"(long {s['long_max_new_tokens']})",
+        f"{report.created_at} · model `{s.model}` · arms {', '.join(arms)} · seed {s.seed} · "
+        f"{'sampling' if s.do_sample else 'greedy'}{_penalty(s.repetition_penalty)}, max_new_tokens "
+        f"{s.max_new_tokens} (long {s.long_max_new_tokens})",
         "",
         f"Prompt sets: {_sets_line(report)}.",
         "",
     ]
-    if s["system_prompt"]:
+    if s.system_prompt:
         out += [
-            f"System prompt ({s['system_prompt_source']}):",
+            f"System prompt ({s.system_prompt_source}):",
             "",
-            "> " + s["system_prompt"].replace("\n", "\n> "),
+            "> " + s.system_prompt.replace("\n", "\n> "),
             "",
         ]
     out = out[:2] + decision_markdown(report) + out[2:]
-    out += ["## Verdicts", ""] + [f"- **{v}**" if v.startswith("WARNING") else f"- {v}" for v in report["verdicts"]]
+    out += ["## Verdicts", ""] + [f"- **{v}**" if v.startswith("WARNING") else f"- {v}" for v in report.verdicts]
     out += ["", _statistics_line(report), ""]
     out += [
         "## Metrics per arm (mean [95% CI])",
@@ -160,35 +162,34 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in _text_rows(report)]
     out.append("")
-    if report["multiple_choice"]:
+    if report.multiple_choice:
         out += ["## Multiple choice", ""]
-        for section in report["multiple_choice"].values():
+        for mc in report.multiple_choice.values():
             out += [
-                f"`{section['file']}`, {section['n']} questions; scoring: {section['scoring']}.",
+                f"`{mc.file}`, {mc.n} questions; scoring: {mc.scoring}.",
                 "",
                 "| arm | accuracy | accuracy (sum) |",
                 "|---|---:|---:|",
             ]
             out += [
-                f"| {a} | {fmt_estimate(v['accuracy'])} | {fmt_estimate(v['accuracy_sum'])} |"
-                for a, v in section["arms"].items()
+                f"| {a} | {fmt_estimate(v.accuracy)} | {fmt_estimate(v.accuracy_sum)} |" for a, v in mc.arms.items()
             ]
             out.append("")
-    drift = report["drift"]
-    if drift["multi"]:
-        turns = max(len(v["by_turn"]) for v in drift["multi"].values())
+    drift = report.drift
+    if drift.multi:
+        turns = max(len(v.by_turn) for v in drift.multi.values())
         out += [
             "## Drift over a conversation (style score by user turn)",
             "",
             "| arm | " + " | ".join(f"turn {t + 1}" for t in range(turns)) + " | change |",
             "|---|" + "---:|" * (turns + 1),
         ]
-        for arm, section in drift["multi"].items():
-            cells = [fmt_estimate(t["style"]) for t in section["by_turn"]]
+        for arm, conv in drift.multi.items():
+            cells = [fmt_estimate(t.style) for t in conv.by_turn]
             cells += ["-"] * (turns - len(cells))
-            out.append(f"| {arm} | " + " | ".join(cells) + f" | {fmt_estimate(section['change'])} |")
+            out.append(f"| {arm} | " + " | ".join(cells) + f" | {fmt_estimate(conv.change)} |")
         out.append("")
-    if drift["long"]:
+    if drift.long:
         out += [
             "## Drift within long answers (style score)",
             "",
@@ -196,23 +197,23 @@ def markdown(report: dict[str, Any]) -> str:
             "|---|---:|---:|---:|",
         ]
         out += [
-            f"| {a} | {fmt_estimate(v['first_third']['style'])} | {fmt_estimate(v['last_third']['style'])} | "
-            f"{fmt_estimate(v['change'])} |"
-            for a, v in drift["long"].items()
+            f"| {a} | {fmt_estimate(v.first_third.style)} | {fmt_estimate(v.last_third.style)} | "
+            f"{fmt_estimate(v.change)} |"
+            for a, v in drift.long.items()
         ]
         out.append("")
     out += _cost_markdown(report)
-    c = report["classifier"]
+    c = report.classifier
     out += [
         "## Style classifier",
         "",
         (
             f"Logistic regression on all-MiniLM-L6-v2 embeddings, persona training replies vs the base "
             f"model's "
-            f"replies to the same prompts: held-out accuracy {c['accuracy']:.2f} ({c['n_train']} train, "
-            f"{c['n_test']} test)."
-            if c["available"]
-            else f"Not trained: {c['reason']}."
+            f"replies to the same prompts: held-out accuracy {c.accuracy:.2f} ({c.n_train} train, "
+            f"{c.n_test} test)."
+            if c.available
+            else f"Not trained: {c.reason}."
         ),
         "",
     ]
@@ -223,30 +224,29 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---:|---:|---:|---|---|",
     ]
     out += [
-        f"| {d['label']} | {d['a']} | {d['b']} | {fmt_estimate(d)} | {d['n']} | {_p(d)} | {d.get('test') or '-'} | "
-        f"{'yes: ' + d['better'] if d['significant'] else 'no'} |"
-        for d in report["differences"]
+        f"| {d.label} | {d.a} | {d.b} | {fmt_estimate(d)} | {d.n} | {_p(d)} | {d.test or '-'} | {_significant(d)} |"
+        for d in report.differences
     ]
     out.append("")
-    if report["warnings"]:
-        out += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
-    out += ["## Settings", "", "```json", json.dumps(s, indent=2, ensure_ascii=False), "```", ""]
+    if report.warnings:
+        out += ["## Warnings", ""] + [f"- {w}" for w in report.warnings] + [""]
+    out += ["## Settings", "", "```json", _settings_json(report), "```", ""]
     return "\n".join(out)
 
 
-def decision_markdown(report: dict[str, Any], heading: str = "##") -> list[str]:
+def decision_markdown(report: Report, heading: str = "##") -> list[str]:
     """The "Adapter or prompt?" section: the recommendation in bold, then one line of evidence per topic."""
-    decision = report.get("decision")
-    if not decision:
+    decision = report.decision
+    if decision is None:
         return []
-    out = [f"{heading} Adapter or prompt?", "", f"**{decision['headline']}**", ""]
-    out += [f"- {r['topic']}: {r['text']}" for r in decision["reasons"]]
+    out = [f"{heading} Adapter or prompt?", "", f"**{decision.headline}**", ""]
+    out += [f"- {r.topic}: {r.text}" for r in decision.reasons]
     return out + [""]
 
 
-def _statistics_line(report: dict[str, Any]) -> str:
+def _statistics_line(report: Report) -> str:
     """How significance was decided, for the foot of the verdicts."""
-    st = report["settings"].get("statistics") or {}
+    st = report.settings.statistics or {}
     if not st:
         return "Significance: the 95% CI excludes no difference (uncorrected)."
     return (
@@ -256,28 +256,30 @@ def _statistics_line(report: dict[str, Any]) -> str:
     )
 
 
-def _p(d: dict[str, Any]) -> str:
+def _p(d: Difference) -> str:
     """'0.003 (Holm 0.03)' for the differences table."""
-    if d.get("p_value") is None:
+    if d.p_value is None:
         return "-"
-    text = f"{d['p_value']:.2g}"
-    return text + (f" (Holm {d['p_holm']:.2g})" if d.get("p_holm") is not None else "")
+    return f"{d.p_value:.2g}" + (f" (Holm {d.p_holm:.2g})" if d.p_holm is not None else "")
 
 
-def _cost_markdown(report: dict[str, Any]) -> list[str]:
+def _significant(d: Difference) -> str:
+    """'yes: adapter' or 'no' for the differences table."""
+    return f"yes: {d.better}" if d.significant else "no"
+
+
+def _cost_markdown(report: Report) -> list[str]:
     """The cost section of report.md."""
-    cost = report["cost"]
+    cost = report.cost
     out = ["## Cost", ""]
-    if cost["price"]:
-        p = cost["price"]
-        out.append(f"- Input price: {p['per_mtok']:g} {p['currency']} per million tokens ({p['source']}).")
-    if cost["system_prompt_tokens"] is not None:
-        out.append(
-            f"- The system prompt adds {cost['system_prompt_tokens']:.1f} input tokens to every request."
-        )
-    for arm, entry in cost["adapters"].items():
-        if entry["text"]:
-            out.append(f"- {entry['text'] if entry['text'].startswith(arm) else arm + ': ' + entry['text']}")
+    if cost.price:
+        p = cost.price
+        out.append(f"- Input price: {p.per_mtok:g} {p.currency} per million tokens ({p.source}).")
+    if cost.system_prompt_tokens is not None:
+        out.append(f"- The system prompt adds {cost.system_prompt_tokens:.1f} input tokens to every request.")
+    for arm, entry in cost.adapters.items():
+        if entry.text:
+            out.append(f"- {entry.text if entry.text.startswith(arm) else arm + ': ' + entry.text}")
     out.append("")
     return out
 
@@ -305,40 +307,37 @@ def _table_html(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def to_html(report: dict[str, Any], charts: dict[str, str | None]) -> str:
+def to_html(report: Report, charts: dict[str, str | None]) -> str:
     """report.html: one file, verdicts, tables and charts embedded as base64 PNGs (all text escaped)."""
-    s = report["settings"]
-    arms = s["arms"]
+    s = report.settings
     e = html.escape
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>Compare {e(report['run'])}</title>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Compare {e(report.run)}</title>"
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>Compare: {e(report['run'])}</h1>",
-        f"<p>{e(report['created_at'])} · model <code>{e(s['model'])}</code> · seed {s['seed']} · "
+        f"<h1>Compare: {e(report.run)}</h1>",
+        f"<p>{e(report.created_at)} · model <code>{e(s.model)}</code> · seed {s.seed} · "
         f"prompt sets: {e(_sets_line(report))}</p>",
     ]
-    if s["system_prompt"]:
+    if s.system_prompt:
         parts.append(
-            f"<p>System prompt ({e(s['system_prompt_source'])}):</p><blockquote>{e(s['system_prompt'])}"
-            "</blockquote>"
+            f"<p>System prompt ({e(s.system_prompt_source)}):</p><blockquote>{e(s.system_prompt)}</blockquote>"
         )
-    decision = report.get("decision")
-    if decision:
+    if report.decision:
         parts.append(
-            f"<h2>Adapter or prompt?</h2><p><strong>{e(decision['headline'])}</strong></p><ul>"
-            + "".join(f"<li>{e(r['topic'])}: {e(r['text'])}</li>" for r in decision["reasons"])
+            f"<h2>Adapter or prompt?</h2><p><strong>{e(report.decision.headline)}</strong></p><ul>"
+            + "".join(f"<li>{e(r.topic)}: {e(r.text)}</li>" for r in report.decision.reasons)
             + "</ul>"
         )
     parts.append(
         "<h2>Verdicts</h2><ul>"
         + "".join(
             f"<li class=warn><strong>{e(v)}</strong></li>" if v.startswith("WARNING") else f"<li>{e(v)}</li>"
-            for v in report["verdicts"]
+            for v in report.verdicts
         )
         + f"</ul><p>{e(_statistics_line(report))}</p>"
     )
     parts.append("<h2>Metrics per arm (mean [95% CI])</h2>")
-    parts.append(_table_html(["metric", *arms], [[label, *cells] for label, cells in _text_rows(report)]))
+    parts.append(_table_html(["metric", *s.arms], [[label, *cells] for label, cells in _text_rows(report)]))
     if charts.get("metrics"):
         parts.append(f"<img alt='metrics with 95% CI' src='data:image/png;base64,{charts['metrics']}'>")
     if charts.get("drift"):
@@ -346,13 +345,13 @@ def to_html(report: dict[str, Any], charts: dict[str, str | None]) -> str:
         parts.append(f"<img alt='style drift' src='data:image/png;base64,{charts['drift']}'>")
     cost = _cost_markdown(report)[2:]
     parts.append("<h2>Cost</h2><ul>" + "".join(f"<li>{e(line[2:])}</li>" for line in cost if line) + "</ul>")
-    c = report["classifier"]
+    c = report.classifier
     parts.append(
         "<h2>Style classifier</h2><p>"
         + e(
-            f"held-out accuracy {c['accuracy']:.2f} ({c['n_train']} train, {c['n_test']} test replies)"
-            if c["available"]
-            else f"not trained: {c['reason']}"
+            f"held-out accuracy {c.accuracy:.2f} ({c.n_train} train, {c.n_test} test replies)"
+            if c.available
+            else f"not trained: {c.reason}"
         )
         + "</p>"
     )
@@ -361,40 +360,36 @@ def to_html(report: dict[str, Any], charts: dict[str, str | None]) -> str:
         _table_html(
             ["metric", "a", "b", "difference [95% CI]", "n", "p", "test", "significant"],
             [
-                [
-                    d["label"],
-                    d["a"],
-                    d["b"],
-                    fmt_estimate(d),
-                    str(d["n"]),
-                    _p(d),
-                    d.get("test") or "-",
-                    ("yes: " + d["better"]) if d["significant"] else "no",
-                ]
-                for d in report["differences"]
+                [d.label, d.a, d.b, fmt_estimate(d), str(d.n), _p(d), d.test or "-", _significant(d)]
+                for d in report.differences
             ],
         )
     )
-    if report["warnings"]:
-        parts.append(
-            "<h2>Warnings</h2><ul>" + "".join(f"<li>{e(w)}</li>" for w in report["warnings"]) + "</ul>"
-        )
-    parts.append(
-        f"<h2>Settings</h2><pre>{e(json.dumps(s, indent=2, ensure_ascii=False))}</pre></body></html>"
-    )
+    if report.warnings:
+        parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{e(w)}</li>" for w in report.warnings) + "</ul>")
+    parts.append(f"<h2>Settings</h2><pre>{e(_settings_json(report))}</pre></body></html>")
     return "\n".join(parts)
 
 
-def write_outputs(out_dir: Path, report: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+def report_json(report: Report) -> str:
+    """report.json's text: the model's own JSON.
+
+    Fields never set are left out, as before the report was typed: `p_holm` only on the verdicts' tests,
+    `arena` only once `finetune arena` has written it.
+    """
+    return report.model_dump_json(indent=2, exclude_unset=True) + "\n"
+
+
+def write_outputs(out_dir: Path, report: Report, samples: list[dict[str, Any]]) -> None:
     """Write samples.jsonl, report.json, report.md and report.html atomically into `out_dir`."""
     try:
         charts = {"metrics": metric_chart(report), "drift": drift_chart(report)}
     except Exception as exc:  # a chart must never cost the user the report
         charts = {}
-        report["warnings"].append(f"charts not drawn: {exc}")
+        report.warnings.append(f"charts not drawn: {exc}")
     atomic.write_text(
         out_dir / "samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
     )
-    atomic.write_json(out_dir / "report.json", report)
+    atomic.write_text(out_dir / "report.json", report_json(report))
     atomic.write_text(out_dir / "report.md", markdown(report))
     atomic.write_text(out_dir / "report.html", to_html(report, charts))

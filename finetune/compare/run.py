@@ -27,7 +27,18 @@ from finetune.compare.generation import (
 )
 from finetune.compare.likelihood import MC_SCORING, mc_results, reference_log_perplexities
 from finetune.compare.metrics import compile_markers, first_last_thirds, marker_hit
-from finetune.compare.schema import SCHEMA_VERSION, validate_report
+from finetune.compare.schema import (
+    SCHEMA_VERSION,
+    AdapterCost,
+    BreakEven,
+    Classifier,
+    Cost,
+    FinetuneCost,
+    Price,
+    PromptSet,
+    Report,
+    Settings,
+)
 from finetune.errors import ModelError, RunError
 from finetune.paths import finetune_home, outputs_dir
 from finetune.recipe import Recipe, load_recipe
@@ -80,7 +91,7 @@ class Adapter:
     summary: dict[str, Any] | None
 
 
-def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
+def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tuple[Path, Report]:
     """Compare the arms and write report.json/md/html and samples.jsonl; returns (folder, report)."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -225,9 +236,6 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
 
     # 7. Statistics: per-arm estimates, paired differences, drift, multiple choice, verdicts.
     names = [a.name for a in arms]
-    mc_meta = {
-        name: {"file": str(path), "n": len(qs), "scoring": MC_SCORING} for name, (path, qs) in mc_sets.items()
-    }
     diffs = analysis.differences(scores, names, list(mc_sets), opts.seed)
     drift = analysis.drift_section(scores, names, opts.seed)
     family = analysis.apply_holm(diffs, drift, names, list(mc_sets))
@@ -241,76 +249,65 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
     )
     timings["total_s"] = time.perf_counter() - started
 
-    report = {
-        "schema_version": SCHEMA_VERSION,
-        "run": run_name,
-        "created_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "settings": {
-            "arms": names,
-            "adapters": {a.label: str(a.run_dir) for a in adapters},
-            "model": recipe.base_model,
-            "recipe": str(opts.recipe_path),
-            "system_prompt": system_prompt,
-            "system_prompt_source": prompt_source,
-            "seed": opts.seed,
-            "do_sample": opts.do_sample,
-            "temperature": opts.temperature if opts.do_sample else None,
-            "repetition_penalty": opts.repetition_penalty,
-            "max_new_tokens": opts.max_new_tokens,
-            "long_max_new_tokens": opts.long_max_new_tokens,
-            "batch_size": opts.batch_size,
-            "turns": opts.turns,
-            "prompt_sets": {
-                "single": {"source": single_source, "n": len(singles), "hash": single_hash},
-                "multi": {
-                    "source": _str(opts.conversations),
-                    "n": len(multi),
-                    "hash": multi_hash if multi else None,
-                },
-                "long": {
-                    "source": _str(opts.long_file),
-                    "n": len(longs),
-                    "hash": long_hash if longs else None,
-                },
-                "classifier": {
-                    "source": f"{recipe.dataset.path} (training rows)",
-                    "n": len(pairs),
-                    "hash": prompts.content_hash(pairs),
-                },
-                **{
-                    f"mc:{name}": {"source": str(path), "n": len(qs), "hash": prompts.content_hash(qs)}
-                    for name, (path, qs) in mc_sets.items()
-                },
+    def prompt_set(source: str | None, items: list, always_hashed: bool = False) -> PromptSet:
+        digest = prompts.content_hash(items) if items or always_hashed else None
+        return PromptSet(source=source, n=len(items), hash=digest)
+
+    report = Report(
+        schema_version=SCHEMA_VERSION,
+        run=run_name,
+        created_at=datetime.now().astimezone().isoformat(timespec="seconds"),
+        settings=Settings(
+            arms=names,
+            adapters={a.label: str(a.run_dir) for a in adapters},
+            model=recipe.base_model,
+            recipe=str(opts.recipe_path),
+            system_prompt=system_prompt,
+            system_prompt_source=prompt_source,
+            seed=opts.seed,
+            do_sample=opts.do_sample,
+            temperature=opts.temperature if opts.do_sample else None,
+            repetition_penalty=opts.repetition_penalty,
+            max_new_tokens=opts.max_new_tokens,
+            long_max_new_tokens=opts.long_max_new_tokens,
+            batch_size=opts.batch_size,
+            turns=opts.turns,
+            prompt_sets={
+                "single": prompt_set(single_source, singles, always_hashed=True),
+                "multi": prompt_set(_str(opts.conversations), multi),
+                "long": prompt_set(_str(opts.long_file), longs),
+                "classifier": prompt_set(f"{recipe.dataset.path} (training rows)", pairs, always_hashed=True),
+                **{f"mc:{name}": prompt_set(str(path), qs, always_hashed=True) for name, (path, qs) in mc_sets.items()},
             },
-            "perplexity": PERPLEXITY,
-            "bootstrap": {
+            perplexity=PERPLEXITY,
+            bootstrap={
                 "resamples": stats.N_BOOT,
                 "level": stats.LEVEL,
                 "method": "percentile",
                 "unit": "prompt (multi-turn: conversation)",
             },
-            "cache": {"folder": str(cache.folder) if cache.folder else None, "hits": cache.hits},
-            "device": device,
-            "dtype": dtype,
-            "versions": library_versions(),
-            "statistics": analysis.statistics_settings(family),
-        },
-        "arms": arm_metrics,
-        "differences": diffs,
-        "drift": drift,
-        "multiple_choice": analysis.mc_section(scores, names, mc_meta, opts.seed),
-        "cost": cost,
-        "classifier": {**info, "embedder": str(embedder_path())},
-        "verdicts": verdicts,
-        "decision": None,  # filled from the typed report below
-        "warnings": warnings,
-        "timings": {k: round(v, 2) for k, v in timings.items()},
-    }
-    typed = validate_report(report)  # a schema slip is our bug: fail here, not in a reader later
-    chosen = decide(typed)
-    if chosen is not None:
-        report["decision"] = chosen.model_dump()
-        say(f"Adapter or prompt? {chosen.headline}")
+            cache={"folder": str(cache.folder) if cache.folder else None, "hits": cache.hits},
+            device=device,
+            dtype=dtype,
+            versions=library_versions(),
+            statistics=analysis.statistics_settings(family),
+        ),
+        arms=arm_metrics,
+        differences=diffs,
+        drift=drift,
+        multiple_choice=analysis.mc_section(
+            scores, names, {name: (str(path), len(qs), MC_SCORING) for name, (path, qs) in mc_sets.items()}, opts.seed
+        ),
+        cost=cost,
+        classifier=Classifier(**info, embedder=str(embedder_path())),
+        verdicts=verdicts,
+        decision=None,  # decided from the report itself, just below
+        warnings=warnings,
+        timings={k: round(v, 2) for k, v in timings.items()},
+    )
+    report.decision = decide(report)
+    if report.decision is not None:
+        say(f"Adapter or prompt? {report.decision.headline}")
 
     # 8. Write the folder: samples.jsonl (the arena reads it), report.json, report.md, report.html.
     from finetune.compare.report import write_outputs
@@ -611,27 +608,18 @@ def _system_prompt_tokens(tokenizer: Any, singles: list, system_prompt: str | No
     return sum(extra) / len(extra)
 
 
-def _finetune_cost(adapter: Adapter) -> dict[str, Any]:
+def _finetune_cost(adapter: Adapter) -> FinetuneCost:
     """The fine-tune's cost from summary.json, else an electricity estimate from the stated local figures."""
     from finetune.compare.prices import PRICES_FILE, local_figures
 
     summary = adapter.summary or {}
     cost = summary.get("cost") or {}
     if cost.get("amount") is not None:
-        return {
-            "amount": float(cost["amount"]),
-            "currency": cost["currency"],
-            "source": "summary",
-            "note": None,
-        }
+        return FinetuneCost(amount=float(cost["amount"]), currency=cost["currency"], source="summary", note=None)
     wall = summary.get("wall_time_s")
     if wall is None:
-        return {
-            "amount": None,
-            "currency": None,
-            "source": "none",
-            "note": f"{adapter.run_dir}/summary.json has no cost and no wall time: break-even skipped",
-        }
+        note = f"{adapter.run_dir}/summary.json has no cost and no wall time: break-even skipped"
+        return FinetuneCost(amount=None, currency=None, source="none", note=note)
     local = local_figures()
     amount = breakeven.local_energy_cost(wall, local["power_w"], local["price_per_kwh"])
     note = (
@@ -639,7 +627,7 @@ def _finetune_cost(adapter: Adapter) -> dict[str, Any]:
         f"{local['power_w']} W x {local['price_per_kwh']} {local['currency']}/kWh "
         f"(local entry of {PRICES_FILE.name})"
     )
-    return {"amount": amount, "currency": local["currency"], "source": "estimated-local", "note": note}
+    return FinetuneCost(amount=amount, currency=local["currency"], source="estimated-local", note=note)
 
 
 def _money(amount: float, currency: str) -> str:
@@ -658,49 +646,41 @@ def _cost_section(
     tokenizer: Any,
     system_prompt: str | None,
     warnings: list[str],
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[Cost, list[str]]:
     """Price, the system prompt's extra tokens, and the break-even point of each adapter arm."""
     from finetune.compare.prices import resolve_price
     from finetune.cost import convert, format_money
 
-    price = resolve_price(opts.price, opts.price_per_mtok, opts.price_currency)
+    price = Price(**resolve_price(opts.price, opts.price_per_mtok, opts.price_currency))
     extra = _system_prompt_tokens(tokenizer, singles, system_prompt)
-    section: dict[str, Any] = {"price": price, "system_prompt_tokens": extra, "adapters": {}}
+    section = Cost(price=price, system_prompt_tokens=extra, adapters={})
     lines = []
-    price_text = f"{format_money(price['per_mtok'], price['currency'])} per million input tokens"
+    price_text = f"{format_money(price.per_mtok, price.currency)} per million input tokens"
     by_label = {a.label: a for a in adapters}
     for arm in arms:
         if arm.adapter is None or arm.prompt:
             continue  # break-even is about replacing the prompt by the adapter
         adapter = by_label[arm.adapter]
         spent = _finetune_cost(adapter)
-        result, text = None, spent["note"] or ""
-        if spent["amount"] is not None and extra is not None:
+        result, text = None, spent.note or ""
+        if spent.amount is not None and extra is not None:
             try:
-                amount = convert(spent["amount"], spent["currency"], price["currency"])
+                amount = convert(spent.amount, spent.currency, price.currency)
             except Exception as exc:  # an unknown currency loses the break-even line, not the report
                 warnings.append(f"{arm.name}: break-even skipped: {exc}")
                 amount = None
             if amount is not None:
-                result = {
-                    **breakeven.break_even(amount, extra, price["per_mtok"]),
-                    "currency": price["currency"],
-                }
-                cost_text = _money(spent["amount"], spent["currency"])
-                if spent["currency"] != price["currency"]:
-                    cost_text += f" = {_money(amount, price['currency'])}"
-                if spent["source"] == "estimated-local":
+                result = BreakEven(**breakeven.break_even(amount, extra, price.per_mtok), currency=price.currency)
+                cost_text = _money(spent.amount, spent.currency)
+                if spent.currency != price.currency:
+                    cost_text += f" = {_money(amount, price.currency)}"
+                if spent.source == "estimated-local":
                     cost_text += " estimated from wall time"
-                text = breakeven.describe(result, arm.name, cost_text, price_text, extra)
+                text = breakeven.describe(result.model_dump(), arm.name, cost_text, price_text, extra)
                 lines.append(text)
         elif extra is None:
             text = "no system prompt to compare against: break-even not computed"
-        if spent["note"]:
-            warnings.append(f"{arm.name}: {spent['note']}")
-        section["adapters"][arm.name] = {
-            "run": adapter.label,
-            "finetune_cost": spent,
-            "break_even": result,
-            "text": text,
-        }
+        if spent.note:
+            warnings.append(f"{arm.name}: {spent.note}")
+        section.adapters[arm.name] = AdapterCost(run=adapter.label, finetune_cost=spent, break_even=result, text=text)
     return section, lines

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from finetune.errors import DataError
 
 SCHEMA_VERSION = 1
 
@@ -25,7 +28,10 @@ class Estimate(_Strict):
 
 
 class ArmMetrics(_Strict):
-    """Every per-arm metric (null where the arm has no such items, e.g. no long prompts were given)."""
+    """Every per-arm metric (null where the arm has no such items, e.g. no long prompts were given).
+
+    In the order of analysis.METRICS, which is the order report.json writes them in.
+    """
 
     style: Estimate | None
     marker_rate: Estimate | None
@@ -34,10 +40,6 @@ class ArmMetrics(_Strict):
     style_long: Estimate | None
     marker_rate_long: Estimate | None
     perplexity: Estimate | None
-    prompt_tokens: Estimate | None
-    completion_tokens: Estimate | None
-    latency_s: Estimate | None
-    s_per_token: Estimate | None
     # Answer quality (docs/compare.md "Answer quality"); absent in reports written before it existed.
     loop_share: Estimate | None = None
     loop_share_multi: Estimate | None = None
@@ -53,15 +55,19 @@ class ArmMetrics(_Strict):
     content_base_multi: Estimate | None = None
     content_base_long: Estimate | None = None
     length_ratio: Estimate | None = None
+    prompt_tokens: Estimate | None
+    completion_tokens: Estimate | None
+    latency_s: Estimate | None
+    s_per_token: Estimate | None
 
 
 class PairedEstimate(Estimate):
     """A paired estimate with its test: p-value, Holm-adjusted p-value (verdicts only), minimum detectable effect."""
 
     p_value: float | None = None
-    p_holm: float | None = None
     test: str | None = None  # paired-t | sign | mcnemar-exact | too-few-items
     mde: float | None = None
+    p_holm: float | None = None  # set by analysis.apply_holm on the verdicts' tests only
 
 
 class Difference(PairedEstimate):
@@ -178,10 +184,10 @@ class Classifier(_Strict):
 
     available: bool
     reason: str | None
-    embedder: str
     n_train: int
     n_test: int
     accuracy: float | None
+    embedder: str
 
 
 class PromptSet(_Strict):
@@ -259,3 +265,24 @@ class Report(_Strict):
 def validate_report(data: dict[str, Any]) -> Report:
     """Check a report.json object against the schema (raises pydantic.ValidationError)."""
     return Report.model_validate(data)
+
+
+def read_report(path: Path) -> Report:
+    """A report.json read through the schema; a file that is not one is a one-line DataError naming it."""
+    from finetune.recipe import explain_error
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the compare report ({exc.strerror})") from None
+    try:
+        return Report.model_validate_json(text)
+    except ValidationError as exc:
+        errors = exc.errors()
+        # An unknown key says most (a renamed key is also reported missing under its old name).
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise DataError(
+            f"{path}: not a compare report of schema_version {SCHEMA_VERSION}: {explain_error(first, Report)}"
+            f"{more}; rerun `finetune compare` or move the folder aside"
+        ) from None

@@ -51,10 +51,10 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def compared(pirate_run, tmp_path_factory, one_thread):
-    """One full comparison of the four arms; returns (folder, report, cache folder, options)."""
+    """One full comparison of the four arms; returns (folder, report as report.json has it, cache folder)."""
     root = tmp_path_factory.mktemp("compare")
     folder, report = run_compare(options(pirate_run, root / "out", root / "cache"), say=lambda *_: None)
-    return folder, report, root / "cache"
+    return folder, report.model_dump(mode="json", exclude_unset=True), root / "cache"
 
 
 def test_adapter_speaks_pirate_far_more_than_the_base_model(compared):
@@ -170,7 +170,7 @@ def test_base_outputs_are_cached_across_runs(pirate_run, compared, tmp_path, one
     first_folder, first, cache = compared
     folder, again = run_compare(options(pirate_run, tmp_path / "again", cache, arms="base,prompt"),
                                 say=lambda *_: None)
-    hits = set(again["settings"]["cache"]["hits"])
+    hits = set(again.settings.cache["hits"])
     assert {"single/base", "single/prompt", "multi/prompt", "long/base", "classifier-base/base",
             "perplexity/base", "mc-commonsense_en/prompt"} <= hits
     old = (first_folder / "samples.jsonl").read_text(encoding="utf-8")
@@ -178,7 +178,7 @@ def test_base_outputs_are_cached_across_runs(pirate_run, compared, tmp_path, one
     first_texts = {(x["arm"], x["prompt_id"], x["turn"]): x["text"] for x in rows}
     for x in map(json.loads, (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines()):
         assert first_texts[(x["arm"], x["prompt_id"], x["turn"])] == x["text"]
-    assert again["arms"]["base"]["style"]["mean"] == pytest.approx(first["arms"]["base"]["style"]["mean"])
+    assert again.arms["base"].style.mean == pytest.approx(first["arms"]["base"]["style"]["mean"])
 
 
 def test_cli_rejects_a_bad_arm_in_one_line(pirate_run):

@@ -33,9 +33,9 @@ def test_finetune_cost_comes_from_the_summary_when_the_run_priced_itself(tiny_ll
     assert summary["cost"]["amount"] > 0
     spent = _finetune_cost(Adapter("priced", priced, summary))
     # The fallback (an electricity estimate) must not be used when the run has its own cost.
-    assert spent["source"] == "summary" and spent["note"] is None
-    assert spent["amount"] == summary["cost"]["amount"] and spent["currency"] == "JPY"
-    assert spent["amount"] == pytest.approx(summary["wall_time_s"], rel=0.05, abs=0.05)
+    assert spent.source == "summary" and spent.note is None
+    assert spent.amount == summary["cost"]["amount"] and spent.currency == "JPY"
+    assert spent.amount == pytest.approx(summary["wall_time_s"], rel=0.05, abs=0.05)
 
     unpriced = tiny_run(tmp_path, tiny_llama, pirate_rows, "unpriced")
     summary = read_summary(unpriced)
@@ -44,10 +44,10 @@ def test_finetune_cost_comes_from_the_summary_when_the_run_priced_itself(tiny_ll
     local = local_figures()
     # kWh = s / 3600 h x W / 1000; computed here from the catalogue's stated figures, not the product's helper.
     want = summary["wall_time_s"] / 3600 * local["power_w"] / 1000 * local["price_per_kwh"]
-    assert spent["source"] == "estimated-local" and spent["amount"] == pytest.approx(want, rel=1e-9)
-    assert "no cost" in spent["note"]
+    assert spent.source == "estimated-local" and spent.amount == pytest.approx(want, rel=1e-9)
+    assert "no cost" in spent.note
     nothing = _finetune_cost(Adapter("gone", tmp_path / "gone", None))
-    assert nothing["source"] == "none" and nothing["amount"] is None
+    assert nothing.source == "none" and nothing.amount is None
 
 
 def plain_option_logprob(model, prefix: list[int], option: list[int]) -> float:

@@ -121,10 +121,12 @@ def test_adapter_export_loads_with_plain_peft_and_needs_force(runs, reference, b
     run_dir = runs["exp-lora"]
     compare = run_dir / "compare" / "run1"
     compare.mkdir(parents=True)
-    (compare / "report.json").write_text(
-        json.dumps({"verdicts": ["The adapter answers in pirate speak in 15 of 16 replies."]}),
-        encoding="utf-8",
-    )
+    from finetune.compare.report import report_json
+    from tests.unit.test_compare_report import typed_report  # a schema-valid report: the card reads it typed
+
+    compared = typed_report()
+    compared.verdicts = ["The adapter answers in pirate speak in 15 of 16 replies."]
+    (compare / "report.json").write_text(report_json(compared), encoding="utf-8")
     lines: list[str] = []
     report = export_run(str(run_dir), say=lines.append)
     out = run_dir / "export"

@@ -6,9 +6,12 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 
 from finetune.card import CardInputs, latest_compare, render_card, resolve_license
+from finetune.compare.report import report_json
+from finetune.compare.schema import validate_report
 
 SUMMARY = {
     "status": "completed",
@@ -118,13 +121,27 @@ def test_merged_model_card_is_for_transformers() -> None:
     assert "merged" in front["tags"] and "peft" not in front["tags"]
 
 
+def _compare_report(verdicts: list[str] | None = None, arena: dict | None = None):
+    """A real report (synthetic per-item scores through compare's analysis) with these verdicts and arena."""
+    from test_compare_stats import _fixture, _typed_report, _with_quality
+
+    scores = _fixture()
+    for arm in scores:
+        _with_quality(scores[arm], set(), 0.8)
+    report, decision = _typed_report(scores, ["base", "prompt", "adapter"], ["quiz"])
+    report.decision = decision
+    if verdicts is not None:
+        report.verdicts = verdicts
+    report.arena = arena
+    return report
+
+
 def _report(folder: Path, verdicts: list[str], arena: dict | None, mtime: float) -> None:
+    from finetune.compare.report import report_json
+
     folder.mkdir(parents=True)
-    data = {"run": "pirate", "verdicts": verdicts}
-    if arena:
-        data["arena"] = arena
     path = folder / "report.json"
-    path.write_text(json.dumps(data), encoding="utf-8")
+    path.write_text(report_json(_compare_report(verdicts, arena)), encoding="utf-8")
     os.utime(path, (mtime, mtime))
 
 
@@ -181,8 +198,8 @@ def test_card_opens_with_the_decision_and_counts_later_arena_votes(tmp_path: Pat
     for arm in scores:  # the adapter loops in 12 of 30 replies
         _with_quality(scores[arm], {f"p{i}" for i in range(12)} if arm == "adapter" else set(), 0.8)
     report, decision = _typed_report(scores, ["base", "prompt", "adapter"], ["quiz"])
-    report["decision"] = decision.model_dump()
-    report["arena"] = {"criteria": {"overall": {"votes": 9, "arms": [{"arm": "adapter", "rating": 1042.0}]}}}
+    report.decision = decision
+    report.arena = {"criteria": {"overall": {"votes": 9, "arms": [{"arm": "adapter", "rating": 1042.0}]}}}
     card = render_card(_inputs(compare=report, compare_path="compare/x/report.json"), None)
     body = card.split("---\n", 2)[2]
     assert body.index("## Adapter or prompt?") < body.index("## Recipe") < body.index("## A/B results")
@@ -190,6 +207,37 @@ def test_card_opens_with_the_decision_and_counts_later_arena_votes(tmp_path: Pat
     assert "- quality: adapter: LOOPS" in card
     assert "- arena: blind arena ratings: overall: adapter 1042 (9 votes)" in card
     assert "WARNING adapter: loops in 40% of replies" in card
-    # A report from before the decision existed still gets a card, saying so.
-    old = render_card(_inputs(compare={"run": "pirate", "verdicts": ["v"]}), None)
-    assert "## Adapter or prompt?\n\nThis comparison predates the decision" in old
+    # A report from before the decision (and answer quality) existed is decided from its own figures.
+    data = json.loads(report_json(_compare_report()))
+    data.pop("decision")
+    for metrics in data["arms"].values():
+        for key in QUALITY_KEYS:
+            metrics.pop(key)
+    older = validate_report(data)
+    assert older.decision is None
+    card = render_card(_inputs(compare=older), None)
+    assert "## Adapter or prompt?\n\n**Use the adapter: " in card
+
+
+QUALITY_KEYS = ["loop_share", "loop_share_multi", "loop_share_long", "distinct_2", "distinct_2_multi",
+                "distinct_2_long", "ended_share", "ended_share_multi", "ended_share_long", "content_ref",
+                "content_base", "content_base_multi", "content_base_long", "length_ratio"]
+
+
+def test_a_newest_report_that_is_not_one_is_a_one_line_error_naming_it(tmp_path: Path) -> None:
+    from finetune.errors import DataError
+
+    _report(tmp_path / "compare" / "old", ["An older, valid report."], None, 1_000_000)
+    newest = tmp_path / "compare" / "new" / "report.json"
+    newest.parent.mkdir(parents=True)
+    data = json.loads(report_json(_compare_report()))
+    data["arms"]["base"]["styel"] = data["arms"]["base"].pop("style")
+    newest.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        latest_compare(tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{newest}: not a compare report of schema_version 1: ")
+    assert "arms.base.styel: unknown key (and 1 more); rerun" in message
+    newest.write_text("{not json", encoding="utf-8")
+    with pytest.raises(DataError, match=f"^{newest}: not a compare report"):
+        latest_compare(tmp_path)

@@ -284,17 +284,17 @@ def _fixture() -> dict:
 def test_analysis_estimates_differences_and_verdicts():
     scores, arms = _fixture(), ["base", "prompt", "adapter"]
     section = analysis.arm_section(scores, arms, seed=0)
-    assert section["adapter"]["style"]["n"] == 30
-    assert section["adapter"]["style_multi"]["n"] == 6  # clustered: one value per conversation
-    assert section["base"]["style_long"] is None  # no long prompts
-    assert section["adapter"]["perplexity"]["mean"] == pytest.approx(math.exp(1.5), rel=0.05)
+    assert section["adapter"].style.n == 30
+    assert section["adapter"].style_multi.n == 6  # clustered: one value per conversation
+    assert section["base"].style_long is None  # no long prompts
+    assert section["adapter"].perplexity.mean == pytest.approx(math.exp(1.5), rel=0.05)
     diffs = analysis.differences(scores, arms, ["quiz"], seed=0)
-    style = next(d for d in diffs if d["metric"] == "style" and d["a"] == "adapter" and d["b"] == "prompt")
-    assert style["significant"] and style["better"] == "adapter" and 0.3 < style["mean"] < 0.5
-    ppl = next(d for d in diffs if d["metric"] == "perplexity" and d["a"] == "adapter" and d["b"] == "base")
-    assert ppl["scale"] == "ratio" and ppl["mean"] < 1 and ppl["better"] == "adapter"
-    quiz = next(d for d in diffs if d["metric"] == "mc:quiz" and d["a"] == "adapter" and d["b"] == "prompt")
-    assert not quiz["significant"] and quiz["mean"] == 0
+    style = next(d for d in diffs if d.metric == "style" and d.a == "adapter" and d.b == "prompt")
+    assert style.significant and style.better == "adapter" and 0.3 < style.mean < 0.5
+    ppl = next(d for d in diffs if d.metric == "perplexity" and d.a == "adapter" and d.b == "base")
+    assert ppl.scale == "ratio" and ppl.mean < 1 and ppl.better == "adapter"
+    quiz = next(d for d in diffs if d.metric == "mc:quiz" and d.a == "adapter" and d.b == "prompt")
+    assert not quiz.significant and quiz.mean == 0
     lines = analysis.verdict_lines(diffs, arms, ["quiz"])
     assert lines[0].startswith("adapter beats prompt on style score by ")
     assert any(line.startswith("adapter beats prompt on held-out perplexity: ") for line in lines)
@@ -307,11 +307,11 @@ def test_analysis_estimates_differences_and_verdicts():
 
 def test_drift_by_turn_and_change():
     drift = analysis.drift_section(_fixture(), ["base", "prompt", "adapter"], seed=0)
-    turns = drift["multi"]["prompt"]["by_turn"]
-    assert [t["turn"] for t in turns] == [0, 1, 2]
-    assert turns[0]["style"]["mean"] == pytest.approx(0.8) and turns[2]["style"]["mean"] == pytest.approx(0.2)
-    assert drift["multi"]["prompt"]["change"]["mean"] == pytest.approx(-0.6)
-    assert drift["multi"]["adapter"]["change"]["mean"] == pytest.approx(0.0)
+    turns = drift.multi["prompt"].by_turn
+    assert [t.turn for t in turns] == [0, 1, 2]
+    assert turns[0].style.mean == pytest.approx(0.8) and turns[2].style.mean == pytest.approx(0.2)
+    assert drift.multi["prompt"].change.mean == pytest.approx(-0.6)
+    assert drift.multi["adapter"].change.mean == pytest.approx(0.0)
     lines = analysis.drift_lines(drift)
     assert any(
         line.startswith("prompt: style over the conversation 0.80 at turn 1 -> 0.20 at turn 3: falls")
@@ -435,32 +435,30 @@ def _with_quality(scores: dict, loop_ids: set[str], content: float) -> dict:
 def _typed_report(scores: dict, arms: list[str], mc_sets: list[str]):
     """A whole report from per-item scores, as run_compare assembles it (settings filled with stand-ins)."""
     from finetune.compare.decision import decide
-    from finetune.compare.schema import validate_report
+    from finetune.compare.schema import Classifier, Cost, Report, Settings
 
     diffs = analysis.differences(scores, arms, mc_sets, seed=0)
     drift = analysis.drift_section(scores, arms, seed=0)
     family = analysis.apply_holm(diffs, drift, arms, mc_sets)
     section = analysis.arm_section(scores, arms, seed=0)
-    meta = {name: {"file": f"{name}.jsonl", "n": 30, "scoring": "mean"} for name in mc_sets}
-    report = {
-        "schema_version": 1, "run": "r", "created_at": "2026-12-02T10:00:00+00:00",
-        "settings": {
-            "arms": arms, "adapters": {}, "model": "m", "recipe": "r.yaml", "system_prompt": "Be a pirate.",
-            "system_prompt_source": "recipe", "seed": 0, "do_sample": False, "temperature": None,
-            "max_new_tokens": 64, "long_max_new_tokens": 192, "batch_size": 16, "turns": None, "prompt_sets": {},
-            "perplexity": "", "bootstrap": {}, "cache": {}, "device": "cpu", "dtype": "fp32", "versions": {},
-            "statistics": analysis.statistics_settings(family),
-        },
-        "arms": section, "differences": diffs, "drift": drift,
-        "multiple_choice": analysis.mc_section(scores, arms, meta, seed=0),
-        "cost": {"price": None, "system_prompt_tokens": 40.0, "adapters": {}},
-        "classifier": {"available": True, "reason": None, "embedder": "e", "n_train": 48, "n_test": 16,
-                       "accuracy": 0.9},
-        "verdicts": analysis.quality_lines(section, arms) + analysis.verdict_lines(diffs, arms, mc_sets),
-        "warnings": [], "timings": {},
-    }
-    typed = validate_report(report)
-    return report, decide(typed)
+    report = Report(
+        schema_version=1, run="r", created_at="2026-12-02T10:00:00+00:00",
+        settings=Settings(
+            arms=arms, adapters={}, model="m", recipe="r.yaml", system_prompt="Be a pirate.",
+            system_prompt_source="recipe", seed=0, do_sample=False, temperature=None,
+            max_new_tokens=64, long_max_new_tokens=192, batch_size=16, turns=None, prompt_sets={},
+            perplexity="", bootstrap={}, cache={}, device="cpu", dtype="fp32", versions={},
+            statistics=analysis.statistics_settings(family),
+        ),
+        arms=section, differences=diffs, drift=drift,
+        multiple_choice=analysis.mc_section(scores, arms, {name: (f"{name}.jsonl", 30, "mean") for name in mc_sets},
+                                            seed=0),
+        cost=Cost(price=None, system_prompt_tokens=40.0, adapters={}),
+        classifier=Classifier(available=True, reason=None, embedder="e", n_train=48, n_test=16, accuracy=0.9),
+        verdicts=analysis.quality_lines(section, arms) + analysis.verdict_lines(diffs, arms, mc_sets),
+        warnings=[], timings={},
+    )
+    return report, decide(report)
 
 
 def test_quality_moves_the_verdict_and_the_decision():
@@ -470,26 +468,26 @@ def test_quality_moves_the_verdict_and_the_decision():
     for arm in arms:
         _with_quality(clean[arm], set(), 0.8)
     report, decision = _typed_report(clean, arms, ["quiz"])
-    assert not any(v.startswith("WARNING") for v in report["verdicts"])
+    assert not any(v.startswith("WARNING") for v in report.verdicts)
     assert decision.recommendation == "adapter", decision
-    assert report["arms"]["adapter"]["loop_share"]["mean"] == 0
-    assert report["arms"]["adapter"]["loop_share"]["ci_high"] > 0  # Wilson: 0 of 30 is not proof of never
+    assert report.arms["adapter"].loop_share.mean == 0
+    assert report.arms["adapter"].loop_share.ci_high > 0  # Wilson: 0 of 30 is not proof of never
 
     # Same style scores, but the adapter now loops in 12 of 30 replies (40%).
     looping = _fixture()
     for arm in arms:
         _with_quality(looping[arm], set(ids[:12]) if arm == "adapter" else set(), 0.8)
     report, decision = _typed_report(looping, arms, ["quiz"])
-    warning = report["verdicts"][0]
+    warning = report.verdicts[0]
     assert warning.startswith("WARNING adapter: loops in 40% of replies"), warning
     assert "hit the token limit" in warning
-    assert any(v.startswith("prompt beats adapter on loop share") for v in report["verdicts"])
+    assert any(v.startswith("prompt beats adapter on loop share") for v in report.verdicts)
     assert decision.recommendation != "adapter"
     assert "LOOPS" in next(r.text for r in decision.reasons if r.topic == "quality")
     # Every verdict test is Holm-corrected, and the report says how many there were.
-    assert report["settings"]["statistics"]["family_size"] >= 5
-    assert all(d["p_holm"] is not None for d in report["differences"]
-               if (d["a"], d["b"]) == ("adapter", "prompt") and d["metric"] in ("style", "loop_share"))
+    assert report.settings.statistics["family_size"] >= 5
+    assert all(d.p_holm is not None for d in report.differences
+               if (d.a, d.b) == ("adapter", "prompt") and d.metric in ("style", "loop_share"))
 
 
 def test_not_enough_evidence_asks_for_more_prompts():
@@ -518,13 +516,13 @@ def test_an_arm_with_no_replies_or_identical_replies_gives_stated_cells_not_nan(
     scores["adapter"]["single"] = [dict(r, style=0.5, marker=1.0) for r in scores["adapter"]["single"]]  # identical
     scores["prompt"]["single"] = scores["prompt"]["single"][:3]  # (almost) no replies
     report, decision = _typed_report(scores, arms, ["quiz"])
-    text = json.dumps(report)
+    text = json.dumps(report.model_dump(), allow_nan=False)  # a NaN or infinity anywhere raises
     assert "NaN" not in text and "Infinity" not in text
-    few = next(d for d in report["differences"] if d["metric"] == "style" and {d["a"], d["b"]} == {"adapter", "prompt"})
-    assert few["n"] == 3 and few["ci_low"] is None
-    assert "not enough data to compare adapter and prompt on style score" in " ".join(report["verdicts"])
+    few = next(d for d in report.differences if d.metric == "style" and {d.a, d.b} == {"adapter", "prompt"})
+    assert few.n == 3 and few.ci_low is None
+    assert "not enough data to compare adapter and prompt on style score" in " ".join(report.verdicts)
     assert "not enough data for a CI" in fmt_estimate(few)
-    report["decision"] = decision.model_dump()
+    report.decision = decision
     md = markdown(report)
     assert md.splitlines()[2] == "## Adapter or prompt?"
 
@@ -549,9 +547,9 @@ def test_only_shares_get_wilson_intervals_and_mcnemar():
     for arm in scores:
         _with_quality(scores[arm], set(), 0.8)
     section = analysis.arm_section(scores, ["base", "prompt", "adapter"], seed=0)
-    assert section["adapter"]["distinct_2"]["ci_low"] == 1.0  # the bootstrap of identical values
-    assert section["adapter"]["loop_share"]["ci_high"] > 0  # a share: Wilson
+    assert section["adapter"].distinct_2.ci_low == 1.0  # the bootstrap of identical values
+    assert section["adapter"].loop_share.ci_high > 0  # a share: Wilson
     diffs = analysis.differences(scores, ["base", "prompt", "adapter"], ["quiz"], seed=0)
-    tests = {d["metric"]: d["test"] for d in diffs if (d["a"], d["b"]) == ("adapter", "prompt")}
+    tests = {d.metric: d.test for d in diffs if (d.a, d.b) == ("adapter", "prompt")}
     assert tests["marker_rate"] == "mcnemar-exact" and tests["mc:quiz"] == "mcnemar-exact"
     assert tests["distinct_2"] == "sign" and tests["style"] == "paired-t"
