@@ -20,7 +20,7 @@ from finetune.recipe import Recipe
 
 CHECKPOINTS = "checkpoints"
 LEDGER_FILE = "finetune_ledger.json"
-SUMMARY_SCHEMA_VERSION = 1
+SUMMARY_SCHEMA_VERSION = 2  # 2 added peak_memory_by_phase_mb
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -143,10 +143,19 @@ class HardwareInfo(_Fixed):
     features: list[str]
 
 
-class Summary(_Fixed):
-    """summary.json, schema_version 1: every field is documented in docs/runs.md."""
+class PhasePeaks(_Fixed):
+    """Peak memory (MB) of each phase, measured like peak_memory_mb; None for a phase the run did not reach."""
 
-    schema_version: Literal[1] = SUMMARY_SCHEMA_VERSION
+    load: float | None
+    train: float | None
+    eval: float | None
+    save: float | None
+
+
+class Summary(_Fixed):
+    """summary.json, schema_version 2: every field is documented in docs/runs.md."""
+
+    schema_version: Literal[2] = SUMMARY_SCHEMA_VERSION
     name: str
     status: Literal["completed", "interrupted", "time_budget", "diverged", "failed"]
     message: str | None
@@ -162,6 +171,7 @@ class Summary(_Fixed):
     tokens_per_s: float | None
     time_to_first_step_s: float | None
     peak_memory_mb: float
+    peak_memory_by_phase_mb: PhasePeaks
     energy_wh: float | None
     cost: Cost | None
     hardware: HardwareInfo
@@ -190,7 +200,9 @@ def build_summary(
     wall = telemetry.elapsed()
     energy = last.get("energy_wh")
     utilisation = (last.get("gpu_util") or 0) / 100 if last.get("gpu_util") is not None else None
-    peak = max(telemetry.ledger.peak_memory_mb, last.get("peak_memory_mb") or 0)
+    phases = telemetry.phases.by_phase()
+    # Each phase restarts the peak counter, so the run's peak is the largest of theirs (and earlier sessions').
+    peak = max(telemetry.ledger.peak_memory_mb, last.get("peak_memory_mb") or 0, *(v or 0 for v in phases.values()))
     summary = Summary(
         name=recipe.name,
         status=run_state.status,
@@ -207,6 +219,7 @@ def build_summary(
         tokens_per_s=last.get("tokens_per_s"),
         time_to_first_step_s=None if run_state.first_step_s is None else round(run_state.first_step_s, 2),
         peak_memory_mb=round(peak, 1),
+        peak_memory_by_phase_mb=PhasePeaks(**phases),
         energy_wh=energy,
         cost=telemetry.cost(wall, energy, utilisation),
         hardware=HardwareInfo(device=hw.device, name=hw.name, features=list(hw.features)),

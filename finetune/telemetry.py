@@ -35,6 +35,91 @@ def peak_memory_mb(device: str) -> dict[str, float]:
     return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+PHASES = ("load", "train", "eval", "save")
+
+
+def reset_peak_memory(device: str) -> bool:
+    """Restart the peak counter at the current usage; False where the kernel does not allow it."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    # Writing 5 to clear_refs sets VmHWM to the current RSS (Linux >= 4.0); a process may do it to itself.
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class PhaseMemory:
+    """The peak memory of each phase of a run (load, train, eval, save): the counter restarts per phase.
+
+    Each phase's figure is measured like peak_memory_mb (CUDA max allocated, or the process's peak RSS on a
+    CPU), so it includes whatever the earlier phases left resident (the model, during training). A phase
+    entered more than once (training, evaluating, training again) keeps its largest peak. Where the peak
+    cannot be restarted, a phase's figure is the peak since the first phase that could.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peaks: dict[str, float] = {}
+        self.current: str | None = None
+
+    def start(self, phase: str) -> None:
+        """Close the current phase (recording its peak) and start measuring `phase`."""
+        self.stop()
+        reset_peak_memory(self.device)
+        self.current = phase
+
+    def stop(self) -> None:
+        """Record the current phase's peak; the next start() begins a new phase."""
+        if self.current is not None:
+            peak = peak_memory_mb(self.device)["peak_memory_mb"]
+            self.peaks[self.current] = max(self.peaks.get(self.current, 0.0), peak)
+            self.current = None
+
+    def highest(self) -> float:
+        """The largest peak of the phases closed so far (0 before any)."""
+        return max(self.peaks.values(), default=0.0)
+
+    def callback(self) -> Any:
+        """A TrainerCallback that measures the evaluations inside trainer.train() as the eval phase."""
+        from transformers import TrainerCallback
+
+        phases = self
+
+        class EvalPhase(TrainerCallback):
+            """Switches to "eval" when the trainer is about to evaluate, and back when it has."""
+
+            back_to: str | None = None
+
+            def _maybe_start(self, control: Any) -> None:
+                # The default flow callback (called first) has just decided whether an evaluation follows.
+                if control.should_evaluate and phases.current not in (None, "eval"):
+                    self.back_to = phases.current
+                    phases.start("eval")
+
+            def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+                self._maybe_start(control)
+
+            def on_epoch_end(self, args, state, control, **kwargs):  # noqa: ANN001
+                self._maybe_start(control)
+
+            def on_evaluate(self, args, state, control, **kwargs):  # noqa: ANN001
+                if self.back_to is not None:
+                    phases.start(self.back_to)
+                    self.back_to = None
+
+        return EvalPhase()
+
+    def by_phase(self) -> dict[str, float | None]:
+        """Each phase's peak in MB, rounded (None for a phase this run did not reach)."""
+        self.stop()
+        return {p: round(self.peaks[p], 1) if p in self.peaks else None for p in PHASES}
+
+
 class NvmlMonitor:
     """Power, energy and utilisation of the GPUs a process uses, via NVML; silent where there is none."""
 
@@ -140,9 +225,10 @@ class Telemetry:
 
     def __init__(
         self, recipe: Recipe, run_dir: Path, device: str, hardware_name: str, num_processes: int = 1,
-        is_main: bool = True, stream: TextIO | None = None,
+        is_main: bool = True, stream: TextIO | None = None, phases: PhaseMemory | None = None,
     ) -> None:
         self.recipe = recipe
+        self.phases = phases or PhaseMemory(device)
         self.run_dir = run_dir
         self.device = device
         self.hardware_name = hardware_name
@@ -203,6 +289,8 @@ class Telemetry:
         tokens_per_s = (tokens - k0) / max(1e-9, now - t0)
         self.last_log = (now, step, tokens)
         memory = peak_memory_mb(self.device)
+        # The counter restarts per phase (PhaseMemory): this session's peak so far includes the closed phases'.
+        memory["peak_memory_mb"] = max(memory["peak_memory_mb"], self.phases.highest())
         self.ledger.peak_memory_mb = max(self.ledger.peak_memory_mb, memory["peak_memory_mb"])
         sample = self.nvml.sample() if self.nvml.available else {}
         elapsed = self.elapsed()

@@ -28,7 +28,7 @@ from finetune.runs import (
     run_dir_for,
     trim_metrics,
 )
-from finetune.telemetry import Ledger, Telemetry
+from finetune.telemetry import Ledger, PhaseMemory, Telemetry
 from finetune.trainer import (
     RunState,
     build_trainer,
@@ -194,6 +194,10 @@ def _train(
             f"={global_batch}"
         )
 
+    # Peak memory per phase (load, train, eval, save) for summary.json: loading is data and model.
+    phases = PhaseMemory(device)
+    phases.start("load")
+
     # 2. Data: validated rows, the deterministic held-out split, chat-template tokenisation with masks.
     tokenizer = load_tokenizer(recipe)
     train_rows, eval_rows = split_train_eval(conversations, recipe.dataset.eval_fraction, recipe.training.seed)
@@ -210,7 +214,8 @@ def _train(
 
     # 4. Trainer with our loss, telemetry and run control.
     checkpoints_dir = run_dir / CHECKPOINTS
-    telemetry = Telemetry(recipe, run_dir, device, hw.name, num_processes=num_processes, is_main=is_main)
+    telemetry = Telemetry(recipe, run_dir, device, hw.name, num_processes=num_processes, is_main=is_main,
+                          phases=phases)
     if resume_from is not None:
         telemetry.ledger = Ledger.load(resume_from / LEDGER_FILE)
         if is_main:
@@ -222,13 +227,15 @@ def _train(
         recipe, checkpoints_dir, precision, device, checkpointing, max_steps, eval_ds is not None
     )
     configure_wandb(recipe, run_dir)
-    trainer = build_trainer(model, args, train_ds, eval_ds, tokenizer, run_state, callbacks)
+    trainer = build_trainer(model, args, train_ds, eval_ds, tokenizer, run_state,
+                            [phases.callback(), *(callbacks or [])])
     # transformers would train one step past max_steps when resumed from the last one: finish instead.
     final = resume_from is not None and checkpoint_is_final(resume_from, args.max_steps)
 
     # 5. Train, with SIGINT/SIGTERM turned into "finish this step, save, stop". The handlers stay through
     #    step 6: a signal while evaluating or saving lets the save finish and is recorded, never kills it.
     error: BaseException | None = None
+    phases.start("train")
     with stop_on_signals(run_state):
         try:
             telemetry.start_progress(0)
@@ -310,10 +317,12 @@ def save_outcome(
         if evals and (evals[-1].get("step") == trainer.state.global_step or run_state.status != "completed"):
             eval_loss = evals[-1]["eval_loss"]  # a stopped run saves now rather than spend time evaluating
         elif run_state.status == "completed" and run_state.signal_received is None:
+            run_state.telemetry.phases.start("eval")
             eval_loss = trainer.evaluate().get("eval_loss")
         elif evals:
             eval_loss = evals[-1]["eval_loss"]  # a signal asked to stop: save rather than evaluate
     keep_trained = run_state.status != "diverged" and (error is None or run_state.status == "interrupted")
+    run_state.telemetry.phases.start("save")
     try:
         # FSDP/DeepSpeed shard the weights: every rank takes part in gathering them to save.
         saved_by_ranks = keep_trained and save_sharded_adapter(trainer, run_dir / "adapter")

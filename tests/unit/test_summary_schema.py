@@ -51,6 +51,7 @@ def _inputs(tmp_path: Path, status: str = "completed", **changes):
     telemetry = SimpleNamespace(
         last_line={"seconds_per_step": 1.5, "tokens_per_s": 300.0, "peak_memory_mb": 900.0},
         elapsed=lambda: 12.345, ledger=SimpleNamespace(peak_memory_mb=1000.0),
+        phases=SimpleNamespace(by_phase=lambda: {"load": 700.0, "train": 1000.0, "eval": 950.0, "save": None}),
         cost=lambda *_: {"amount": 1.2, "currency": "JPY", "basis": "rental", "estimated": True},
     )
     inputs = dict(
@@ -70,7 +71,7 @@ def _inputs(tmp_path: Path, status: str = "completed", **changes):
 def test_build_summary_writes_exactly_the_schema(tmp_path):
     summary = build_summary(**_inputs(tmp_path))
     assert list(summary) == list(Summary.model_fields)
-    assert summary["schema_version"] == 1 and summary["train_loss"] == 2.0 and summary["peak_memory_mb"] == 1000.0
+    assert summary["schema_version"] == 2 and summary["train_loss"] == 2.0 and summary["peak_memory_mb"] == 1000.0
     assert summary["examples"] == {"train": 9, "eval": 1} and summary["adapter"] == str(tmp_path / "adapter")
     assert summary["cost"]["currency"] == "JPY" and summary["hardware"]["features"] == ["avx512_bf16"]
     Summary.model_validate(summary)  # what is written reads back as the model
@@ -94,3 +95,14 @@ def test_a_non_finite_loss_is_written_as_null(tmp_path):
     summary = build_summary(**_inputs(tmp_path, "diverged", trainer_state=state))
     assert summary["train_loss"] is None and summary["status"] == "diverged"
     json.dumps(summary, allow_nan=False)  # strict JSON: tools other than Python can read it
+
+
+def test_the_phases_peaks_are_written_and_a_higher_one_is_the_run_peak(tmp_path):
+    summary = build_summary(**_inputs(tmp_path))
+    assert summary["peak_memory_by_phase_mb"] == {"load": 700.0, "train": 1000.0, "eval": 950.0, "save": None}
+    (tmp_path / "b").mkdir()
+    inputs = _inputs(tmp_path / "b")
+    inputs["telemetry"].phases = SimpleNamespace(by_phase=lambda: {"load": 1400.0, "train": 1000.0, "eval": None,
+                                                                   "save": 900.0})
+    # Each phase restarts the peak counter: a loading peak above training's is still the run's peak.
+    assert build_summary(**inputs)["peak_memory_mb"] == 1400.0
