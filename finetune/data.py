@@ -1,11 +1,32 @@
-"""Datasets: JSONL formats, validation with line numbers, chat-template tokenisation and loss masks."""
+"""Datasets: JSONL formats, validation with line numbers, chat-template tokenisation and loss masks.
+
+A file is read once per content into Arrow (`datasets`, memory-mapped from FINETUNE_HOME/datasets/, never
+beside the user's file): validated rows with columns `messages` (role, content, weight or null) and `line`.
+`load_conversations` hands them out as `Conversations`, a view that yields one `Conversation` at a time.
+
+Tokenisation is `Dataset.map(batched=True)` over every row of the file, cached in
+FINETUNE_HOME/datasets/tokens-KEY.arrow, KEY naming everything that decides the tokens: the file's content,
+the tokenizer (vocabulary, rules, special tokens, chat template), max_length, and this module's source (the
+mask and system-folding rules). A second run on the same key reads the cache and tokenises nothing.
+Tokenised rows (the format the collator and packing build on):
+  input_ids      token ids, cut to max_length
+  labels         input_ids where the loss learns (assistant replies and their end-of-turn), else -100
+  length         len(input_ids)
+  full_length    tokens before the cut (data check's statistics, the estimate's count of cut rows)
+  prompt_length  index of the first label in the uncut row (tokens the loss never sees before it)
+  loss_tokens    labels that are not -100 (0: max_length cut every reply; training drops the row)
+  truncated      full_length > max_length
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +39,10 @@ FORMATS = ("messages", "alpaca", "prompt_completion")
 ROLES = ("system", "user", "assistant")
 MAX_REPORTED = 20
 IGNORE_INDEX = -100
+TOKEN_COLUMNS = ("input_ids", "labels", "length", "full_length", "prompt_length", "loss_tokens", "truncated")
+# Any edit of this file (a mask rule, the system folding, the row format) makes new cache keys.
+CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+MAP_BATCH = 256  # rows per batched tokenizer call: the Rust tokenizer encodes a batch at once
 
 
 @dataclass
@@ -28,13 +53,104 @@ class Conversation:
     line: int
 
 
+class Conversations(Sequence):
+    """Validated rows held in Arrow (memory-mapped): indexed and iterated as Conversation, one at a time.
+
+    `key` names the file's content (None for rows built in memory); `indices` select rows of the file
+    (a split), so tokenisation can run once over the whole file and serve every split of it.
+    """
+
+    def __init__(self, rows: Any, key: str | None, indices: list[int] | None = None) -> None:
+        self.rows, self.key, self.indices = rows, key, indices
+
+    @property
+    def dataset(self) -> Any:
+        """The selected rows as a `datasets.Dataset` (columns messages, line)."""
+        return self.rows if self.indices is None else self.rows.select(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.indices is None else len(self.indices)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return self.select(list(range(len(self)))[index])
+        if self.indices is not None:
+            index = self.indices[index]
+        return _conversation(self.rows[index])
+
+    def __iter__(self) -> Iterator[Conversation]:
+        for row in self.dataset:
+            yield _conversation(row)
+
+    def select(self, indices: list[int]) -> Conversations:
+        """The rows at these positions (of this view), as a view of the same file."""
+        chosen = [int(i) for i in indices] if self.indices is None else [self.indices[i] for i in indices]
+        return Conversations(self.rows, self.key, chosen)
+
+
+def _conversation(row: dict[str, Any]) -> Conversation:
+    """A stored row as a Conversation: messages as they were read (no weight key where the file had none)."""
+    return Conversation([{k: v for k, v in m.items() if v is not None} for m in row["messages"]], row["line"])
+
+
+def _stored(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages in the stored shape: every key present, weight null where the file gave none."""
+    return [{"role": m["role"], "content": m["content"], "weight": m.get("weight")} for m in messages]
+
+
+def _row_features() -> Any:
+    """Arrow types of a stored row."""
+    from datasets.features import Features, List, Value
+
+    message = {"role": Value("string"), "content": Value("string"), "weight": Value("int8")}
+    return Features({"messages": List(message), "line": Value("int64")})
+
+
+def _token_features() -> Any:
+    """Arrow types of a tokenised row (see the module docstring)."""
+    from datasets.features import Features, List, Value
+
+    ints = {name: Value("int32") for name in ("length", "full_length", "prompt_length", "loss_tokens")}
+    return Features({"input_ids": List(Value("int32")), "labels": List(Value("int32")), **ints,
+                     "truncated": Value("bool")})
+
+
+def cache_dir() -> Path:
+    """Where datasets' Arrow files live: FINETUNE_HOME/datasets (never the folder of the user's file)."""
+    from finetune.paths import finetune_home
+
+    return finetune_home() / "datasets"
+
+
+def _digest(*parts: str) -> str:
+    """A short stable hash of the parts (a cache key, and a datasets fingerprint: at most 64 characters)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()[:32]
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """datasets' progress bars off for a moment (our own output says what happens), then as they were."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_off = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_off:
+            enable_progress_bars()
+
+
 @dataclass
 class DataReport:
     """What reading a file found: its format, good rows and `FILE:LINE: problem` lines."""
 
     path: Path
     format: str | None
-    conversations: list[Conversation] = field(default_factory=list)
+    conversations: Conversations | list[Conversation] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
@@ -88,52 +204,106 @@ def _messages_from(row: dict[str, Any], fmt: str) -> list[dict[str, Any]]:
 
 
 def read_dataset(path: str | Path, fmt: str = "auto") -> DataReport:
-    """Read and validate a JSONL dataset; problems are collected as `FILE:LINE: what is wrong`."""
+    """Read and validate a JSONL dataset; problems are collected as `FILE:LINE: what is wrong`.
+
+    A valid file's rows come back as Arrow (`Conversations`), converted once per file content: the next read
+    of the same bytes maps the cache and parses nothing. A file with problems caches nothing.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: dataset file not found")
-    raw = path.read_bytes()
     report = DataReport(path=path, format=None if fmt == "auto" else fmt)
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
-        if not line_bytes.strip():
-            continue
-        try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            report.problems.append(f"{path}:{number}: not valid UTF-8 (byte {exc.start})")
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            report.problems.append(f"{path}:{number}: invalid JSON: {exc.msg} (column {exc.colno})")
-            continue
-        if not isinstance(row, dict):
-            report.problems.append(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            continue
-        row_fmt = detect_format(row)
-        if row_fmt is None:
-            report.problems.append(
-                f"{path}:{number}: unknown row format (expected 'messages', 'instruction'+'output', "
-                "or 'prompt'+'completion')"
-            )
-            continue
-        if report.format is None:
-            report.format = row_fmt
-        elif row_fmt != report.format:
-            report.problems.append(f"{path}:{number}: a {row_fmt} row in a {report.format} file (mixed formats)")
-            continue
-        try:
-            report.conversations.append(Conversation(_messages_from(row, row_fmt), number))
-        except ValueError as exc:
-            report.problems.append(f"{path}:{number}: {exc}")
-    if not report.conversations and not report.problems:
-        report.problems.append(f"{path}: the dataset is empty (no rows)")
+    rows = _arrow_rows(path, fmt, report)
+    if rows is not None:
+        report.conversations = rows
+        report.format = report.format or _first_format(path)  # a cache hit parsed no row
     return report
 
 
-def load_conversations(path: str | Path, fmt: str = "auto") -> list[Conversation]:
+def _arrow_rows(path: Path, fmt: str, report: DataReport) -> Conversations | None:
+    """The file's rows in Arrow under FINETUNE_HOME, keyed by its content; None if it has problems."""
+    from datasets.arrow_dataset import Dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    key = _digest("rows", file_sha256(path), fmt, CODE_VERSION)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        yield from _scan(path, report)
+        if report.problems:
+            raise DataError(report.problems[0])  # datasets then discards what it wrote: nothing is cached
+
+    try:
+        with _quiet():
+            dataset = Dataset.from_generator(rows, features=_row_features(), cache_dir=str(cache_dir() / "rows"),
+                                             fingerprint=key)
+    except DatasetGenerationError:
+        if report.problems:
+            return None
+        raise
+    return Conversations(dataset, key)
+
+
+def _scan(path: Path, report: DataReport) -> Iterator[dict[str, Any]]:
+    """Stream the file's lines: yield each valid row in the stored shape, add each problem to `report`."""
+    good = 0
+    with open(path, "rb") as handle:
+        for number, line_bytes in enumerate(handle, start=1):
+            if number == 1 and line_bytes.startswith(b"\xef\xbb\xbf"):
+                line_bytes = line_bytes[3:]
+            row = _parse(path, number, line_bytes, report)
+            if row is not None:
+                good += 1
+                yield {"messages": _stored(row), "line": number}
+    if not good and not report.problems:
+        report.problems.append(f"{path}: the dataset is empty (no rows)")
+
+
+def _parse(path: Path, number: int, line_bytes: bytes, report: DataReport) -> list[dict[str, Any]] | None:
+    """One line's messages, or None (blank, or a problem recorded in `report`)."""
+    if not line_bytes.strip():
+        return None
+    try:
+        line = line_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        report.problems.append(f"{path}:{number}: not valid UTF-8 (byte {exc.start})")
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        report.problems.append(f"{path}:{number}: invalid JSON: {exc.msg} (column {exc.colno})")
+        return None
+    if not isinstance(row, dict):
+        report.problems.append(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        return None
+    row_fmt = detect_format(row)
+    if row_fmt is None:
+        report.problems.append(
+            f"{path}:{number}: unknown row format (expected 'messages', 'instruction'+'output', "
+            "or 'prompt'+'completion')"
+        )
+        return None
+    if report.format is None:
+        report.format = row_fmt
+    elif row_fmt != report.format:
+        report.problems.append(f"{path}:{number}: a {row_fmt} row in a {report.format} file (mixed formats)")
+        return None
+    try:
+        return _messages_from(row, row_fmt)
+    except ValueError as exc:
+        report.problems.append(f"{path}:{number}: {exc}")
+        return None
+
+
+def _first_format(path: Path) -> str | None:
+    """The format of a valid file: its first row's."""
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                return detect_format(json.loads(line.removeprefix(b"\xef\xbb\xbf")))
+    return None
+
+
+def load_conversations(path: str | Path, fmt: str = "auto") -> Conversations:
     """Read a dataset and fail on the first problem with one line (for training)."""
     report = read_dataset(path, fmt)
     if report.problems:
@@ -151,19 +321,28 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def split_train_eval(
-    conversations: list[Conversation], eval_fraction: float, seed: int
-) -> tuple[list[Conversation], list[Conversation]]:
-    """Deterministic held-out split: the same recipe always holds out the same rows (compare relies on it)."""
-    order = list(range(len(conversations)))
+def split_indices(n_rows: int, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Positions of the training and held-out rows, each in file order (the same recipe, the same split)."""
+    order = list(range(n_rows))
     random.Random(seed).shuffle(order)
-    n_eval = int(round(len(conversations) * eval_fraction)) if len(conversations) > 1 else 0
-    if eval_fraction > 0 and n_eval == 0 and len(conversations) >= 10:
+    n_eval = int(round(n_rows * eval_fraction)) if n_rows > 1 else 0
+    if eval_fraction > 0 and n_eval == 0 and n_rows >= 10:
         n_eval = 1
     held = set(order[:n_eval])
-    train = [c for i, c in enumerate(conversations) if i not in held]
-    held_out = [conversations[i] for i in sorted(held)]
-    return train, held_out
+    return [i for i in range(n_rows) if i not in held], sorted(held)
+
+
+def split_train_eval(
+    conversations: Conversations | list[Conversation], eval_fraction: float, seed: int
+) -> tuple[Any, Any]:
+    """Deterministic held-out split: the same recipe always holds out the same rows (compare relies on it).
+
+    Arrow rows split into two views of the same file (nothing copied); a list splits into two lists.
+    """
+    train, held = split_indices(len(conversations), eval_fraction, seed)
+    if isinstance(conversations, Conversations):
+        return conversations.select(train), conversations.select(held)
+    return [conversations[i] for i in train], [conversations[i] for i in held]
 
 
 def _assistant_spans(text: str, messages: list[dict[str, Any]], terminator: str | None) -> list[tuple[int, int]]:
@@ -245,46 +424,138 @@ def tokenize_conversation(
     max_length: int,
     terminator: str | None = None,
 ) -> dict[str, Any]:
-    """Render with the chat template and label only assistant tokens (the rest get -100)."""
-    messages = chat_messages(tokenizer, messages)
-    text = tokenizer.apply_chat_template(_plain(messages), tokenize=False)
-    spans = _assistant_spans(text, messages, terminator)
+    """Render with the chat template and label only assistant tokens (the rest get -100); one row."""
+    text, spans = _render(tokenizer, messages, terminator)
     if getattr(tokenizer, "is_fast", False):
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-        labels = [
-            tok if any(s <= a and b <= e and b > a for s, e in spans) else IGNORE_INDEX
-            for tok, (a, b) in zip(ids, offsets)
-        ]
+        ids, labels = encoded["input_ids"], _labels_by_offsets(encoded["input_ids"], encoded["offset_mapping"], spans)
     else:
-        # Slow tokenizers have no offsets: find token boundaries by tokenising the text up to each span.
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        labels = [IGNORE_INDEX] * len(ids)
-        for start, end in spans:
-            a = len(tokenizer(text[:start], add_special_tokens=False)["input_ids"])
-            b = len(tokenizer(text[:end], add_special_tokens=False)["input_ids"])
-            labels[a:b] = ids[a:b]
-    truncated = len(ids) > max_length
-    ids, labels = ids[:max_length], labels[:max_length]
+        labels = _labels_by_prefix(tokenizer, text, ids, spans)
+    return _token_row(ids, labels, max_length)
+
+
+def _render(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], terminator: str | None
+) -> tuple[str, list[tuple[int, int]]]:
+    """The row's text as the chat template renders it, and the character spans the loss learns."""
+    messages = chat_messages(tokenizer, messages)
+    text = tokenizer.apply_chat_template(_plain(messages), tokenize=False)
+    return text, _assistant_spans(text, messages, terminator)
+
+
+def _labels_by_offsets(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Labels from a fast tokenizer's character offsets: a token is learned when it ends inside a span.
+
+    Ending, not lying, inside: a reply's first word can carry the template's space before it (Llama 2's
+    "[/INST] Arr" gives "▁Arr"), and the model has to produce that token to say the word.
+    """
+    return [
+        tok if any(s < b <= e for s, e in spans) else IGNORE_INDEX
+        for tok, (a, b) in zip(ids, offsets)
+    ]
+
+
+def _labels_by_prefix(
+    tokenizer: PreTrainedTokenizerBase, text: str, ids: list[int], spans: list[tuple[int, int]]
+) -> list[int]:
+    """Labels for a slow tokenizer (no offsets): token boundaries found by tokenising the text up to each span."""
+    labels = [IGNORE_INDEX] * len(ids)
+    for start, end in spans:
+        a = len(tokenizer(text[:start], add_special_tokens=False)["input_ids"])
+        b = len(tokenizer(text[:end], add_special_tokens=False)["input_ids"])
+        labels[a:b] = ids[a:b]
+    return labels
+
+
+def _token_row(ids: list[int], labels: list[int], max_length: int) -> dict[str, Any]:
+    """A tokenised row in the stored format (module docstring), cut to max_length."""
+    prompt = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+    cut_ids, cut_labels = ids[:max_length], labels[:max_length]
     return {
-        "input_ids": ids,
-        "labels": labels,
-        "length": len(ids),
-        "loss_tokens": sum(1 for x in labels if x != IGNORE_INDEX),
-        "truncated": truncated,
+        "input_ids": cut_ids,
+        "labels": cut_labels,
+        "length": len(cut_ids),
+        "full_length": len(ids),
+        "prompt_length": prompt,
+        "loss_tokens": sum(1 for x in cut_labels if x != IGNORE_INDEX),
+        "truncated": len(ids) > max_length,
     }
 
 
-def tokenize_conversations(
-    tokenizer: PreTrainedTokenizerBase, conversations: list[Conversation], max_length: int
-) -> Any:
-    """Tokenise rows into a `datasets.Dataset` (input_ids, labels), dropping rows truncated to no labels."""
-    from datasets import Dataset
+def _tokenize_batch(
+    batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, max_length: int, terminator: str | None
+) -> dict[str, list[Any]]:
+    """Dataset.map's work on a batch of stored rows: rendered, encoded in one tokenizer call, masked, cut."""
+    rendered = [_render(tokenizer, _conversation({"messages": m, "line": 0}).messages, terminator)
+                for m in batch["messages"]]
+    texts = [text for text, _ in rendered]
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        rows = [_token_row(ids, _labels_by_offsets(ids, offsets, spans), max_length)
+                for ids, offsets, (_, spans) in zip(encoded["input_ids"], encoded["offset_mapping"], rendered)]
+    else:
+        rows = []
+        for ids, (text, spans) in zip(tokenizer(texts, add_special_tokens=False)["input_ids"], rendered):
+            rows.append(_token_row(ids, _labels_by_prefix(tokenizer, text, ids, spans), max_length))
+    return {column: [row[column] for row in rows] for column in TOKEN_COLUMNS}
 
-    terminator = end_of_turn_token(tokenizer)
-    rows = [tokenize_conversation(tokenizer, c.messages, max_length, terminator) for c in conversations]
-    kept = [r for r in rows if r["loss_tokens"] > 0]
-    return Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in kept])
+
+def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of what decides a tokenizer's output: vocabulary and rules, special tokens, chat template."""
+    import tokenizers
+    import transformers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    rules = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    specials = json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str)
+    return _digest(type(tokenizer).__name__, rules, specials, str(getattr(tokenizer, "chat_template", None)),
+                   transformers.__version__, tokenizers.__version__)
+
+
+def tokenize_rows(
+    tokenizer: PreTrainedTokenizerBase, conversations: Conversations | list[Conversation], max_length: int
+) -> Any:
+    """Every row tokenised (columns in the module docstring), in order; Arrow rows of a file are cached.
+
+    The whole file is tokenised once per key (content, tokenizer, max_length, this module's code) and a
+    split is a selection of it, so a second run, or another split of the same file, tokenises nothing.
+    """
+    from datasets.arrow_dataset import Dataset
+    from datasets.fingerprint import generate_random_fingerprint
+
+    if isinstance(conversations, Conversations):
+        rows, key, indices = conversations.rows, conversations.key, conversations.indices
+    else:
+        stored = [{"messages": _stored(c.messages), "line": c.line} for c in conversations]
+        rows, key, indices = Dataset.from_list(stored, features=_row_features()), None, None
+    work = partial(_tokenize_batch, tokenizer=tokenizer, max_length=max_length,
+                   terminator=end_of_turn_token(tokenizer))
+    options: dict[str, Any] = {"keep_in_memory": True, "new_fingerprint": generate_random_fingerprint()}
+    if key is not None:
+        fingerprint = _digest("tokens", key, tokenizer_identity(tokenizer), str(max_length), CODE_VERSION)
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        options = {"cache_file_name": str(cache_dir() / f"tokens-{fingerprint}.arrow"),
+                   "load_from_cache_file": True, "new_fingerprint": fingerprint}
+    with _quiet():
+        tokens = rows.map(work, batched=True, batch_size=MAP_BATCH, remove_columns=rows.column_names,
+                          features=_token_features(), **options)
+    return tokens if indices is None else tokens.select(indices)
+
+
+def trainable(tokens: Any) -> Any:
+    """The tokenised rows that keep a label within max_length (training drops rows cut to no reply)."""
+    import numpy as np
+
+    keep = np.flatnonzero(np.asarray(tokens.with_format("numpy")["loss_tokens"]) > 0)
+    return tokens if len(keep) == len(tokens) else tokens.select(keep.tolist())
+
+
+def tokenize_conversations(
+    tokenizer: PreTrainedTokenizerBase, conversations: Conversations | list[Conversation], max_length: int
+) -> Any:
+    """Tokenise rows into a `datasets.Dataset` (columns in the module docstring), dropping rows cut to no labels."""
+    return trainable(tokenize_rows(tokenizer, conversations, max_length))
 
 
 def length_stats(lengths: list[int]) -> dict[str, int]:

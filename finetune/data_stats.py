@@ -5,14 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from finetune.data import (
-    DataReport,
-    end_of_turn_token,
-    length_stats,
-    mark_trained,
-    tokenize_conversation,
-    trained_segments,
-)
+from finetune.data import DataReport, length_stats, mark_trained, tokenize_rows, trained_segments
 from finetune.recipe import BUNDLED_DEFAULT, Recipe, load_recipe
 
 
@@ -25,12 +18,11 @@ def token_stats(report: DataReport, recipe_path: Path | None) -> dict[str, Any]:
     else:
         recipe = Recipe.model_validate({"name": "check", "dataset": {"path": str(report.path)}})
     tokenizer = load_tokenizer(recipe)
-    terminator = end_of_turn_token(tokenizer)
-    rows = [
-        tokenize_conversation(tokenizer, c.messages, 10**9, terminator) for c in report.conversations
-    ]
-    lengths = [r["length"] for r in rows]
     max_length = recipe.dataset.max_length
+    # Training's own tokenisation and cache (a check before `train` makes train's tokenisation a cache hit);
+    # the statistics are of the uncut rows.
+    tokens = tokenize_rows(tokenizer, report.conversations, max_length)
+    lengths = list(tokens["full_length"])
     return {
         **length_stats(lengths),
         "total": sum(lengths),

@@ -109,18 +109,17 @@ class _Row:
 
 def _tokenized_rows(tokenizer: Any, conversations: list[Conversation], max_len: int) -> list[_Row]:
     """The rows training keeps, counted with training's own tokenisation (finetune.data)."""
-    from finetune.data import IGNORE_INDEX, tokenize_conversations
+    from finetune.data import tokenize_rows
 
     if not conversations:
         return []  # an empty dataset has no columns to read
-    # One token past max_length tells a row that was cut from one that fits exactly; finetune.data cuts
-    # rows to a prefix, so the first max_length tokens and labels are exactly training's.
-    dataset = tokenize_conversations(tokenizer, conversations, max_len + 1)
+    # training's own tokenised rows (and cache): lengths cut at max_length, the uncut length, the first label
+    dataset = tokenize_rows(tokenizer, conversations, max_len)
+    columns = (dataset[name] for name in ("length", "full_length", "prompt_length"))
     rows = []
-    for ids, labels in zip(dataset["input_ids"], dataset["labels"], strict=True):
-        prompt = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+    for length, full, prompt in zip(*columns, strict=True):
         if prompt < max_len:  # training drops a row whose replies max_length cuts off entirely
-            rows.append(_Row(min(len(ids), max_len), prompt, len(ids) > max_len))
+            rows.append(_Row(length, prompt, full > max_len))
     return rows
 
 
