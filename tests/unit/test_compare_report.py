@@ -132,7 +132,9 @@ def test_report_json_reads_back_into_the_same_report():
 
 def test_every_verdict_test_has_a_holm_p_value_and_no_other_does():
     # p_holm is written only where Holm applied (docs/compare.md): base's drift changes have none.
-    data = json.loads((DATA / "compare_report.json").read_text(encoding="utf-8"))
+    from finetune.compare.report import report_json
+
+    data = json.loads(report_json(typed_report()))
     assert "p_holm" not in data["drift"]["multi"]["base"]["change"]
     assert data["drift"]["multi"]["adapter"]["change"]["p_holm"] is not None
     assert "arena" not in data
