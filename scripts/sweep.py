@@ -10,8 +10,9 @@ outputs/sweep-<name>/<run> --set training.learning_rate=LR --set training.epochs
 (the run's resolved recipe, so compare holds out exactly the rows training held out). It then reads
 each summary.json and compare/report.json and writes outputs/sweep-<name>/results.json and results.md:
 style (marker rate, classifier), loop share, ended-at-end-of-turn share, content kept (adapter minus the
-prompt arm), held-out loss and train minutes. A finished run or compare is kept and reused when the sweep
-is started again (so an interrupted sweep resumes); --force retrains and recompares everything.
+prompt arm), held-out loss and train minutes. A finished run (completed, stopped at --max-time, diverged)
+or compare is kept when the sweep is started again, an interrupted run resumes from its checkpoint;
+--force retrains and recompares everything.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from finetune import atomic  # noqa: E402
 
+# Run statuses (summary.json) that retraining would not change: kept when the sweep starts again.
+FINISHED = {"completed", "time_budget", "diverged"}
 # Columns of the table: (header, how to get the figure from one result row).
 COLUMNS = [
     ("run", "run"),
@@ -156,11 +159,13 @@ def main(argv: list[str] | None = None) -> int:
             sets = [f"training.learning_rate={lr}", f"training.epochs={epochs}", *args.sets]
             if args.max_time:
                 sets.append(f"training.max_time={args.max_time}")
-            summary = _read_json(run_dir / "summary.json")
-            if args.force or not summary or summary.get("status") != "completed" or not (run_dir / "adapter").is_dir():
-                cmd = [*finetune, "train", str(args.recipe), "--output-dir", str(run_dir), "--force"]
+            summary = _read_json(run_dir / "summary.json") or {}
+            if args.force or summary.get("status") not in FINISHED:
+                # An interrupted run (Ctrl-C, SIGTERM) continues from its checkpoint; anything else starts over.
+                again = "--resume" if summary.get("status") == "interrupted" and not args.force else "--force"
+                cmd = [*finetune, "train", str(args.recipe), "--output-dir", str(run_dir), again]
                 cmd += [x for s in sets for x in ("--set", s)]
-                # Exit 1-3 may still leave an adapter (stopped at max_time); compare whatever was saved.
+                # A failed or diverged run may still leave an adapter; compare whatever was saved.
                 _run(cmd, log)
                 summary = _read_json(run_dir / "summary.json")
             compare_dir = run_dir / "compare"
