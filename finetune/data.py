@@ -74,6 +74,9 @@ class Conversations(Sequence):
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
             return self.select(list(range(len(self)))[index])
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"row {index} of {len(self)}")
+        index %= len(self)
         if self.indices is not None:
             index = self.indices[index]
         return _conversation(self.rows[index])
@@ -549,6 +552,15 @@ def trainable(tokens: Any) -> Any:
 
     keep = np.flatnonzero(np.asarray(tokens.with_format("numpy")["loss_tokens"]) > 0)
     return tokens if len(keep) == len(tokens) else tokens.select(keep.tolist())
+
+
+def row_lengths(tokens: Any) -> list[int]:
+    """Each tokenised row's length, read from the `length` column (not by loading every row's ids)."""
+    import numpy as np
+
+    if "length" not in tokens.column_names:
+        return [len(ids) for ids in tokens["input_ids"]]
+    return np.asarray(tokens.with_format("numpy")["length"]).tolist()
 
 
 def tokenize_conversations(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune import atomic, hardware
-from finetune.data import collate
+from finetune.data import collate, row_lengths
 from finetune.rank import agree_on_stop, peak_over_ranks
 from finetune.recipe import Recipe
 from finetune.runs import LEDGER_FILE
@@ -107,7 +107,7 @@ def _trainer_class() -> type:
             if self.args.train_sampling_strategy != "group_by_length":
                 return super()._get_train_sampler(train_dataset)
             dataset = train_dataset if train_dataset is not None else self.train_dataset
-            lengths = [len(ids) for ids in dataset["input_ids"]]
+            lengths = row_lengths(dataset)
             return EpochSeededLengthSampler(lengths, self.args.per_device_train_batch_size, self.args.data_seed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001

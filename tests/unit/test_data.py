@@ -167,3 +167,35 @@ def test_a_template_that_refuses_for_another_reason_is_a_one_line_data_error(bun
                 {"role": "assistant", "content": "a"}]
     with pytest.raises(DataError, match="chat template of .*Conversation roles must alternate"):
         tokenize_conversation(tokenizer, messages, 64)
+
+
+def test_rows_read_from_arrow_are_the_rows_of_the_file(tmp_path):
+    from finetune.data import Conversations
+
+    weighted = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a1", "weight": 0},
+                             {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]}
+    path = write(tmp_path, [CHAT, "", weighted] + [CHAT] * 9)
+    rows = load_conversations(path)
+    assert isinstance(rows, Conversations) and len(rows) == 11
+    assert rows[0].messages == CHAT["messages"] and rows[0].line == 1  # no weight key the file did not have
+    assert rows[1].messages == weighted["messages"] and rows[1].line == 3  # blank line 2 skipped, weight 0 kept
+    assert rows[-1].line == 12 and [c.line for c in rows[1:3]] == [3, 4] and [c.line for c in rows[2:][1:3]] == [5, 6]
+    with pytest.raises(IndexError):
+        rows[11]
+    as_list = list(rows)
+    for view, plain in zip(split_train_eval(rows, 0.3, 7), split_train_eval(as_list, 0.3, 7), strict=True):
+        assert [(c.line, c.messages) for c in view] == [(c.line, c.messages) for c in plain]
+        assert [view[i].line for i in range(len(view))] == [c.line for c in plain]
+
+
+def test_row_lengths_reads_the_length_column(tmp_path, bundled_dir):
+    from transformers import AutoTokenizer
+
+    from finetune.data import row_lengths, tokenize_conversations
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_dir)
+    longer = {"messages": [{"role": "user", "content": "why " * 8}, {"role": "assistant", "content": "Arr!"}]}
+    tokens = tokenize_conversations(tokenizer, load_conversations(write(tmp_path, [CHAT, longer, CHAT])), 64)
+    lengths = row_lengths(tokens)
+    assert lengths == [len(ids) for ids in tokens["input_ids"]] and lengths[0] == lengths[2] < lengths[1]
+    assert row_lengths(tokens.remove_columns("length")) == row_lengths(tokens)
