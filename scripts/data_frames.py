@@ -5,8 +5,9 @@
     python scripts/data_frames.py FILE... [--top 8] [--json]
 
 Per file: replies and sentences, the most repeated assistant sentences, openers (a reply's first
-sentence) and closers (its last) with their counts, the share of assistant text that sits in frame
-sentences, and, for the persona files, how often the voice reaches the body of a reply. A model trained
+sentence) and closers (its last), and replies' first and last three words, with their counts; the
+share of assistant text that sits in frame sentences, and, for the persona files, how often the voice
+reaches the sentences that carry content. A model trained
 on a handful of openers and closers reused 20-30 times each learns the frame, not the voice, and loops
 on it (issue 21); this is the measurement behind scripts/make_datasets.py's MAX_SENTENCE_REUSE.
 """
@@ -65,6 +66,9 @@ def frame_stats(texts: list[str], markers: list[str] | None = None, top: int = 8
     uses = Counter(s for parts in split for s in parts)
     openers = Counter(parts[0] for parts in split if len(parts) > 1)
     closers = Counter(parts[-1] for parts in split if len(parts) > 1)
+    # A reply's first and last three words (characters in Japanese): a frame can hide in a phrase too.
+    starts = Counter(" ".join(units(t)[:3]) for t in texts)
+    ends = Counter(" ".join(units(t)[-3:]) for t in texts)
     total_chars = sum(len(s) for parts in split for s in parts) or 1
     frame_chars = sum(len(s) for parts in split for s in parts if per_reply[s] >= FRAME_MIN_REPLIES)
     stats: dict = {
@@ -76,9 +80,13 @@ def frame_stats(texts: list[str], markers: list[str] | None = None, top: int = 8
         "frame_share": round(frame_chars / total_chars, 4),
         "distinct_openers": len(openers),
         "distinct_closers": len(closers),
+        "max_start_reuse": max(starts.values(), default=0),
+        "max_end_reuse": max(ends.values(), default=0),
         "top_sentences": uses.most_common(top),
         "top_openers": openers.most_common(top),
         "top_closers": closers.most_common(top),
+        "top_starts": starts.most_common(top),
+        "top_ends": ends.most_common(top),
     }
     if markers:
         # Content sentences: not frame, and long enough to say something (a bare "Arr, matey!" is not).
@@ -98,7 +106,7 @@ def _print(name: str, stats: dict) -> None:
     print(f"== {name}")
     scalars = {k: v for k, v in stats.items() if not k.startswith("top_")}
     print("   " + "  ".join(f"{k} {v}" for k, v in scalars.items()))
-    for key in ("top_sentences", "top_openers", "top_closers"):
+    for key in ("top_sentences", "top_openers", "top_closers", "top_starts", "top_ends"):
         print(f"   {key[4:]}:")
         for text, count in stats[key]:
             print(f"     {count:4d}  {text[:90]}")
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="One JSON object keyed by file name.")
     args = parser.parse_args(argv)
     files = args.files or sorted((ROOT / "datasets").glob("*.jsonl"))
-    results = {p.name: frame_stats(replies(p), MARKERS.get(p.name), args.top) for p in files}
+    results = {str(p) if args.files else p.name: frame_stats(replies(p), MARKERS.get(p.name), args.top) for p in files}
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=1))
     else:

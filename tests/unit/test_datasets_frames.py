@@ -48,6 +48,15 @@ def test_no_assistant_sentence_reused_beyond_cap(rel: str) -> None:
     assert stats["frame_share"] == 0.0, f"{rel}: {stats['frame_share']} of the assistant text is frame"
 
 
+@pytest.mark.parametrize("rel", ["pirate.jsonl", "alpaca_sample.jsonl", "prompt_completion_sample.jsonl"])
+def test_pirate_replies_do_not_share_an_opening_or_closing_phrase(rel: str) -> None:
+    # "Shiver me timbers" opened 46 of 414 replies before the fix; a phrase can be a frame as well as a sentence.
+    stats = FRAMES.frame_stats(FRAMES.replies(DATASETS / rel), top=1)
+    assert stats["max_start_reuse"] <= MAKE.PIRATE_MAX_EDGE_REUSE, f"{rel}: {stats['top_starts']}"
+    assert stats["max_end_reuse"] <= MAKE.PIRATE_MAX_EDGE_REUSE, f"{rel}: {stats['top_ends']}"
+    assert MAKE.PIRATE_MAX_EDGE_REUSE <= 0.05 * stats["replies"] or rel != "pirate.jsonl"
+
+
 @pytest.mark.parametrize("rel", sorted(VOICED))
 def test_voice_lives_in_the_answer(rel: str) -> None:
     stats = FRAMES.frame_stats(FRAMES.replies(DATASETS / rel), FRAMES.MARKERS[rel])
