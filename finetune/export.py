@@ -110,9 +110,29 @@ def adapter_state(adapter_dir: Path) -> dict[str, Any]:
     return load_file(str(path))
 
 
-def write_tokenizer(tokenizer: Any, folder: Path) -> None:
-    """Save the tokenizer (with its chat template) into a folder."""
+def sentencepiece_model(base_model: str) -> Path | None:
+    """The base model's sentencepiece tokenizer.model (local folder or hub cache), if it ships one."""
+    from finetune.models import resolve_base_model
+
+    local = Path(resolve_base_model(base_model))
+    if local.is_dir():
+        path = local / "tokenizer.model"
+        return path if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(str(local), "tokenizer.model")
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def write_tokenizer(tokenizer: Any, folder: Path, spm_model: Path | None = None) -> None:
+    """Save the tokenizer (with its chat template) into a folder, with the base's tokenizer.model if any.
+
+    transformers saves only tokenizer.json; llama.cpp's converter reads the sentencepiece scores from
+    tokenizer.model and, without it, gives every piece the same score (Llama 2, Mistral, Phi-3, Gemma).
+    """
     tokenizer.save_pretrained(str(folder))
+    if spm_model is not None:
+        shutil.copy(spm_model, Path(folder) / "tokenizer.model")
 
 
 # --- the export -------------------------------------------------------------------------------------------
@@ -152,6 +172,13 @@ class Exporter:
         self.out_dir = Path(out) if out else default_out_dir(self.run_dir, merge)
         check_target(self.out_dir, force)
         self.hub_id = base_hub_id(self.recipe.base_model)
+        self.spm_model = sentencepiece_model(self.recipe.base_model)
+        if fmt == "gguf":  # refuse an architecture llama.cpp cannot run before loading or writing anything
+            from finetune import llama_cpp
+            from finetune.models import load_config
+
+            config = load_config(self.recipe)
+            llama_cpp.require_architecture((config.architectures or [None])[0], config.model_type)
         self.files: list[str] = []
 
     def run(self) -> dict[str, Any]:
@@ -246,7 +273,7 @@ class Exporter:
         config["base_model_name_or_path"] = self.hub_id
         config["inference_mode"] = True
         atomic.write_json(tmp / "adapter_config.json", config)
-        write_tokenizer(self.tokenizer, tmp)
+        write_tokenizer(self.tokenizer, tmp, self.spm_model)
         self.files += sorted(p.name for p in tmp.iterdir())
         model = attach_adapter(model, tmp, name="export")
         model.set_adapter("export")
@@ -274,7 +301,7 @@ class Exporter:
 
         merged = self._merged_model(model)
         merged.save_pretrained(str(tmp), safe_serialization=True)
-        write_tokenizer(self.tokenizer, tmp)
+        write_tokenizer(self.tokenizer, tmp, self.spm_model)
         del merged
         self.files += sorted(p.name for p in tmp.iterdir())
         reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32).eval()
@@ -296,7 +323,7 @@ class Exporter:
         merged = model.merge_and_unload()  # fp32: the converter rounds once, to the GGUF's type
         with tempfile.TemporaryDirectory(prefix=".merged-hf-", dir=tmp.parent) as scratch:
             merged.save_pretrained(scratch, safe_serialization=True)
-            write_tokenizer(self.tokenizer, Path(scratch))
+            write_tokenizer(self.tokenizer, Path(scratch), self.spm_model)
             llama_cpp.convert_model(Path(scratch), tmp / name, GGUF_SUFFIX[self.dtype])
         self.files.append(name)
         if self.ollama:
@@ -328,7 +355,7 @@ class Exporter:
         with tempfile.TemporaryDirectory(prefix=".lora-hf-", dir=tmp.parent) as scratch:
             base_dir, adapter_dir = Path(scratch) / "base", Path(scratch) / "adapter"
             base.save_pretrained(str(base_dir), safe_serialization=True)
-            write_tokenizer(self.tokenizer, base_dir)
+            write_tokenizer(self.tokenizer, base_dir, self.spm_model)
             adapter_dir.mkdir()
             shutil.copy(self.adapter_dir / "adapter_model.safetensors", adapter_dir)
             atomic.write_json(adapter_dir / "adapter_config.json",

@@ -132,6 +132,38 @@ def convert_lora(adapter_dir: Path, base_dir: Path, outfile: Path, outtype: str)
     )
 
 
+# Architectures the test zoo exports and checks in llama.cpp (tests/integration/test_zoo.py, docs/export.md).
+TESTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt_neox", "gpt2")
+
+
+def converter_architectures() -> set[str]:
+    """The model classes (config.json `architectures`) convert_hf_to_gguf.py knows: its TEXT_MODEL_MAP's keys.
+
+    Read as data from the converter's own source, so a refusal needs no torch import in a subprocess.
+    """
+    import ast
+
+    source = (require_source() / "conversion" / "__init__.py").read_text(encoding="utf-8")
+    for node in ast.parse(source).body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (
+            node.targets[0] if isinstance(node, ast.Assign) else None)
+        if isinstance(target, ast.Name) and target.id == "TEXT_MODEL_MAP" and node.value is not None:
+            return set(ast.literal_eval(node.value))
+    return set()
+
+
+def require_architecture(architecture: str | None, model_type: str | None) -> None:
+    """Refuse, in one line, a model class llama.cpp's converter does not know (before anything is written)."""
+    known = converter_architectures()
+    if architecture and known and architecture not in known:
+        raise ModelError(
+            f"{architecture} ({model_type}): llama.cpp (llama-cpp-python {VERSION}) has no such architecture, "
+            "so no GGUF can run it; "
+            f"GGUF export supports {', '.join(TESTED_ARCHITECTURES)} (tested) and the other architectures of "
+            "convert_hf_to_gguf.py; export with --format safetensors instead"
+        )
+
+
 # Architectures whose LoRA GGUF crashed llama.cpp (segmentation fault while applying it, llama-cpp-python
 # 0.3.36, tests/integration/test_zoo.py): their adapters are exported merged instead.
 LORA_CRASHES = ("gpt2",)

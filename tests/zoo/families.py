@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from finetune import llama_cpp
+from finetune.gguf_export import read_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +34,7 @@ class Family:
     end_of_turn: str
     note: str = ""  # where the tokenizer or template is not the family's own, why and what stands in
     extra_tokens: tuple[str, ...] = ()  # special tokens the stand-in vocabulary lacks
+    dummy_prefix: bool | None = None  # sentencepiece "▁" before text: None keeps the vocab GGUF's own setting
 
 
 FAMILIES = {
@@ -42,6 +44,11 @@ FAMILIES = {
         Family("qwen2.5", "qwen2", "Qwen-Qwen2.5-7B-Instruct.jinja", "qwen2", "<|im_end|>"),
         Family("qwen3", "qwen2", "Qwen-Qwen3-0.6B.jinja", "qwen3", "<|im_end|>",
                note="Qwen3 shares Qwen2.5's tokenizer (the same 151k vocabulary and pre-tokenizer)"),
+        Family("llama2", "llama-spm", "catalog:llama2", "llama", "</s>",
+               note="Llama 2's (and Mistral v0.1's) 32k sentencepiece vocabulary with Llama 2's chat template "
+                    "(finetune's catalog copy of Llama-2-chat's); Mistral Nemo's template leaves the system "
+                    "message out of any conversation that ends with a reply, so its training rows are refused"),
+        Family("phi3.5", "phi-3", "microsoft-Phi-3.5-mini-instruct.jinja", "phi3", "<|end|>"),
         Family("gpt2", "gpt-2", "catalog:plain", "gpt2", "<|endoftext|>",
                note="GPT-2's own tokenizer; rinna japanese-gpt-1b's sentencepiece vocabulary is not in llama.cpp's "
                     "models/, so this row tests the gpt2 architecture with finetune's plain template"),
@@ -70,15 +77,65 @@ def tokenizer_dir(family: Family) -> Path:
     """The family's tokenizer rebuilt from llama.cpp's vocab GGUF (cached), with the real chat template."""
     from transformers import AutoTokenizer
 
-    target = llama_cpp.cache_dir() / "zoo" / family.vocab  # beside the sources it is built from
+    name = family.vocab + {None: "", True: "-prefix", False: "-noprefix"}[family.dummy_prefix]
+    target = llama_cpp.cache_dir() / "zoo" / name  # beside the sources it is built from
     if not (target / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(source() / "models", gguf_file=f"ggml-vocab-{family.vocab}.gguf")
+        gguf_file = source() / "models" / f"ggml-vocab-{family.vocab}.gguf"
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         staging = target.with_name(f".{target.name}.{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        meta = read_gguf(gguf_file, arrays=True)["metadata"]
+        if meta["tokenizer.ggml.model"] == "llama":  # sentencepiece
+            prefix = meta.get("tokenizer.ggml.add_space_prefix", True) if family.dummy_prefix is None \
+                else family.dummy_prefix
+            sentencepiece_like(tokenizer, prefix)
+            write_sentencepiece_model(meta, prefix, staging / "tokenizer.model")
         tokenizer.save_pretrained(staging)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
     return target
+
+
+def sentencepiece_like(tokenizer, dummy_prefix: bool) -> None:
+    """Give a tokenizer rebuilt from an spm vocab GGUF the pipeline of the real models' tokenizer.json.
+
+    transformers' GGUF loader gives it a Metaspace pre-tokenizer, which adds no "▁" to text that already starts
+    with a space: " Hello" became [▁Hello] where sentencepiece and llama.cpp give [▁, ▁Hello] (15 of llama-spm's
+    47 reference strings differed). Llama 2's and Mistral's own tokenizer.json instead prepend "▁" in the
+    normalizer (Gemma's only replaces spaces), which also matches llama.cpp's prefix after each special token.
+    """
+    from tokenizers import normalizers
+
+    steps = [normalizers.Prepend("\u2581")] if dummy_prefix else []
+    tokenizer.backend_tokenizer.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "\u2581")])
+    tokenizer.backend_tokenizer.pre_tokenizer = None
+
+
+def write_sentencepiece_model(meta: dict, dummy_prefix: bool, path: Path) -> None:
+    """tokenizer.model from the vocab GGUF's pieces, scores and types (llama.cpp's converter reads the scores).
+
+    Without it convert_hf_to_gguf falls back to tokenizer.json and gives every piece the score -1000, so
+    llama.cpp's sentencepiece merges would no longer follow the vocabulary's priorities.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as spm
+
+    model = spm.ModelProto()
+    model.trainer_spec.model_type = spm.TrainerSpec.BPE
+    model.trainer_spec.byte_fallback = True
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = dummy_prefix
+    model.normalizer_spec.remove_extra_whitespaces = False
+    model.normalizer_spec.escape_whitespaces = True
+    pieces, scores, kinds = (meta[f"tokenizer.ggml.{k}"] for k in ("tokens", "scores", "token_type"))
+    # The sentencepiece model proper ends where the added tokens begin (Phi-3's <|endoftext|>... at 32000: they
+    # travel in tokenizer_config.json); one UNKNOWN piece, the first three's others CONTROL, as sentencepiece has it.
+    end = next((i for i, kind in enumerate(kinds) if i > 2 and kind not in (1, 6)), len(kinds))
+    unk = meta.get("tokenizer.ggml.unknown_token_id", 0)
+    for i in range(end):
+        kind = 2 if i == unk else 3 if i < 3 or kinds[i] in (2, 3, 4) else kinds[i]
+        model.pieces.add(piece=pieces[i], score=scores[i], type=kind)  # GGUF token types use sentencepiece's numbers
+    path.write_bytes(model.SerializeToString())
 
 
 def make_model(folder: Path, family: Family) -> Path:
@@ -109,6 +166,8 @@ def make_model(folder: Path, family: Family) -> Path:
     model.generation_config.eos_token_id = eos_ids
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    if (tokenizer_dir(family) / "tokenizer.model").is_file():  # as real Llama 2 / Mistral / Phi-3 folders ship it
+        shutil.copy(tokenizer_dir(family) / "tokenizer.model", folder)
     return folder
 
 

@@ -1,0 +1,42 @@
+"""GGUF export of an architecture llama.cpp cannot run: one line, exit 2, nothing written (a real trained run)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from finetune.recipe import parse_recipe
+from finetune.train import train
+from tests.conftest import make_tiny_model, recipe_dict
+
+pytestmark = pytest.mark.slow
+
+
+def test_gpt_neox_japanese_gguf_export_is_refused_in_one_line(tmp_path, bundled_dir, pirate_rows):
+    # abeja's gpt_neox_japanese: transformers trains it, llama.cpp's convert_hf_to_gguf.py has no such class.
+    model = make_tiny_model(tmp_path / "neox-ja", "gpt_neox_japanese", bundled_dir)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        recipe = recipe_dict(str(model), pirate_rows, max_steps=1)
+        recipe["lora"]["target_modules"] = "all-linear"
+        summary = train(parse_recipe(recipe), output_dir=tmp_path / "run", say=lambda *_: None)
+    finally:
+        torch.set_num_threads(before)
+    assert summary["status"] == "completed"
+    out = tmp_path / "gguf"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "finetune", "export", str(tmp_path / "run"), "--merge",
+                           "--format", "gguf", "--out", str(out)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert "GPTNeoXJapaneseForCausalLM (gpt_neox_japanese)" in lines[0] and "no such architecture" in lines[0]
+    assert "gpt_neox" in lines[0].split("supports", 1)[1] and "llama" in lines[0]
+    assert not out.exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith("export")) == []
