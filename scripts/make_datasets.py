@@ -2093,6 +2093,7 @@ def _compose(rng: random.Random, persona: Persona, core: str, topic: str, kind: 
     """One in-voice reply: the voiced core with woven leads/tails, an opener and a closer (each optional)."""
     # Poems and quotations are left word for word: a lead or tail there would change the quoted text.
     plain = not any(ch in core for ch in "\n\"「")
+    woven_last = False  # the last sentence already has a lead: a tail as well would say two addresses
     parts = re.split(persona.sentence_split, core) if plain else [core]
     if plain:
         parts = [_optional_swaps(rng, persona, p) for p in parts]
@@ -2101,21 +2102,23 @@ def _compose(rng: random.Random, persona: Persona, core: str, topic: str, kind: 
             if rng.random() < persona.weave_share:
                 tail = _with_tail(rng, persona, parts[j]) if j < len(parts) - 1 and rng.random() < 0.5 else None
                 parts[j] = tail or _with_lead(rng, persona, parts[j], persona.body_leads)
+                woven_last = j == len(parts) - 1
     opener: str | None = None
     # An answer that already opens with an interjection gets no second one in front of it.
     if not core.startswith(tuple(persona.lead_words)):
         mode = _mode(rng.random(), OPENER_ALONE, OPENER_MERGED)
-        if mode == "merged" and not plain:
+        # "Arr, no, whales ..." reads as a muddle: an answer that starts with its yes or no keeps it in front.
+        if mode == "merged" and (not plain or re.match(r"(No|Yes|Aye)\b", parts[0])):
             mode = "alone"
         if mode == "none" and not matches_any(parts[0][:40], persona.markers):
-            mode = "merged" if plain else "alone"
+            mode = "merged" if plain and not re.match(r"(No|Yes|Aye)\b", parts[0]) else "alone"
         if mode == "alone":
             opener = _fill(rng, persona, rng.choice(persona.openers["any"] + persona.openers.get(kind, []) * 2))
         elif mode == "merged":
             parts[0] = _with_lead(rng, persona, parts[0])
     closer: str | None = None
     mode = _mode(rng.random(), CLOSER_ALONE, CLOSER_MERGED)
-    tail = _with_tail(rng, persona, parts[-1]) if plain else None
+    tail = _with_tail(rng, persona, parts[-1]) if plain and not woven_last else None
     end_in_voice = matches_any(parts[-1][-60:], persona.markers)
     if mode == "merged" and not tail:
         mode = "none" if end_in_voice else "alone"
