@@ -11,7 +11,8 @@ from typing import Any
 
 from finetune.errors import DataError
 
-ARMS = ("finetune", "finetune-qlora", "trl-defaults", "trl-tuned")
+# finetune: padded, length-grouped batches; finetune-packed: the same rows packed without padding (packing: true).
+ARMS = ("finetune", "finetune-packed", "finetune-qlora", "trl-defaults", "trl-tuned")
 IGNORE_INDEX = -100
 
 
@@ -51,7 +52,9 @@ class BenchSettings:
         """Read settings written by `save`."""
         return cls(**json.loads(Path(path).read_text()))
 
-    def recipe_data(self, name: str, bits: int | None, data_path: str | None = None) -> dict[str, Any]:
+    def recipe_data(
+        self, name: str, bits: int | None, data_path: str | None = None, packing: bool | str = "auto"
+    ) -> dict[str, Any]:
         """A finetune recipe (raw data) for these settings: one epoch, automatic precision, no saves."""
         return {
             "name": name,
@@ -62,7 +65,7 @@ class BenchSettings:
             "lora": dict(self.lora),
             "quantization": {"bits": bits},
             "training": {
-                **self.training, "epochs": 1, "batch_size": self.batch_size,
+                **self.training, "epochs": 1, "batch_size": self.batch_size, "packing": packing,
                 # One metrics line per step: the bench times every step from the outside.
                 "logging_steps": 1, "save_steps": 10**9, "save_minutes": None,
             },
@@ -227,6 +230,14 @@ def final_lines(results: list[dict[str, Any]], parameters: int, peak_gflops: flo
         f"speedup vs trl-tuned: {_fmt(vs_tuned, '.2f')}x",
         f"share of matmul peak: {_fmt(None if share is None else share * 100, '.0f')}%",
     ]
+
+
+def packing_line(results: list[dict[str, Any]]) -> str:
+    """'packed vs padded: 1.23x': non-padding tokens/s of finetune-packed over finetune's padded batches."""
+    by_arm = {r["arm"]: r for r in results}
+    packed, padded = (by_arm.get(arm, {}).get("tokens_per_s") for arm in ("finetune-packed", "finetune"))
+    ratio = speedup(packed, padded)
+    return f"packed vs padded (non-padding tokens/s): {_fmt(ratio, '.2f')}x"
 
 
 # --- the machine ---------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
     python -m bench.run [--rows 160] [--heldout 32] [--data datasets/pirate.jsonl] [--seed 0] [--keep]
 
-Arms: finetune (automatic choices, through the real CLI), finetune-qlora (4-bit base), trl-defaults
+Arms: finetune (automatic choices, through the real CLI, padded length-grouped batches), finetune-packed (the
+same with packing: true, rows end to end without padding), finetune-qlora (4-bit base), trl-defaults
 (SFTTrainer as shipped, use_cpu on a CPU) and trl-tuned (the faster of fp32 and bf16 autocast, measured here
 for a few steps each, without gradient checkpointing). The orchestrator times every arm from the outside:
 it starts the process, notes when each optimizer step's line appears, and samples the process's peak RSS
@@ -34,6 +35,7 @@ from bench.common import (
     final_lines,
     format_table,
     matmul_peak_gflops,
+    packing_line,
     parameter_count,
     step_rates,
     write_rows,
@@ -151,10 +153,10 @@ class Bench:
             "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
         }
 
-    def finetune_arm(self, name: str, bits: int | None) -> dict[str, Any]:
+    def finetune_arm(self, name: str, bits: int | None, packing: bool) -> dict[str, Any]:
         """finetune through its real CLI (`python -m finetune train`), automatic precision and the rest."""
         recipe_path = self.work / f"{name}.yaml"
-        recipe = self.settings.recipe_data(f"bench-{name}", bits)
+        recipe = self.settings.recipe_data(f"bench-{name}", bits, packing=packing)
         recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         run_dir = self.work / "runs" / name
         cmd = [sys.executable, "-m", "finetune", "train", str(recipe_path), "--output-dir", str(run_dir)]
@@ -162,7 +164,7 @@ class Bench:
         result = run_process(cmd, self.env, run_dir / "metrics.jsonl", self.work / f"{name}.log")
         summary = _read_json(run_dir / "summary.json")
         result.update(precision=summary.get("precision"), checkpointing=summary.get("gradient_checkpointing"),
-                      adapter=str(run_dir / "adapter"), bits=bits)
+                      adapter=str(run_dir / "adapter"), bits=bits, packing=summary.get("packing"))
         if self.cuda:
             lines = atomic.read_jsonl(run_dir / "metrics.jsonl")
             result["peak_allocated_mb"] = summary.get("peak_memory_mb")
@@ -274,10 +276,10 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"order (seed {args.seed}): {', '.join(order)}", flush=True)
         results = []
         for name in order:
-            if name == "finetune":
-                result = bench.finetune_arm(name, None)
+            if name in ("finetune", "finetune-packed"):
+                result = bench.finetune_arm(name, None, packing=name == "finetune-packed")
             elif name == "finetune-qlora":
-                result = bench.finetune_arm(name, 4)
+                result = bench.finetune_arm(name, 4, packing=False)
             elif name == "trl-defaults":
                 result = bench.trl_arm(name, "defaults")
             else:
@@ -305,6 +307,8 @@ def _bench(args: argparse.Namespace) -> int:
         _save(args, device, peaks, parameters, order, settings, results, lines)
         print()
         print(format_table(results, cuda))
+        if "finetune-packed" in arms:
+            print(packing_line(results))
         print("\n".join(lines))
         return 0 if all(r["returncode"] == 0 for r in results) else 1
     finally:

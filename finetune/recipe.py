@@ -98,13 +98,14 @@ class TrainingConfig(_Section):
     max_time: float | None = None  # seconds; YAML may say '7h', '90m', '1h30m'
     divergence_patience: int = Field(3, ge=1)
     group_by_length: bool = True
+    packing: Literal["auto", True, False] = "auto"  # rows end to end without padding (finetune/packing.py)
 
     @field_validator("max_time", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float | None:
         return parse_duration(value)
 
-    @field_validator("gradient_checkpointing", mode="before")
+    @field_validator("gradient_checkpointing", "packing", mode="before")
     @classmethod
     def _checkpointing(cls, value: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false"):

@@ -152,6 +152,13 @@ class PhasePeaks(_Fixed):
     save: float | None
 
 
+class PackingInfo(_Fixed):
+    """Whether the run packed rows without padding (training.packing) and why (finetune/packing.py)."""
+
+    enabled: bool
+    reason: str
+
+
 class Summary(_Fixed):
     """summary.json, schema_version 2: every field is documented in docs/runs.md."""
 
@@ -177,6 +184,7 @@ class Summary(_Fixed):
     hardware: HardwareInfo
     precision: Literal["bf16", "fp16", "fp32"]
     gradient_checkpointing: bool
+    packing: PackingInfo | None
     quantization: Literal[4, 8] | None
     num_processes: int
     strategy: Literal["none", "ddp", "fsdp", "zero2", "zero3"]
@@ -225,6 +233,7 @@ def build_summary(
         hardware=HardwareInfo(device=hw.device, name=hw.name, features=list(hw.features)),
         precision=precision,
         gradient_checkpointing=checkpointing,
+        packing=PackingInfo(**run_state.packing.summary()) if getattr(run_state, "packing", None) else None,
         quantization=recipe.quantization.bits,
         num_processes=num_processes,
         strategy=strategy,

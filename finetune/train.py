@@ -14,6 +14,7 @@ from finetune import atomic, hardware
 from finetune.data import file_sha256, load_conversations, split_train_eval, tokenize_conversations
 from finetune.errors import RunError
 from finetune.models import load_config, load_model, load_tokenizer
+from finetune.packing import check_recipe as check_packing
 from finetune.rank import save_sharded_adapter
 from finetune.recipe import Recipe
 from finetune.resume import check_same_run, checkpoint_is_final, finished_summary, pick_checkpoint, restore_final
@@ -145,7 +146,8 @@ def _train(
 
     # 0. Check everything the user can get wrong before anything is written.
     conversations = load_conversations(recipe.dataset.path, recipe.dataset.format)
-    load_config(recipe)  # the model exists and needs no remote code unless the recipe allows it
+    config = load_config(recipe)  # the model exists and needs no remote code unless the recipe allows it
+    check_packing(recipe, config.model_type)  # packing: true where it cannot be exact fails now
     if recipe.cost.gpu:
         from finetune.catalog import find_gpu, load_gpus
 
@@ -229,6 +231,8 @@ def _train(
     configure_wandb(recipe, run_dir)
     trainer = build_trainer(model, args, train_ds, eval_ds, tokenizer, run_state,
                             [phases.callback(), *(callbacks or [])])
+    if is_main:
+        say(f"packing {run_state.packing.describe()}")
     # transformers would train one step past max_steps when resumed from the last one: finish instead.
     final = resume_from is not None and checkpoint_is_final(resume_from, args.max_steps)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from finetune import atomic, hardware
 from finetune.data import collate, row_lengths
+from finetune.packing import PackedBatchSampler, PackingChoice, choose_packing, collate_packed
 from finetune.rank import agree_on_stop, peak_over_ranks
 from finetune.recipe import Recipe
 from finetune.runs import LEDGER_FILE
@@ -47,12 +48,21 @@ def build_trainer(
     """Our Trainer for this run: the recipe's arguments, run control first, our telemetry instead of tqdm."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    recipe = run_state.recipe
+    run_state.packing = choose_packing(
+        recipe.training.packing, model.config.model_type, model.config._attn_implementation, args.device.type,
+        [len(ids) for ids in train_ds["input_ids"]], recipe.dataset.max_length, recipe.training.batch_size,
+    )
+    if run_state.packing.enabled:
+        collator = partial(collate_packed, pad_id=tokenizer.pad_token_id, one_line=run_state.packing.one_line)
+    else:
+        collator = partial(collate, pad_id=tokenizer.pad_token_id)
     trainer = _trainer_class()(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=partial(collate, pad_id=tokenizer.pad_token_id),
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=[_control_callback(run_state), *(callbacks or [])],
         run_state=run_state,
@@ -103,6 +113,19 @@ def _trainer_class() -> type:
             super().__init__(*args, **kwargs)
             self.run_state = run_state
 
+        def get_train_dataloader(self):  # noqa: ANN201
+            if not self.run_state.packing.enabled:
+                return super().get_train_dataloader()
+            # Packed batches hold a varying number of rows, so they come from a batch sampler (seeded per epoch
+            # like EpochSeededLengthSampler: a resumed run skips to exactly the batches it had not trained).
+            lengths = row_lengths(self.train_dataset)
+            sampler = PackedBatchSampler(lengths, self.args.per_device_train_batch_size, self.args.data_seed)
+            loader = torch.utils.data.DataLoader(
+                self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
+            )
+            return self.accelerator.prepare(loader)
+
         def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001
             if self.args.train_sampling_strategy != "group_by_length":
                 return super()._get_train_sampler(train_dataset)
@@ -112,6 +135,10 @@ def _trainer_class() -> type:
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
             labels = inputs.pop("labels")
+            if "position_ids" in inputs:
+                # A packed batch: its attention_mask only told the Trainer which tokens are real. Passed on, it
+                # would stop transformers from reading the row boundaries from the position ids.
+                inputs.pop("attention_mask", None)
             targets = labels[:, 1:]
             # The vocabulary projection is the largest tensor for small models: compute it only at
             # positions where some row has a label (assistant tokens), not over prompts and padding.
@@ -193,6 +220,7 @@ class RunState:
         self.last_step_end = time.monotonic()
         self.save_seconds = 0.0
         self.first_step_s: float | None = None
+        self.packing = PackingChoice(False, "not decided yet")  # build_trainer decides, summary.json records
 
     def observe_loss(self, loss: Any, step: int) -> None:
         """Count consecutive non-finite losses (divergence)."""
