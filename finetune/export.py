@@ -133,6 +133,25 @@ def write_tokenizer(tokenizer: Any, folder: Path, spm_model: Path | None = None)
     tokenizer.save_pretrained(str(folder))
     if spm_model is not None:
         shutil.copy(spm_model, Path(folder) / "tokenizer.model")
+        _spm_added_tokens(tokenizer, spm_model, Path(folder))
+
+
+def _spm_added_tokens(tokenizer: Any, spm_model: Path, folder: Path) -> None:
+    """Tokens added beyond the sentencepiece model, where llama.cpp's converter looks for them.
+
+    transformers 5 keeps them in tokenizer.json only; the converter reads tokenizer_config.json's
+    added_tokens_decoder, and without it a template token like <end_of_turn> became "[PAD32001]" in the GGUF.
+    """
+    from sentencepiece import SentencePieceProcessor
+
+    pieces = SentencePieceProcessor(model_file=str(spm_model)).vocab_size()
+    added = {str(i): {"content": t.content, "special": t.special}
+             for i, t in tokenizer.added_tokens_decoder.items() if i >= pieces}
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if added and not config.get("added_tokens_decoder"):
+        config["added_tokens_decoder"] = added
+        atomic.write_json(path, config)
 
 
 # --- the export -------------------------------------------------------------------------------------------

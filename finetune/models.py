@@ -29,6 +29,10 @@ BUNDLED = {
         "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
         "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
         "license": "apache-2.0",
+        # SmolLM2's own tokenizer.json splits digits one by one before its ByteLevel step (llama.cpp's `smollm`
+        # pre-tokenizer does the same); transformers' GGUF loader rebuilds only the ByteLevel step, so "x  +  1"
+        # became ' ', ' ', '1' where SmolLM2 and llama.cpp give '  ', '1'.
+        "split_digits": True,
     },
 }
 _CATALOG = Path(__file__).parent / "catalog"
@@ -79,6 +83,17 @@ def _convert_gguf(gguf_dir: Path, gguf_name: str, target: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
+def _restore_digit_split(folder: Path) -> None:
+    """Put the model's own digit-by-digit split back in front of the ByteLevel pre-tokenizer (idempotent)."""
+    path = folder / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    pre = data.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel":
+        data["pre_tokenizer"] = {"type": "Sequence",
+                                 "pretokenizers": [{"type": "Digits", "individual_digits": True}, pre]}
+        atomic.write_text(path, json.dumps(data, ensure_ascii=False))
+
+
 def bundled_model_path(name: str) -> Path:
     """Return the converted folder of a bundled model, converting it once (safe across processes)."""
     if name not in BUNDLED:
@@ -86,6 +101,10 @@ def bundled_model_path(name: str) -> Path:
     info = BUNDLED[name]
     target = finetune_home() / "models" / name
     if (target / "config.json").is_file():
+        # Also repairs folders converted before the split was restored.
+        if info.get("split_digits") and '"Digits"' not in (target / "tokenizer.json").read_text(encoding="utf-8"):
+            with _file_lock(target.with_name(f"{name}.lock")):
+                _restore_digit_split(target)
         return target
     package_dir = _package_dir(info["package"])
     if not (package_dir / info["file"]).is_file():
@@ -93,6 +112,8 @@ def bundled_model_path(name: str) -> Path:
     with _file_lock(target.with_name(f"{name}.lock")):
         if not (target / "config.json").is_file():  # another process may have finished meanwhile
             _convert_gguf(package_dir, info["file"], target)
+        if info.get("split_digits"):
+            _restore_digit_split(target)
     return target
 
 

@@ -14,22 +14,29 @@ COLUMNS = ("family", "train", "mask", "merged GGUF", "LoRA GGUF", "llama.cpp tok
            "stops at end of turn", "Ollama template")
 
 
+LORA_FIGURES = ("adapter_moves_logits_by", "max_abs_logit_diff", "tokens_matched")
+
+
 def row(f: dict) -> list[str]:
-    """One table row from one family's figures."""
+    """One table row from one family's figures (a result file missing a figure is stale: an error, never nan)."""
     merged, lora, mask = f["merged_gguf"], f["lora_gguf"], f["mask"]
     loss = f["train"].get("final_loss")
-    if "refused" in lora:
-        lora = {"tokens_matched": "-", "max_abs_logit_diff": float("nan"), "note": f"refused: {lora['refused']}"}
+    refused = lora.get("refused")
+    missing = [k for k in LORA_FIGURES if k not in lora] if not refused else []
+    if missing:
+        raise ValueError(f"{f['family']}: no {', '.join(missing)} in its results (written by an older test run); "
+                         f"rerun: pytest tests/integration/test_zoo.py -k {f['family']}")
     return [
         f"{f['family']} (`{f['vocab']}` vocab)",
         f"3 steps, loss {loss:.2f}" if isinstance(loss, float) else "3 steps",
         f"{mask['trained_tokens']}/{mask['row_tokens']} tokens, ends `{mask['end_of_turn']}`",
         f"f32, pre `{merged['pre_tokenizer'] or merged['tokenizer_model']}`",
-        lora.get("note") or f"f32 over converted base (adapter moves logits "
-        f"{lora.get('adapter_moves_logits_by', float('nan')):.2f})",
-        f"{merged['tokens_matched']} (LoRA base {lora['tokens_matched']})",
-        f"merged {merged['max_abs_logit_diff']:.1e}, LoRA {lora['max_abs_logit_diff']:.1e} "
-        f"(tol {merged['tolerance']:g})",
+        f"refused: {refused}" if refused else
+        f"f32 over converted base (adapter moves logits {lora['adapter_moves_logits_by']:.2f})",
+        f"{merged['tokens_matched']}" + ("" if refused else f" (LoRA base {lora['tokens_matched']})"),
+        f"merged {merged['max_abs_logit_diff']:.1e}, " + ("LoRA refused" if refused else
+                                                           f"LoRA {lora['max_abs_logit_diff']:.1e}")
+        + f" (tol {merged['tolerance']:g})",
         f"{f['stops_at_end_of_turn']['finish_reason']} after {f['stops_at_end_of_turn']['completion_tokens']} token(s)",
         f"{f['ollama']['chat_format']}, 3-turn prompt equal",
     ]
@@ -43,7 +50,11 @@ def main() -> int:
         return 1
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for path in files:
-        cells = [cell.replace("|", "\\|") for cell in row(json.loads(path.read_text(encoding="utf-8")))]
+        try:
+            cells = [cell.replace("|", "\\|") for cell in row(json.loads(path.read_text(encoding="utf-8")))]
+        except ValueError as exc:
+            print(f"{path}: {exc}", file=sys.stderr)
+            return 1
         lines.append("| " + " | ".join(cells) + " |")
     print("\n".join(lines))
     return 0
