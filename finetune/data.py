@@ -546,21 +546,24 @@ def tokenize_rows(
     return tokens if indices is None else tokens.select(indices)
 
 
+def column(tokens: Any, name: str) -> Any:
+    """One scalar column of a dataset as a numpy array, read from Arrow in one slice (row by row: ~1 ms a row)."""
+    return tokens.select_columns(name).with_format("arrow")[:][name].to_numpy()
+
+
 def trainable(tokens: Any) -> Any:
     """The tokenised rows that keep a label within max_length (training drops rows cut to no reply)."""
     import numpy as np
 
-    keep = np.flatnonzero(np.asarray(tokens.with_format("numpy")["loss_tokens"]) > 0)
+    keep = np.flatnonzero(column(tokens, "loss_tokens") > 0)
     return tokens if len(keep) == len(tokens) else tokens.select(keep.tolist())
 
 
 def row_lengths(tokens: Any) -> list[int]:
     """Each tokenised row's length, read from the `length` column (not by loading every row's ids)."""
-    import numpy as np
-
     if "length" not in tokens.column_names:
         return [len(ids) for ids in tokens["input_ids"]]
-    return np.asarray(tokens.with_format("numpy")["length"]).tolist()
+    return column(tokens, "length").tolist()
 
 
 def tokenize_conversations(

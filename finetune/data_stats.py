@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from finetune.data import DataReport, length_stats, mark_trained, tokenize_rows, trained_segments
+from finetune.data import DataReport, column, length_stats, mark_trained, tokenize_rows, trained_segments
 from finetune.recipe import BUNDLED_DEFAULT, Recipe, load_recipe
 
 
@@ -22,7 +22,7 @@ def token_stats(report: DataReport, recipe_path: Path | None) -> dict[str, Any]:
     # Training's own tokenisation and cache (a check before `train` makes train's tokenisation a cache hit);
     # the statistics are of the uncut rows.
     tokens = tokenize_rows(tokenizer, report.conversations, max_length)
-    lengths = list(tokens["full_length"])
+    lengths = column(tokens, "full_length").tolist()
     return {
         **length_stats(lengths),
         "total": sum(lengths),

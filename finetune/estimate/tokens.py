@@ -109,13 +109,13 @@ class _Row:
 
 def _tokenized_rows(tokenizer: Any, conversations: list[Conversation], max_len: int) -> list[_Row]:
     """The rows training keeps, counted with training's own tokenisation (finetune.data)."""
-    from finetune.data import tokenize_rows
+    from finetune.data import column, tokenize_rows
 
     if not conversations:
         return []  # an empty dataset has no columns to read
     # training's own tokenised rows (and cache): lengths cut at max_length, the uncut length, the first label
     dataset = tokenize_rows(tokenizer, conversations, max_len)
-    columns = (dataset[name] for name in ("length", "full_length", "prompt_length"))
+    columns = (column(dataset, name).tolist() for name in ("length", "full_length", "prompt_length"))
     rows = []
     for length, full, prompt in zip(*columns, strict=True):
         if prompt < max_len:  # training drops a row whose replies max_length cuts off entirely
