@@ -75,11 +75,12 @@ def build_trainer(
 def _trainer_class() -> type:
     """The Trainer subclass, built on first use so importing this module does not import transformers."""
     import torch
-    import torch.nn.functional as F
     from peft.helpers import disable_input_dtype_casting
     from transformers import Trainer
     from transformers.trainer_pt_utils import get_length_grouped_indices
     from transformers.trainer_utils import rotate_checkpoints
+
+    from finetune.loss import summed_cross_entropy
 
     class EpochSeededLengthSampler(torch.utils.data.Sampler):
         """Length-grouped order drawn from seed + epoch, so a resumed run sees exactly the same batches.
@@ -151,7 +152,8 @@ def _trainer_class() -> type:
                 outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
             logits = outputs.logits.float()
             picked = targets[:, keep]
-            total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), picked.reshape(-1), reduction="sum")
+            # Its backward writes the gradient into these fp32 logits (finetune/loss.py): 4 bytes a logit, not 12.
+            total = summed_cross_entropy(logits.reshape(-1, logits.size(-1)), picked.reshape(-1))
             count = num_items_in_batch if num_items_in_batch is not None else (picked != -100).sum()
             loss = total / torch.clamp(torch.as_tensor(count, device=total.device), min=1)
             if num_items_in_batch is not None and self.args.average_tokens_across_devices:
