@@ -51,7 +51,7 @@ def build_trainer(
     recipe = run_state.recipe
     run_state.packing = choose_packing(
         recipe.training.packing, model.config.model_type, model.config._attn_implementation, args.device.type,
-        [len(ids) for ids in train_ds["input_ids"]], recipe.dataset.max_length, recipe.training.batch_size,
+        row_lengths(train_ds), recipe.dataset.max_length, recipe.training.batch_size,
     )
     if run_state.packing.enabled:
         collator = partial(collate_packed, pad_id=tokenizer.pad_token_id, one_line=run_state.packing.one_line)
