@@ -37,6 +37,6 @@ def test_gpt_neox_japanese_gguf_export_is_refused_in_one_line(tmp_path, bundled_
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr
     assert "GPTNeoXJapaneseForCausalLM (gpt_neox_japanese)" in lines[0] and "no such architecture" in lines[0]
-    assert "gpt_neox" in lines[0].split("supports", 1)[1] and "llama" in lines[0]
+    assert "gemma2" in lines[0].split("supports", 1)[1] and "llama" in lines[0]
     assert not out.exists()
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith("export")) == []

@@ -49,6 +49,13 @@ FAMILIES = {
                     "(finetune's catalog copy of Llama-2-chat's); Mistral Nemo's template leaves the system "
                     "message out of any conversation that ends with a reply, so its training rows are refused"),
         Family("phi3.5", "phi-3", "microsoft-Phi-3.5-mini-instruct.jinja", "phi3", "<|end|>"),
+        Family("gemma2", "llama-spm", "google-gemma-2-2b-it.jinja", "gemma2", "<end_of_turn>",
+               extra_tokens=("<start_of_turn>", "<end_of_turn>"), dummy_prefix=False,
+               note="Gemma 2's 256k sentencepiece vocabulary is not in llama.cpp's models/ (ggml-vocab-gemma-4.gguf "
+                    "is Gemma 4's BPE vocabulary with merges, llama.cpp's `gemma4` tokenizer type, not Gemma 2's): "
+                    "Llama 2's sentencepiece vocabulary stands in, with Gemma's turn tokens added and no dummy "
+                    "prefix, as Gemma's tokenizer has; the template has no system role, so the system text is "
+                    "folded into the first user turn"),
         Family("gpt2", "gpt-2", "catalog:plain", "gpt2", "<|endoftext|>",
                note="GPT-2's own tokenizer; rinna japanese-gpt-1b's sentencepiece vocabulary is not in llama.cpp's "
                     "models/, so this row tests the gpt2 architecture with finetune's plain template"),
@@ -81,11 +88,11 @@ def tokenizer_dir(family: Family) -> Path:
     target = llama_cpp.cache_dir() / "zoo" / name  # beside the sources it is built from
     if not (target / "tokenizer_config.json").is_file():
         gguf_file = source() / "models" / f"ggml-vocab-{family.vocab}.gguf"
+        meta = read_gguf(gguf_file, arrays=True)["metadata"]
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         staging = target.with_name(f".{target.name}.{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        meta = read_gguf(gguf_file, arrays=True)["metadata"]
         if meta["tokenizer.ggml.model"] == "llama":  # sentencepiece
             prefix = meta.get("tokenizer.ggml.add_space_prefix", True) if family.dummy_prefix is None \
                 else family.dummy_prefix
@@ -158,6 +165,8 @@ def make_model(folder: Path, family: Family) -> Path:
                       max_position_embeddings=256, num_key_value_heads=2)
     if family.model_type in ("gemma2", "qwen3"):
         kwargs["head_dim"] = 16
+    if family.model_type == "gemma2":  # as Gemma 2 2B/9B: queries scaled by head_dim (llama.cpp assumes it)
+        kwargs["query_pre_attn_scalar"] = 16
     eos_ids = sorted({tokenizer.convert_tokens_to_ids(t) for t in (family.end_of_turn, tokenizer.eos_token)})
     config = AutoConfig.for_model(
         family.model_type, vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids[0]
