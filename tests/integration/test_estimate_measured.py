@@ -104,7 +104,8 @@ def test_predicted_peak_memory_within_20_percent(measured, name):
     actual = probe["peak_memory_mb"]
     message = f"{name}: predicted {predicted:.0f} MB, measured {actual:.0f} MB ({predicted / actual - 1:+.1%})"
     print(message)  # the figures behind docs/estimate.md's table (pytest -s shows them)
-    assert predicted == pytest.approx(actual, rel=0.20), message
+    # QLoRA on a CPU to 15% (issue 20): bitsandbytes runs here, so its estimate is held to the issue's target.
+    assert predicted == pytest.approx(actual, rel=0.15 if name.startswith("4bit") else 0.20), message
 
 
 @pytest.fixture(scope="module")
