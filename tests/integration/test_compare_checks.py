@@ -70,7 +70,9 @@ def test_cached_multiple_choice_scores_equal_plain_full_sequence_log_probs(tiny_
         ("Which is a fruit?", [" apple", " hammer", " a very long option about a granite stone"]),
         ("What colour is the sky on a clear day?", [" blue", " green"]),
         ("空の色は？", [" 青", " 緑色です", " 赤"]),
-        ("Pick a number.", [" 1", " 22", " 333", " 4444"]),
+        # Options of 1 to 5 tokens. Not digits: SmolLM2 splits every digit alone, so " 1" after the prompt's
+        # newline becomes "\n " + "1", merging into the prefix (split_options rightly returns None for it).
+        ("Pick a number.", [" one", " twenty-two", " three hundred", " four thousand four hundred"]),
     ]
     split = []
     for question, choices in questions:
