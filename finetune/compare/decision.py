@@ -153,7 +153,8 @@ def _reasons(report: Report, adapter: _Arm, prompt: _Arm | None, both: _Arm | No
             if d is not None:
                 lost = " (lost)" if name in x.lost_ability else ""
                 ability.append(f"{x.name} vs base on {name} {_diff_text(d)}{lost}")
-    reasons.append(Reason(topic="ability", text="; ".join(ability) or "not measured (no multiple-choice set)"))
+    missing = "no base arm" if "base" not in report.arms else "no multiple-choice set"
+    reasons.append(Reason(topic="ability", text="; ".join(ability) or f"not measured ({missing})"))
     if report.arena:
         boards = []
         for criterion, board in (report.arena.get("criteria") or {}).items():
@@ -205,6 +206,11 @@ def decide(report: Report) -> Decision | None:
         choice, why = "both", "the adapter with the prompt carries the voice best with sound answers"
     elif prompt and prompt.good:
         choice, why = "prompt", "only the prompt carries the voice with sound answers"
+    elif "base" not in names:
+        # Every clause about the voice and retained ability is measured against the base model: without that
+        # arm nothing qualifies, and reading the missing comparisons as failures would misreport both arms.
+        choice = "not enough evidence"
+        why = "the voice and retained ability are judged against the base model: add base to --arms"
     else:
         # Nothing qualifies. Unsure about the voice (no significant gap yet) -> more prompts; else neither.
         unsure = [x for x in (adapter, prompt, both) if x and x.voiced is False and not x.loops and not x.content_lost]

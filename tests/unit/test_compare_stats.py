@@ -553,3 +553,16 @@ def test_only_shares_get_wilson_intervals_and_mcnemar():
     tests = {d.metric: d.test for d in diffs if (d.a, d.b) == ("adapter", "prompt")}
     assert tests["marker_rate"] == "mcnemar-exact" and tests["mc:quiz"] == "mcnemar-exact"
     assert tests["distinct_2"] == "sign" and tests["style"] == "paired-t"
+
+
+def test_without_a_base_arm_the_decision_asks_for_it_instead_of_failing_both_arms():
+    """`--arms prompt,adapter`: style and ability are judged against the base, so their absence is not a fault."""
+    clean = _fixture()
+    for arm in ("base", "prompt", "adapter"):
+        _with_quality(clean[arm], set(), 0.8)
+    report, decision = _typed_report(clean, ["prompt", "adapter"], ["quiz"])
+    assert decision.recommendation == "not enough evidence", decision
+    assert "add base to --arms" in decision.headline
+    assert "does not carry the voice" not in decision.headline
+    ability = next(r for r in decision.reasons if r.topic == "ability")
+    assert ability.text == "not measured (no base arm)"
