@@ -6,7 +6,7 @@
 
 Each grid point runs the real CLI, as a user would: `finetune train RECIPE --output-dir
 outputs/sweep-<name>/<run> --set training.learning_rate=LR --set training.epochs=E ...`, then
-`finetune compare <run>/recipe.yaml --adapter <run> --arms prompt,adapter --samples N --out <run>/compare`
+`finetune compare <run>/recipe.yaml --adapter <run> --arms base,prompt,adapter --samples N --out <run>/compare`
 (the run's resolved recipe, so compare holds out exactly the rows training held out). It then reads
 each summary.json and compare/report.json and writes outputs/sweep-<name>/results.json and results.md:
 style (marker rate, classifier), loop share, ended-at-end-of-turn share, content kept (adapter minus the
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             report = None if args.force else _read_json(compare_dir / "report.json")
             if report is None and (run_dir / "adapter").is_dir():
                 cmd = [*finetune, "compare", str(run_dir / "recipe.yaml"), "--adapter", str(run_dir)]
-                cmd += ["--arms", "prompt,adapter", "--out", str(compare_dir)]
+                cmd += ["--arms", "base,prompt,adapter", "--out", str(compare_dir)]
                 cmd += ["--samples", str(args.samples)] if args.samples else []
                 cmd += args.compare_args.split()
                 if _run(cmd, log) == 0:
