@@ -16,11 +16,17 @@ DATASETS = ROOT / "datasets"
 
 def _load(name: str):
     """Import a script from scripts/ as a module (scripts are not part of the package)."""
-    sys.path.insert(0, str(ROOT / "scripts"))  # data_frames imports make_datasets by name
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
+    # data_frames imports make_datasets by name and puts scripts/ on sys.path; the path is restored after, since
+    # scripts/llama_cpp.py would otherwise shadow the llama_cpp package for every later test in the process.
+    saved = list(sys.path)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
     return module
 
 
