@@ -56,12 +56,14 @@ class Conversation:
 class Conversations(Sequence):
     """Validated rows held in Arrow (memory-mapped): indexed and iterated as Conversation, one at a time.
 
-    `key` names the file's content (None for rows built in memory); `indices` select rows of the file
-    (a split), so tokenisation can run once over the whole file and serve every split of it.
+    `key` names the file's content (None for rows built in memory); `sha256` is the file's own hash, read
+    once here for the summary and the resume check; `indices` select rows of the file (a split), so
+    tokenisation can run once over the whole file and serve every split of it.
     """
 
-    def __init__(self, rows: Any, key: str | None, indices: list[int] | None = None) -> None:
-        self.rows, self.key, self.indices = rows, key, indices
+    def __init__(self, rows: Any, key: str | None, indices: list[int] | None = None,
+                 sha256: str | None = None) -> None:
+        self.rows, self.key, self.indices, self.sha256 = rows, key, indices, sha256
 
     @property
     def dataset(self) -> Any:
@@ -88,7 +90,7 @@ class Conversations(Sequence):
     def select(self, indices: list[int]) -> Conversations:
         """The rows at these positions (of this view), as a view of the same file."""
         chosen = [int(i) for i in indices] if self.indices is None else [self.indices[i] for i in indices]
-        return Conversations(self.rows, self.key, chosen)
+        return Conversations(self.rows, self.key, chosen, sha256=self.sha256)
 
 
 def _conversation(row: dict[str, Any]) -> Conversation:
@@ -228,7 +230,8 @@ def _arrow_rows(path: Path, fmt: str, report: DataReport) -> Conversations | Non
     from datasets.arrow_dataset import Dataset
     from datasets.exceptions import DatasetGenerationError
 
-    key = _digest("rows", file_sha256(path), fmt, CODE_VERSION)
+    sha256 = file_sha256(path)
+    key = _digest("rows", sha256, fmt, CODE_VERSION)
 
     def rows() -> Iterator[dict[str, Any]]:
         yield from _scan(path, report)
@@ -243,7 +246,7 @@ def _arrow_rows(path: Path, fmt: str, report: DataReport) -> Conversations | Non
         if report.problems:
             return None
         raise
-    return Conversations(dataset, key)
+    return Conversations(dataset, key, sha256=sha256)
 
 
 def _scan(path: Path, report: DataReport) -> Iterator[dict[str, Any]]:

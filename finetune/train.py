@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune import atomic, hardware
-from finetune.data import file_sha256, load_conversations, split_train_eval, tokenize_conversations
+from finetune.data import load_conversations, split_train_eval, tokenize_conversations
 from finetune.errors import RunError
 from finetune.models import load_config, load_model, load_tokenizer
 from finetune.packing import check_recipe as check_packing
@@ -165,7 +165,7 @@ def _train(
     # Only the main process checks and creates the folder: the others would find it half-made.
     run_dir = (prepare_run_dir(recipe, output_dir, force=force, resume=resume, is_main=is_main)
                if is_main else run_dir_for(recipe, output_dir))
-    dataset_sha256 = file_sha256(recipe.dataset.path)
+    dataset_sha256 = conversations.sha256  # hashed once, when the file was read
     resume_from = None
     if resume:
         if is_main:
