@@ -46,6 +46,9 @@ COLUMNS = [
     ("content vs prompt", "content_vs_prompt"),
     ("prompt marker rate", "prompt_marker_rate"),
     ("prompt loop share", "prompt_loop_share"),
+    ("MC adapter", "mc_adapter"),
+    ("MC base", "mc_base"),
+    ("decision", "decision"),
 ]
 
 
@@ -89,10 +92,21 @@ def _mean(arm: dict | None, key: str) -> float | None:
     return None if estimate is None else estimate.get("mean")
 
 
+def _mc_accuracy(report: dict | None, arm: str | None) -> float | None:
+    """An arm's multiple-choice accuracy, the mean over the report's sets (None when not measured)."""
+    accs = [
+        _mean(mc.get("arms", {}).get(arm), "accuracy")
+        for mc in ((report or {}).get("multiple_choice") or {}).values()
+    ]
+    accs = [a for a in accs if a is not None]
+    return sum(accs) / len(accs) if accs and arm else None
+
+
 def result_row(name: str, lr: float, epochs: int, summary: dict | None, report: dict | None) -> dict:
     """One table row from a run's summary.json and its compare report.json."""
     arms = (report or {}).get("arms", {})
-    adapter = next((v for k, v in arms.items() if k.startswith("adapter") and "+prompt" not in k), None)
+    adapter_name = next((k for k in arms if k.startswith("adapter") and "+prompt" not in k), None)
+    adapter = arms.get(adapter_name) if adapter_name else None
     prompt = arms.get("prompt")
     content, content_prompt = _mean(adapter, "content_ref"), _mean(prompt, "content_ref")
     wall = (summary or {}).get("wall_time_s")
@@ -112,6 +126,8 @@ def result_row(name: str, lr: float, epochs: int, summary: dict | None, report: 
         "content_vs_prompt": None if content is None or content_prompt is None else content - content_prompt,
         "prompt_marker_rate": _mean(prompt, "marker_rate"),
         "prompt_loop_share": _mean(prompt, "loop_share"),
+        "mc_adapter": _mc_accuracy(report, adapter_name),
+        "mc_base": _mc_accuracy(report, "base"),
         "decision": ((report or {}).get("decision") or {}).get("recommendation"),
     }
 

@@ -151,7 +151,7 @@ def paired(
         est = stats.exp_estimate(est)
         if est.get("mde") is not None:
             est["mde"] = math.exp(est["mde"])  # the smallest detectable ratio above 1
-    return PairedEstimate(**est)  # p_holm stays unset: only the verdicts' tests get one (apply_holm)
+    return PairedEstimate(**est)  # p_holm stays unset: only the verdicts' and decision's tests get one
 
 
 def arm_section(scores: dict[str, Scores], arms: list[str], seed: int) -> dict[str, ArmMetrics]:
@@ -390,10 +390,22 @@ def _entry(diffs: list[Difference], metric: str, a: str, b: str) -> Difference |
     return None
 
 
+def decision_pairs(arms: list[str], mc_sets: list[str]) -> list[tuple[str, str, list[str]]]:
+    """The comparisons the "Adapter or prompt?" decision reads besides the verdicts': each candidate arm
+    (plain adapters, prompt, adapter+prompt) against the base on the voice and on every multiple-choice set."""
+    if "base" not in arms:
+        return []
+    candidates = [a for a in arms if a != "base"]
+    return [(a, "base", ["style", "marker_rate", *(f"mc:{s}" for s in mc_sets)]) for a in candidates]
+
+
 def verdict_family(diffs: list[Difference], drift: Drift, arms: list[str], mc_sets: list[str]) -> list[PairedEstimate]:
-    """Every test a verdict line reports: the verdict comparisons and the drift changes (the Holm family)."""
+    """Every test a verdict line or the decision reads: the verdict comparisons, the decision's comparisons
+    with the base, and the drift changes (the Holm family)."""
     family: list[PairedEstimate] = []
-    for a, b, metrics in verdict_pairs(arms):
+    # The decision's tests belong in the family too: "adapter loses multiple-choice ability" was read from an
+    # uncorrected McNemar p among six such tests (3 arms x 2 sets) in the demo's report.
+    for a, b, metrics in [*verdict_pairs(arms), *decision_pairs(arms, mc_sets)]:
         for key in metrics or [*HEADLINE, *(f"mc:{s}" for s in mc_sets)]:
             d = _entry(diffs, key, a, b)
             if d is not None and all(d is not f for f in family):
@@ -439,7 +451,8 @@ def statistics_settings(family_size: int) -> dict[str, Any]:
         "paired": "paired t-interval and t-test on per-item differences (log differences for perplexity); "
         "exact sign test when all differences are equal",
         "multiple_choice": "McNemar's exact test on paired 0/1 outcomes (marker hit, loop, ended, right answer)",
-        "correction": "Holm over the verdicts' tests; other paired differences are uncorrected",
+        "correction": "Holm over the verdicts' tests and the decision's comparisons with the base (voice, "
+        "multiple choice); other paired differences are uncorrected",
         "family_size": family_size,
         "alpha": stats.ALPHA,
         "min_items": stats.MIN_SIGNIFICANT_N,

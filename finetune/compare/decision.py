@@ -200,7 +200,8 @@ def decide(report: Report) -> Decision | None:
             why = "adapter and prompt are level on style and quality; the adapter saves the prompt's tokens"
         else:
             choice, why = "prompt", "adapter and prompt are level, and the adapter never pays back its cost"
-    elif adapter.good and (not both or not _wins(_diff(report, style, both.name, adapter.name), both.name)):
+    elif adapter.good and not (both and both.good and _wins(_diff(report, style, both.name, adapter.name), both.name)):
+        # adapter+prompt outvoicing the adapter only matters when it also answers soundly: else the adapter stands.
         choice, why = "adapter", "only the adapter carries the voice with sound answers"
     elif both and both.good:
         choice, why = "both", "the adapter with the prompt carries the voice best with sound answers"

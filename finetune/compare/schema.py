@@ -67,7 +67,7 @@ class PairedEstimate(Estimate):
     p_value: float | None = None
     test: str | None = None  # paired-t | sign | mcnemar-exact | too-few-items
     mde: float | None = None
-    p_holm: float | None = None  # set by analysis.apply_holm on the verdicts' tests only
+    p_holm: float | None = None  # set by analysis.apply_holm on the verdicts' and the decision's tests only
 
 
 class Difference(PairedEstimate):

@@ -566,3 +566,49 @@ def test_without_a_base_arm_the_decision_asks_for_it_instead_of_failing_both_arm
     assert "does not carry the voice" not in decision.headline
     ability = next(r for r in decision.reasons if r.topic == "ability")
     assert ability.text == "not measured (no base arm)"
+
+
+def test_the_decisions_ability_tests_are_holm_corrected_with_the_verdicts():
+    """A multiple-choice loss read from one uncorrected test among many is not a loss (the demo's 'neither')."""
+    arms = ["base", "prompt", "adapter"]
+    n = 64
+
+    def report_with_adapter_missing(k: int):
+        scores = _fixture()
+        for arm in arms:
+            _with_quality(scores[arm], set(), 0.8)
+            scores[arm]["mc"] = {"quiz": [{"id": str(i), "correct": 1.0, "correct_sum": 1.0} for i in range(n)]}
+        for row in scores["adapter"]["mc"]["quiz"][:k]:  # the adapter gets k questions wrong that base gets right
+            row.update(correct=0.0, correct_sum=0.0)
+        return _typed_report(scores, arms, ["quiz"])
+
+    # 6 one-way discordant questions: McNemar p = 2 * 0.5**6 = 0.031 alone, not significant after Holm.
+    report, decision = report_with_adapter_missing(6)
+    quiz = next(d for d in report.differences if d.metric == "mc:quiz" and {d.a, d.b} == {"adapter", "base"})
+    assert quiz.p_value == pytest.approx(0.03125) and quiz.p_holm > 0.05 and not quiz.significant
+    assert decision.recommendation == "adapter", decision
+    ability = next(r for r in decision.reasons if r.topic == "ability").text
+    assert "(lost)" not in ability and "Holm" in ability
+    # 14 such questions survive the correction: the decision still says the adapter loses ability.
+    report, decision = report_with_adapter_missing(14)
+    assert decision.recommendation == "prompt", decision
+    ability = next(r for r in decision.reasons if r.topic == "ability").text
+    assert "adapter vs base on quiz -0.22" in ability and ability.count("(lost)") == 1
+
+
+def test_a_better_voiced_but_unsound_adapter_plus_prompt_does_not_sink_a_sound_adapter():
+    arms = ["base", "prompt", "adapter", "adapter+prompt"]
+    scores = _fixture()
+    rng = np.random.default_rng(1)
+    scores["adapter+prompt"] = _scores(rng.uniform(0.95, 1.0, 30).tolist(), [1.5] * 30, [1.0, 0.0] * 15, [])
+    single = scores["adapter"]["single"]
+    scores["adapter"]["single"] = [dict(r, style=0.7 + 0.1 * (i % 2)) for i, r in enumerate(single)]
+    ids = [f"p{i}" for i in range(30)]
+    for arm in arms:
+        _with_quality(scores[arm], set(ids[:15]) if arm in ("adapter+prompt", "prompt") else set(), 0.8)
+    report, decision = _typed_report(scores, arms, [])
+    pair = {"adapter", "adapter+prompt"}
+    both_vs_adapter = next(d for d in report.differences if d.metric == "style" and {d.a, d.b} == pair)
+    # adapter+prompt sounds more like the persona, but it (and the prompt) loops in half its replies
+    assert both_vs_adapter.significant
+    assert decision.recommendation == "adapter", decision
