@@ -96,6 +96,9 @@ class TrainingConfig(_Section):
     save_minutes: float | None = Field(30, gt=0)
     save_total_limit: int = Field(2, ge=1)
     max_time: float | None = None  # seconds; YAML may say '7h', '90m', '1h30m'
+    # With a budget (max_time or --until): time the first steps, then shorten the schedule so its decay, the
+    # evaluations and the saves end inside the budget, instead of stopping mid-schedule (schedule_fit.py).
+    fit_to_budget: bool = False
     divergence_patience: int = Field(3, ge=1)
     group_by_length: bool = True
     packing: Literal["auto", True, False] = "auto"  # rows end to end without padding (finetune/packing.py)

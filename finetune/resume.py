@@ -14,7 +14,7 @@ from finetune.runs import LEDGER_FILE, checkpoints, read_summary
 
 # Keys a resume may change without --force: they steer the night, not what is learned.
 RUN_CONTROL_KEYS = (
-    "training.max_steps", "training.max_time", "training.save_steps", "training.save_minutes",
+    "training.max_steps", "training.max_time", "training.fit_to_budget", "training.save_steps", "training.save_minutes",
     "training.save_total_limit", "training.logging_steps", "training.eval_steps", "training.divergence_patience",
     "tracking.", "cost.",
 )

@@ -20,7 +20,7 @@ from finetune.recipe import Recipe
 
 CHECKPOINTS = "checkpoints"
 LEDGER_FILE = "finetune_ledger.json"
-SUMMARY_SCHEMA_VERSION = 2  # 2 added peak_memory_by_phase_mb
+SUMMARY_SCHEMA_VERSION = 3  # 2 added peak_memory_by_phase_mb, 3 added schedule
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -159,15 +159,24 @@ class PackingInfo(_Fixed):
     reason: str
 
 
-class Summary(_Fixed):
-    """summary.json, schema_version 2: every field is documented in docs/runs.md."""
+class ScheduleInfo(_Fixed):
+    """The learning-rate schedule's length: as planned, and as fitted to a time budget (training.fit_to_budget)."""
 
-    schema_version: Literal[2] = SUMMARY_SCHEMA_VERSION
+    planned_steps: int
+    steps: int
+    fitted_to_budget: bool
+
+
+class Summary(_Fixed):
+    """summary.json, schema_version 3: every field is documented in docs/runs.md."""
+
+    schema_version: Literal[3] = SUMMARY_SCHEMA_VERSION
     name: str
     status: Literal["completed", "interrupted", "time_budget", "diverged", "failed"]
     message: str | None
     steps: int
     max_steps: int
+    schedule: ScheduleInfo
     epochs: float
     examples: Examples
     tokens: int
@@ -217,6 +226,11 @@ def build_summary(
         message=run_state.message,
         steps=trainer_state.global_step,
         max_steps=trainer_state.max_steps,
+        schedule=ScheduleInfo(
+            planned_steps=getattr(run_state, "planned_steps", None) or trainer_state.max_steps,
+            steps=trainer_state.max_steps,
+            fitted_to_budget=getattr(run_state, "schedule_steps", None) is not None,
+        ),
         epochs=round(trainer_state.epoch or 0.0, 4),
         examples=Examples(train=train_rows, eval=eval_rows),
         tokens=int(getattr(trainer_state, "num_input_tokens_seen", 0) or 0),

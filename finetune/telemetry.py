@@ -367,6 +367,15 @@ class Telemetry:
                 file=self.stream, flush=True,
             )
 
+    def note(self, text: str) -> None:
+        """One line between the progress updates (main process only)."""
+        if not self.is_main:
+            return
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=self.stream, flush=True)
+
     def stop_progress(self) -> None:
         """Close the progress bar."""
         if self._progress is not None:

@@ -225,6 +225,9 @@ def _train(
             say(f"resuming from {resume_from}")
     telemetry.ledger.extra["dataset_sha256"] = dataset_sha256  # in every checkpoint, for --resume to check
     run_state = RunState(recipe, telemetry, budget_s, session_start=began)
+    if resume_from is not None and telemetry.ledger.extra.get("schedule_steps"):
+        run_state.schedule_steps = int(telemetry.ledger.extra["schedule_steps"])  # fitted to an earlier budget
+        run_state.fit_to_budget = False
     args = training_arguments(
         recipe, checkpoints_dir, precision, device, checkpointing, max_steps, eval_ds is not None
     )
@@ -234,7 +237,7 @@ def _train(
     if is_main:
         say(f"packing {run_state.packing.describe()}")
     # transformers would train one step past max_steps when resumed from the last one: finish instead.
-    final = resume_from is not None and checkpoint_is_final(resume_from, args.max_steps)
+    final = resume_from is not None and checkpoint_is_final(resume_from, run_state.schedule_steps or args.max_steps)
 
     # 5. Train, with SIGINT/SIGTERM turned into "finish this step, save, stop". The handlers stay through
     #    step 6: a signal while evaluating or saving lets the save finish and is recorded, never kills it.

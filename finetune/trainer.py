@@ -20,9 +20,10 @@ from typing import Any
 from finetune import atomic, hardware
 from finetune.data import collate, row_lengths
 from finetune.packing import PackedBatchSampler, PackingChoice, choose_packing, collate_packed
-from finetune.rank import agree_on_stop, peak_over_ranks
+from finetune.rank import agree_on_stop, peak_over_ranks, reduce_max
 from finetune.recipe import Recipe
 from finetune.runs import LEDGER_FILE
+from finetune.schedule_fit import FIT_AFTER_STEPS
 from finetune.telemetry import Ledger, Telemetry
 
 
@@ -67,6 +68,8 @@ def build_trainer(
         callbacks=[_control_callback(run_state), *(callbacks or [])],
         run_state=run_state,
     )
+    # Evaluation batches, for fitting the schedule to a time budget (each costs about a forward pass).
+    run_state.eval_batches = math.ceil(len(eval_ds) / args.per_device_eval_batch_size) if eval_ds else 0
     trainer.remove_callback(PrinterCallback)  # our telemetry prints progress
     trainer.remove_callback(ProgressCallback)
     return trainer
@@ -223,6 +226,11 @@ class RunState:
         self.save_seconds = 0.0
         self.first_step_s: float | None = None
         self.packing = PackingChoice(False, "not decided yet")  # build_trainer decides, summary.json records
+        # training.fit_to_budget: the schedule is shortened once, after the first steps are timed (schedule_fit).
+        self.fit_to_budget = bool(recipe.training.fit_to_budget and budget_s is not None)
+        self.planned_steps: int | None = None  # the schedule's length before fitting
+        self.schedule_steps: int | None = None  # its length once fitted (also restored on --resume)
+        self.eval_batches = 0  # build_trainer counts them
 
     def observe_loss(self, loss: Any, step: int) -> None:
         """Count consecutive non-finite losses (divergence)."""
@@ -288,6 +296,40 @@ class RunState:
         return None
 
 
+    def fit_schedule(self, args: Any, state: Any, scheduler: Any, optimizer: Any, eval_batches: int) -> None:
+        """Once, after the first timed steps: end the schedule inside the budget (every rank the same)."""
+        from finetune import schedule_fit
+        from finetune.telemetry import format_duration
+
+        self.planned_steps = self.planned_steps or state.max_steps
+        if args.eval_strategy == "epoch" and state.num_train_epochs:
+            steps_per_eval = state.max_steps / state.num_train_epochs
+        else:
+            steps_per_eval = args.eval_steps if args.eval_strategy == "steps" else None
+        assert self.budget_s is not None  # fit_to_budget is only on with a budget
+        step_s = schedule_fit.typical_step_s(self.step_times)
+        steps = schedule_fit.steps_that_fit(
+            planned=state.max_steps, done=state.global_step, elapsed_s=time.monotonic() - self.session_start,
+            budget_s=self.budget_s, step_s=step_s,
+            save_s=max(self.save_seconds, 2.0), eval_batches=eval_batches, steps_per_eval=steps_per_eval,
+        )
+        steps = -int(reduce_max([-float(steps)])[0])  # the slowest rank decides
+        self.fit_to_budget = False  # fitted once; the budget's hard stop still guards the rest
+        budget = format_duration(self.budget_s)
+        if steps < state.max_steps and schedule_fit.refit_scheduler(scheduler, optimizer, steps):
+            self.telemetry.note(f"time budget {budget}: the schedule now ends at step {steps} of {state.max_steps} "
+                                f"({step_s:.2f} s per step measured; evaluations and saves included)")
+            self.apply_schedule(state, steps)
+        else:
+            self.telemetry.note(f"time budget {budget}: all {state.max_steps} steps fit ({step_s:.2f} s per step)")
+
+    def apply_schedule(self, state: Any, steps: int) -> None:
+        """Train `steps` steps in all: transformers' flow callback stops there (evaluating and saving)."""
+        self.schedule_steps = steps
+        state.max_steps = steps
+        self.telemetry.ledger.extra["schedule_steps"] = steps  # in every checkpoint, for --resume
+
+
 def _control_callback(run_state: RunState) -> Any:
     """A TrainerCallback that applies RunState's decisions at step ends."""
     from transformers import TrainerCallback
@@ -295,8 +337,21 @@ def _control_callback(run_state: RunState) -> Any:
     class RunControl(TrainerCallback):
         """Stops and saves for time budgets, signals and divergence; saves every N minutes."""
 
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            # A resumed run keeps the schedule it was fitted to (its checkpoint's scheduler state assumes it).
+            if run_state.schedule_steps is not None and state.max_steps != run_state.schedule_steps:
+                from finetune.schedule_fit import refit_scheduler
+
+                run_state.planned_steps = state.max_steps
+                refit_scheduler(kwargs["lr_scheduler"], kwargs["optimizer"], run_state.schedule_steps)
+                run_state.apply_schedule(state, run_state.schedule_steps)
+            return control
+
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
             reason = run_state.should_stop(state.global_step)
+            if reason is None and run_state.fit_to_budget and len(run_state.step_times) >= FIT_AFTER_STEPS:
+                run_state.fit_schedule(args, state, kwargs["lr_scheduler"], kwargs["optimizer"],
+                                       run_state.eval_batches)
             reason = agree_on_stop(reason)
             if reason is not None:
                 run_state.status = reason

@@ -126,6 +126,29 @@ def test_max_time_stops_with_time_budget_and_a_usable_adapter(small_llama, pirat
     assert PeftConfig.from_pretrained(tmp_path / "run/adapter").r == 8
 
 
+def test_fit_to_budget_ends_a_decayed_schedule_inside_the_budget(small_llama, pirate_rows, tmp_path):
+    """training.fit_to_budget: the schedule is shortened after timing the first steps, and completes in time."""
+    from finetune.recipe import parse_recipe
+    from finetune.train import train
+
+    spec = recipe_dict(str(small_llama), pirate_rows, max_steps=100000, max_time="20s", save_steps=100000,
+                       fit_to_budget=True, lr_scheduler="cosine", warmup_ratio=0.0)
+    lines: list[str] = []
+    began = time.monotonic()
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", say=lines.append)
+    took = time.monotonic() - began
+    assert summary["status"] == "completed", summary["message"]  # not stopped by the budget: the schedule ended
+    schedule = summary["schedule"]
+    assert schedule["fitted_to_budget"] and schedule["planned_steps"] == 100000
+    assert summary["steps"] == schedule["steps"] == summary["max_steps"] < 100000
+    assert took < 20 + 2, f"the budget is 20 s; the run took {took:.1f} s"
+    assert took >= 20 / 2, f"fitted to {took:.1f} s of a 20 s budget"
+    rates = [r["learning_rate"] for r in metrics(tmp_path / "run") if r.get("learning_rate") is not None]
+    # A cosine over the fitted steps: the last step's rate is near zero, not the 1e-3 a cut-off run would have.
+    assert rates[-1] < 0.05 * 1e-3, rates[-5:]
+    assert summary["eval_loss"] is not None  # the evaluation at the end ran inside the budget too
+
+
 def test_sigterm_saves_reports_interrupted_and_resumes_to_completion(small_llama, pirate_rows, tmp_path):
     recipe = write_recipe(tmp_path, small_llama, pirate_rows, max_steps=300, save_steps=100000)
     run = tmp_path / "run"

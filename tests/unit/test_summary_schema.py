@@ -71,7 +71,7 @@ def _inputs(tmp_path: Path, status: str = "completed", **changes):
 def test_build_summary_writes_exactly_the_schema(tmp_path):
     summary = build_summary(**_inputs(tmp_path))
     assert list(summary) == list(Summary.model_fields)
-    assert summary["schema_version"] == 2 and summary["train_loss"] == 2.0 and summary["peak_memory_mb"] == 1000.0
+    assert summary["schema_version"] == 3 and summary["train_loss"] == 2.0 and summary["peak_memory_mb"] == 1000.0
     assert summary["examples"] == {"train": 9, "eval": 1} and summary["adapter"] == str(tmp_path / "adapter")
     assert summary["cost"]["currency"] == "JPY" and summary["hardware"]["features"] == ["avx512_bf16"]
     Summary.model_validate(summary)  # what is written reads back as the model
