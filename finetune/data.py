@@ -357,7 +357,10 @@ def _assistant_spans(text: str, messages: list[dict[str, Any]], terminator: str 
     for message in messages:
         start = text.find(message["content"], cursor)
         if start < 0:
-            raise DataError(f"chat template dropped a {message['role']} message; cannot build the loss mask")
+            hint = (" (Mistral Nemo's and v0.3's templates render it only before the last user turn, so a row "
+                    "ending with a reply loses it; recipe tokenizer.chat_template: mistral-instruct keeps it)"
+                    if message["role"] == "system" else "")
+            raise DataError(f"chat template dropped a {message['role']} message; cannot build the loss mask{hint}")
         end = start + len(message["content"])
         cursor = end
         if message["role"] != "assistant" or message.get("weight", 1) != 1:
@@ -407,10 +410,21 @@ def chat_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, A
         tokenizer.apply_chat_template(_plain(messages[:2]), tokenize=False)
         return messages
     except Exception as exc:  # jinja2's raise_exception: the template's own words say why
-        if "system" not in str(exc).lower():
+        # No system role: Gemma's says "system"; Mistral 7B Instruct v0.1's only says roles must alternate,
+        # but takes the same turn without the system one.
+        if "system" not in str(exc).lower() and not _renders(tokenizer, messages[1:2]):
             name = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
             raise DataError(f"chat template of {name}: {str(exc).splitlines()[0]}") from None
     return fold_system(messages)
+
+
+def _renders(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]]) -> bool:
+    """Whether the chat template renders these messages without raising."""
+    try:
+        tokenizer.apply_chat_template(_plain(messages), tokenize=False)
+        return True
+    except Exception:  # the template's raise_exception
+        return False
 
 
 def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str | None:

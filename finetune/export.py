@@ -358,25 +358,25 @@ class Exporter:
 
     def _lora_gguf(self, model: Any, inputs: list[Any], tmp: Path) -> dict[str, Any]:
         """The adapter as a llama.cpp LoRA GGUF (convert_lora_to_gguf.py), checked over a converted base."""
+        from safetensors.torch import save_file
+
         from finetune import llama_cpp
-        from finetune.gguf_export import lora_alpha_for_gguf, lora_pairs
+        from finetune.gguf_export import conv1d_pairs_for_converter, lora_alpha_for_gguf, lora_pairs
 
         # One-line refusals before any work: what llama.cpp's LoRA format cannot hold needs --merge.
-        if self.config.get("model_type") in llama_cpp.LORA_CRASHES:
-            raise ModelError(
-                f"{self.config['model_type']}: llama.cpp crashes applying a LoRA GGUF to this architecture; "
-                "export with --merge --format gguf"
-            )
         lora_alpha_for_gguf(self.lora_config)
-        lora_pairs(adapter_state(self.adapter_dir))
+        state = adapter_state(self.adapter_dir)
+        lora_pairs(state)
         name = f"{self.recipe.name}-lora-{GGUF_SUFFIX[self.dtype]}.gguf"
         base = model.unload()  # the untouched base: peft's layers removed, nothing merged
+        conv1d = {name for name, module in base.named_modules() if type(module).__name__ == "Conv1D"}
         with tempfile.TemporaryDirectory(prefix=".lora-hf-", dir=tmp.parent) as scratch:
             base_dir, adapter_dir = Path(scratch) / "base", Path(scratch) / "adapter"
             base.save_pretrained(str(base_dir), safe_serialization=True)
             write_tokenizer(self.tokenizer, base_dir, self.spm_model)
             adapter_dir.mkdir()
-            shutil.copy(self.adapter_dir / "adapter_model.safetensors", adapter_dir)
+            save_file(conv1d_pairs_for_converter(state, conv1d), str(adapter_dir / "adapter_model.safetensors"),
+                      metadata={"format": "pt"})
             atomic.write_json(adapter_dir / "adapter_config.json",
                               {**self.lora_config, "base_model_name_or_path": str(base_dir)})
             llama_cpp.convert_lora(adapter_dir, base_dir, tmp / name, GGUF_SUFFIX[self.dtype])

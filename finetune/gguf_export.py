@@ -105,6 +105,25 @@ def lora_pairs(state: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     return {name: (p["lora_A"], p["lora_B"]) for name, p in sorted(pairs.items())}
 
 
+def conv1d_pairs_for_converter(state: dict[str, Any], conv1d: set[str]) -> dict[str, Any]:
+    """The adapter with its LoRA pairs on Conv1D layers (GPT-2's) in the orientation llama.cpp's converter wants.
+
+    peft stores every pair as a Linear's (A: rank x in, B: out x rank), also on Conv1D layers, whose base weight
+    is stored in x out. llama.cpp's GPT-2 converter transposes those layers' weights, and with them the pair:
+    (A, B) became (B^T, A^T), so blk.0.attn_qkv.weight.lora_a came out [192, 4] against a [64, 192] weight and
+    llama.cpp crashed applying it. Handing the converter (B^T, A^T) makes its transpose give back (A, B).
+    `conv1d` names the base modules that are Conv1D (transformer.h.0.attn.c_attn, ...).
+    """
+    out = dict(state)
+    for key in state:
+        name = key.removeprefix(PEFT_PREFIX)
+        for part, other in (("lora_A", "lora_B"), ("lora_B", "lora_A")):
+            module, marker, _ = name.partition(f".{part}.")
+            if marker and module in conv1d:
+                out[key] = state[key.replace(f".{part}.", f".{other}.")].T.contiguous()
+    return out
+
+
 # --- reading back -------------------------------------------------------------------------------------
 
 

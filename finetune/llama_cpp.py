@@ -108,12 +108,17 @@ def _converter_error(script: str, stderr: str) -> ModelError:
 
 
 def run_converter(script: str, args: list[str]) -> None:
-    """Run one of llama.cpp's converters (with its own gguf-py) in a subprocess; fail with one line."""
+    """Run one of llama.cpp's converters (with its own gguf-py) in a subprocess; fail with one line.
+
+    Through finetune.llama_cpp_convert, which puts back the config keys transformers 5 moved (GPT-NeoX's
+    `rotary_pct`) before the converter reads them.
+    """
     tree = require_source()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "gguf-py"), str(tree)]),
+    package_root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "gguf-py"), str(tree), str(package_root)]),
            "NO_LOCAL_GGUF": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    done = subprocess.run([sys.executable, str(tree / script), *args], env=env, capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run([sys.executable, "-m", "finetune.llama_cpp_convert", str(tree / script), *args], env=env,
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise _converter_error(script, done.stderr + done.stdout)
 
@@ -133,7 +138,7 @@ def convert_lora(adapter_dir: Path, base_dir: Path, outfile: Path, outtype: str)
 
 
 # Architectures the test zoo exports and checks in llama.cpp (tests/integration/test_zoo.py, docs/export.md).
-TESTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gpt2")
+TESTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt_neox", "gpt2")
 
 
 def converter_architectures() -> set[str]:
@@ -152,19 +157,8 @@ def converter_architectures() -> set[str]:
     return set()
 
 
-# Architectures the converter knows but cannot read from a transformers 5 config (what it misses, measured).
-CONVERTER_MISREADS = {
-    "gpt_neox": "llama.cpp's converter reads config `rotary_pct`, which transformers 5 turns into "
-                "rope_parameters when it loads the config (the converter loads it with AutoConfig), so every "
-                "GPT-NeoX conversion stops with KeyError 'rotary_pct'",
-}
-
-
 def require_architecture(architecture: str | None, model_type: str | None) -> None:
     """Refuse, in one line, a model class llama.cpp's converter does not know (before anything is written)."""
-    if model_type in CONVERTER_MISREADS:
-        raise ModelError(f"{architecture} ({model_type}): no GGUF export with llama-cpp-python {VERSION}: "
-                         f"{CONVERTER_MISREADS[model_type]}; export with --format safetensors instead")
     known = converter_architectures()
     if architecture and known and architecture not in known:
         raise ModelError(
@@ -173,11 +167,6 @@ def require_architecture(architecture: str | None, model_type: str | None) -> No
             f"GGUF export supports {', '.join(TESTED_ARCHITECTURES)} (tested) and the other architectures of "
             "convert_hf_to_gguf.py; export with --format safetensors instead"
         )
-
-
-# Architectures whose LoRA GGUF crashed llama.cpp (segmentation fault while applying it, llama-cpp-python
-# 0.3.36, tests/integration/test_zoo.py): their adapters are exported merged instead.
-LORA_CRASHES = ("gpt2",)
 
 
 # --- the runtime checks ---------------------------------------------------------------------------------

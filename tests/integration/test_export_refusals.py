@@ -40,3 +40,24 @@ def test_gpt_neox_japanese_gguf_export_is_refused_in_one_line(tmp_path, bundled_
     assert "gemma2" in lines[0].split("supports", 1)[1] and "llama" in lines[0]
     assert not out.exists()
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith("export")) == []
+
+
+def test_mistral_nemo_template_rows_ending_with_a_reply_are_refused_in_one_line() -> None:
+    # Mistral Nemo's real template (llama.cpp's models/templates) on Mistral v0.1's vocabulary: the system text
+    # appears only before the last user turn, so a training row that ends with a reply would silently lose it.
+    from transformers import AutoTokenizer
+
+    from finetune.data import tokenize_conversation
+    from finetune.errors import DataError
+    from tests.zoo.families import FAMILIES, source, tokenizer_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(FAMILIES["mistral"]))
+    nemo = source() / "models" / "templates" / "mistralai-Mistral-Nemo-Instruct-2407.jinja"
+    tokenizer.chat_template = nemo.read_text(encoding="utf-8")
+    row = [{"role": "system", "content": "Be a pirate."}, {"role": "user", "content": "Where?"},
+           {"role": "assistant", "content": "Arr, there."}]
+    with pytest.raises(DataError) as refused:
+        tokenize_conversation(tokenizer, row, 256, "</s>")
+    message = str(refused.value)
+    assert "\n" not in message and "dropped a system message" in message and "mistral-instruct" in message
+    assert "last user turn" in message

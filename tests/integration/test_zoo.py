@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune import atomic, llama_cpp
+from finetune import atomic
 from finetune.data import IGNORE_INDEX, end_of_turn_token, tokenize_conversation
-from finetune.errors import ModelError
 from finetune.export import export_run
 from finetune.gguf_export import read_gguf
 from finetune.gotemplate import ollama_values, render
@@ -102,14 +101,7 @@ def test_family_end_to_end(trained) -> None:
                               "tokenizer_model": meta["tokenizer.ggml.model"]}
 
     # LoRA GGUF over a base converted by llama.cpp's converter.
-    lora_dir = trained["root"] / "lora"
-    if family.model_type in llama_cpp.LORA_CRASHES:
-        with pytest.raises(ModelError, match="crashes applying a LoRA GGUF"):
-            export_run(str(trained["run"]), fmt="gguf", out=lora_dir, say=lambda *_: None)
-        assert not lora_dir.exists()  # refused before anything was written
-        figures["lora_gguf"] = {"refused": "llama.cpp crashes applying a LoRA to this architecture"}
-    else:
-        _lora_checks(trained, figures)
+    _lora_checks(trained, figures)
 
     # Generation through the GGUF's own chat template ends on the end-of-turn token.
     from llama_cpp import Llama

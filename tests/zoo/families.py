@@ -46,8 +46,14 @@ FAMILIES = {
                note="Qwen3 shares Qwen2.5's tokenizer (the same 151k vocabulary and pre-tokenizer)"),
         Family("llama2", "llama-spm", "catalog:llama2", "llama", "</s>",
                note="Llama 2's (and Mistral v0.1's) 32k sentencepiece vocabulary with Llama 2's chat template "
-                    "(finetune's catalog copy of Llama-2-chat's); Mistral Nemo's template leaves the system "
-                    "message out of any conversation that ends with a reply, so its training rows are refused"),
+                    "(finetune's catalog copy of Llama-2-chat's)"),
+        Family("mistral", "llama-spm", "catalog:mistral-instruct", "mistral", "</s>",
+               note="Mistral v0.1's own 32k sentencepiece vocabulary (llama.cpp's ggml-vocab-llama-spm.gguf) and "
+                    "Mistral 7B Instruct v0.1's chat template (finetune's catalog copy), which has no system role: "
+                    "the system text is folded into the first user turn. llama.cpp's models/templates holds only "
+                    "later Mistral templates: Nemo's (and v0.3's) renders the system message only before the last "
+                    "user turn, so a training row ending in a reply would lose it (finetune refuses such rows), "
+                    "and Small 3.2's needs the Tekken vocabulary's [SYSTEM_PROMPT] tokens"),
         Family("phi3.5", "phi-3", "microsoft-Phi-3.5-mini-instruct.jinja", "phi3", "<|end|>"),
         Family("gemma2", "llama-spm", "google-gemma-2-2b-it.jinja", "gemma2", "<end_of_turn>",
                extra_tokens=("<start_of_turn>", "<end_of_turn>"), dummy_prefix=False,
@@ -56,6 +62,11 @@ FAMILIES = {
                     "Llama 2's sentencepiece vocabulary stands in, with Gemma's turn tokens added and no dummy "
                     "prefix, as Gemma's tokenizer has; the template has no system role, so the system text is "
                     "folded into the first user turn"),
+        Family("gpt-neox-rinna", "gpt-neox", "catalog:rinna", "gpt_neox", "<|endoftext|>",
+               note="rinna's japanese-gpt-neox sentencepiece vocabulary is not in llama.cpp's models/: GPT-NeoX-20B's "
+                    "byte-level BPE vocabulary (ggml-vocab-gpt-neox.gguf, rebuilt with `tokenizers`: transformers has "
+                    "no GGUF loader for it) is the closest real one; rinna's `ユーザー:` / `システム:` prompt format "
+                    "is finetune's catalog template `rinna`"),
         Family("gpt2", "gpt-2", "catalog:plain", "gpt2", "<|endoftext|>",
                note="GPT-2's own tokenizer; rinna japanese-gpt-1b's sentencepiece vocabulary is not in llama.cpp's "
                     "models/, so this row tests the gpt2 architecture with finetune's plain template"),
@@ -89,10 +100,13 @@ def tokenizer_dir(family: Family) -> Path:
     if not (target / "tokenizer_config.json").is_file():
         gguf_file = source() / "models" / f"ggml-vocab-{family.vocab}.gguf"
         meta = read_gguf(gguf_file, arrays=True)["metadata"]
-        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         staging = target.with_name(f".{target.name}.{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
+        if meta["general.architecture"] == "gptneox":  # transformers has no GGUF loader for this vocabulary
+            tokenizer = neox_tokenizer(meta)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         if meta["tokenizer.ggml.model"] == "llama":  # sentencepiece
             prefix = meta.get("tokenizer.ggml.add_space_prefix", True) if family.dummy_prefix is None \
                 else family.dummy_prefix
@@ -102,6 +116,31 @@ def tokenizer_dir(family: Family) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
     return target
+
+
+def neox_tokenizer(meta: dict):
+    """GPT-NeoX-20B's tokenizer rebuilt from its vocab GGUF, as its own tokenizer.json has it.
+
+    NFC, byte-level BPE over the file's tokens and merges, the two control tokens as special added tokens and
+    the space-run tokens (user-defined in the GGUF, 2 to 24 spaces) as normal added tokens, so a run of spaces
+    is one token as llama.cpp makes it; the "[PAD...]" rows after them only pad the embedding.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces, kinds = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    end = next(i for i, piece in enumerate(pieces) if kinds[i] == 4 and piece.startswith("[PAD"))
+    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    backend = Tokenizer(models.BPE({p: i for i, p in enumerate(pieces[:end])}, merges, fuse_unk=False))
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(pieces[i], normalized=False, special=True)
+                                for i in range(end) if kinds[i] == 3])
+    backend.add_tokens([AddedToken(pieces[i], normalized=True) for i in range(end) if kinds[i] == 4])
+    eos = pieces[meta["tokenizer.ggml.eos_token_id"]]
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=eos, eos_token=eos, unk_token=eos,
+                                   pad_token="<|padding|>")
 
 
 def sentencepiece_like(tokenizer, dummy_prefix: bool) -> None:
@@ -162,7 +201,9 @@ def make_model(folder: Path, family: Family) -> Path:
         kwargs = dict(n_embd=64, n_layer=2, n_head=4, n_positions=256, n_ctx=256)  # real GPT-2 configs carry n_ctx
     else:
         kwargs = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                      max_position_embeddings=256, num_key_value_heads=2)
+                      max_position_embeddings=256)
+        if family.model_type != "gpt_neox":  # GPT-NeoX has no grouped-query attention
+            kwargs["num_key_value_heads"] = 2
     if family.model_type in ("gemma2", "qwen3"):
         kwargs["head_dim"] = 16
     if family.model_type == "gemma2":  # as Gemma 2 2B/9B: queries scaled by head_dim (llama.cpp assumes it)
