@@ -149,6 +149,34 @@ def test_fit_to_budget_ends_a_decayed_schedule_inside_the_budget(small_llama, pi
     assert summary["eval_loss"] is not None  # the evaluation at the end ran inside the budget too
 
 
+def test_a_resumed_run_keeps_the_schedule_it_was_fitted_to(small_llama, pirate_rows, tmp_path):
+    recipe = write_recipe(tmp_path, small_llama, pirate_rows, max_steps=100000, max_time="40s", save_steps=100000,
+                          fit_to_budget=True, lr_scheduler="cosine", warmup_ratio=0.0)
+    run = tmp_path / "run"
+    proc = start(recipe, run)
+    assert wait_for(lambda: len(metrics(run)) >= 8), proc.stdout.read() if proc.poll() is not None else "no steps"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "the schedule now ends at step" in out, out
+    first = json.loads((run / "summary.json").read_text())
+    fitted = first["schedule"]["steps"]
+    assert first["status"] == "interrupted" and first["schedule"]["fitted_to_budget"] and first["steps"] < fitted
+    rates = {r["step"]: r["learning_rate"] for r in metrics(run) if r.get("learning_rate") is not None}
+
+    resumed = start(recipe, run, "--resume")  # a new 40 s budget: the fitted schedule is kept, not fitted again
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert "the schedule now ends" not in out, out
+    final = json.loads((run / "summary.json").read_text())
+    assert final["status"] == "completed" and final["steps"] == final["max_steps"] == fitted
+    assert final["schedule"] == {"planned_steps": 100000, "steps": fitted, "fitted_to_budget": True}
+    after = {r["step"]: r["learning_rate"] for r in metrics(run) if r.get("learning_rate") is not None}
+    stop = first["steps"]
+    # The cosine continues where it was: the first resumed step's rate follows the last one before the stop.
+    assert after[stop + 1] < rates[stop] and after[stop + 1] > 0.5 * rates[stop], (rates[stop], after[stop + 1])
+    assert after[fitted] < 0.05 * 1e-3
+
+
 def test_sigterm_saves_reports_interrupted_and_resumes_to_completion(small_llama, pirate_rows, tmp_path):
     recipe = write_recipe(tmp_path, small_llama, pirate_rows, max_steps=300, save_steps=100000)
     run = tmp_path / "run"
