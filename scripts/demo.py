@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,16 +55,27 @@ def side_by_side(count: int = 3) -> None:
 
 
 def main() -> None:
-    """Train, show, compare."""
+    """Train, show, compare; then say how long each part took on this machine."""
+    from finetune.hardware import detect
+    from finetune.telemetry import format_duration
+
     os.chdir(ROOT)
+    took: dict[str, float] = {}
+    began = time.monotonic()
     finetune("train", RECIPE, "--force")
+    took["train"] = time.monotonic() - began
     print("\n$ (three held-out prompts, base vs adapter)", flush=True)
     side_by_side()
+    took["side by side"] = time.monotonic() - began - sum(took.values())
     # Conversations and long answers too: answer quality and drift are measured on every kind of prompt.
     finetune("compare", RECIPE, "--adapter", RUN, "--arms", "base,prompt,adapter,adapter+prompt",
              "--samples", "24", "--conversations", "datasets/eval/pirate_conversations.jsonl", "--turns", "4",
              "--max-conversations", "4", "--long", "datasets/eval/long_prompts.jsonl", "--max-long", "4")
+    took["compare"] = time.monotonic() - began - sum(took.values())
     finetune("runs")
+    parts = ", ".join(f"{name} {format_duration(seconds)}" for name, seconds in took.items())
+    print(f"\ndemo: {parts}; {format_duration(time.monotonic() - began)} in all after installing "
+          f"(on {detect().name})", flush=True)
 
 
 if __name__ == "__main__":
