@@ -1,4 +1,5 @@
-"""GGUF export of an architecture llama.cpp cannot run: one line, exit 2, nothing written (a real trained run)."""
+"""What cannot be exported or trained faithfully is refused in one line: an architecture llama.cpp cannot run
+(exit 2, nothing written, a real trained run), a template that drops the system message from training rows."""
 
 from __future__ import annotations
 

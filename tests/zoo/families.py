@@ -2,7 +2,8 @@
 
 Both come from llama.cpp's `models/` folder inside the llama-cpp-python source archive (finetune.llama_cpp
 unpacks it; nothing from it is committed). A tokenizer is rebuilt with
-`AutoTokenizer.from_pretrained(dir, gguf_file=...)` once and cached beside llama.cpp's unpacked sources
+`AutoTokenizer.from_pretrained(dir, gguf_file=...)` (GPT-NeoX's, which transformers cannot load, with
+`tokenizers`: `neox_tokenizer`) once and cached beside llama.cpp's unpacked sources
 (finetune.llama_cpp.cache_dir()/zoo), since the
 conversion of a 150k vocabulary takes a minute; each model is a 2-layer, hidden-64 random network.
 """
