@@ -138,7 +138,7 @@ def convert_lora(adapter_dir: Path, base_dir: Path, outfile: Path, outtype: str)
 
 
 # Architectures the test zoo exports and checks in llama.cpp (tests/integration/test_zoo.py, docs/export.md).
-TESTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt_neox", "gpt2")
+TESTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "gpt_neox", "gpt2")
 
 
 def converter_architectures() -> set[str]:

@@ -15,5 +15,6 @@ def test_unknown_architecture_is_refused_and_known_ones_pass() -> None:
         llama_cpp.require_architecture("GPTNeoXJapaneseForCausalLM", "gpt_neox_japanese")
     for architecture, model_type in (("LlamaForCausalLM", "llama"), ("Gemma2ForCausalLM", "gemma2"),
                                      ("Phi3ForCausalLM", "phi3"), ("Qwen2ForCausalLM", "qwen2"),
-                                     ("MistralForCausalLM", "mistral"), ("GPTNeoXForCausalLM", "gpt_neox")):
+                                     ("MistralForCausalLM", "mistral"), ("GPTNeoXForCausalLM", "gpt_neox"),
+                                     ("Gemma3ForCausalLM", "gemma3_text")):
         llama_cpp.require_architecture(architecture, model_type)

@@ -5,7 +5,7 @@ unpacks it; nothing from it is committed). A tokenizer is rebuilt with
 `AutoTokenizer.from_pretrained(dir, gguf_file=...)` (GPT-NeoX's, which transformers cannot load, with
 `tokenizers`: `neox_tokenizer`) once and cached beside llama.cpp's unpacked sources
 (finetune.llama_cpp.cache_dir()/zoo), since the
-conversion of a 150k vocabulary takes a minute; each model is a 2-layer, hidden-64 random network.
+conversion of a 150k vocabulary takes a minute; each model is a 2-layer (Gemma 3: 6), hidden-64 random network.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Family:
 
     name: str
     vocab: str  # llama.cpp models/ggml-vocab-<vocab>.gguf
-    template: str  # models/templates/<file>.jinja, or catalog:<name> for finetune's named templates
+    template: str  # models/templates/<file>.jinja, catalog:<name> (finetune's named), trl:<file> (trl's copies)
     model_type: str
     end_of_turn: str
     note: str = ""  # where the tokenizer or template is not the family's own, why and what stands in
@@ -63,6 +63,14 @@ FAMILIES = {
                     "Llama 2's sentencepiece vocabulary stands in, with Gemma's turn tokens added and no dummy "
                     "prefix, as Gemma's tokenizer has; the template has no system role, so the system text is "
                     "folded into the first user turn"),
+        Family("gemma3", "llama-spm", "trl:gemma3.jinja", "gemma3_text", "<end_of_turn>",
+               extra_tokens=("<start_of_turn>", "<end_of_turn>"), dummy_prefix=False,
+               note="Gemma 3 (text, Gemma3ForCausalLM) with the stand-in tokenizer of the gemma2 row (Llama 2's "
+                    "sentencepiece vocabulary, Gemma's turn tokens added, no dummy prefix): Gemma 3's 262k "
+                    "vocabulary is not in llama.cpp's models/ either. llama.cpp's models/templates has no Gemma 3 "
+                    "template; the real one (as google/gemma-3-* ship it) comes from trl's chat_templates "
+                    "(installed with trl). Its turn format is Gemma 2's; it takes a system message itself, "
+                    "folding it into the first user turn with a blank line, as finetune folds it for Gemma 2"),
         Family("gpt-neox-rinna", "gpt-neox", "catalog:rinna", "gpt_neox", "<|endoftext|>",
                note="rinna's japanese-gpt-neox sentencepiece vocabulary is not in llama.cpp's models/: GPT-NeoX-20B's "
                     "byte-level BPE vocabulary (ggml-vocab-gpt-neox.gguf, rebuilt with `tokenizers`: transformers has "
@@ -89,6 +97,11 @@ def chat_template(family: Family) -> str:
         from finetune.models import named_chat_template
 
         return named_chat_template(family.template.split(":", 1)[1])
+    if family.template.startswith("trl:"):  # real templates trl keeps to recognise models (its README says whose)
+        import trl
+
+        return (Path(trl.__file__).parent / "chat_templates" / family.template.split(":", 1)[1]).read_text(
+            encoding="utf-8")
     return (source() / "models" / "templates" / family.template).read_text(encoding="utf-8")
 
 
@@ -205,10 +218,15 @@ def make_model(folder: Path, family: Family) -> Path:
                       max_position_embeddings=256)
         if family.model_type != "gpt_neox":  # GPT-NeoX has no grouped-query attention
             kwargs["num_key_value_heads"] = 2
-    if family.model_type in ("gemma2", "qwen3"):
+    if family.model_type in ("gemma2", "gemma3_text", "qwen3"):
         kwargs["head_dim"] = 16
-    if family.model_type == "gemma2":  # as Gemma 2 2B/9B: queries scaled by head_dim (llama.cpp assumes it)
+    if family.model_type in ("gemma2", "gemma3_text"):  # queries scaled by head_dim, as llama.cpp assumes
         kwargs["query_pre_attn_scalar"] = 16
+    if family.model_type == "gemma3_text":
+        # Gemma 3 alternates 5 sliding-window layers (rope base 10k) with 1 global one (1M): 6 layers reach the
+        # global one, and a window of 8 tokens is shorter than the 16-18 token check prompts, so llama.cpp's
+        # sliding-window mask is compared too (it moves transformers' logits by 0.8 against a 4096 window).
+        kwargs.update(num_hidden_layers=6, sliding_window=8)
     eos_ids = sorted({tokenizer.convert_tokens_to_ids(t) for t in (family.end_of_turn, tokenizer.eos_token)})
     config = AutoConfig.for_model(
         family.model_type, vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids[0]
