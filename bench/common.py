@@ -33,11 +33,15 @@ class BenchSettings:
         cls, base_model: str, train_path: str, heldout_path: str, batch_size: int = 8, max_length: int = 512
     ) -> BenchSettings:
         """Settings whose LoRA and optimisation values are finetune's recipe defaults (r16, alpha 32)."""
+        from finetune.estimate.shape import model_shape
         from finetune.recipe import LoraConfigSection, TrainingConfig
+        from finetune.trainer import choose_learning_rate
 
         t = TrainingConfig()
+        # `learning_rate: auto` resolved as train resolves it, so every arm gets the same number.
+        learning_rate = choose_learning_rate(t.learning_rate, model_shape(base_model).params)
         training = {
-            "learning_rate": t.learning_rate, "lr_scheduler": t.lr_scheduler, "warmup_ratio": t.warmup_ratio,
+            "learning_rate": learning_rate, "lr_scheduler": t.lr_scheduler, "warmup_ratio": t.warmup_ratio,
             "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm, "seed": t.seed,
         }
         return cls(base_model, train_path, heldout_path, batch_size, max_length,

@@ -6,7 +6,7 @@ import difflib
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -80,7 +80,8 @@ class TrainingConfig(_Section):
 
     epochs: float = Field(3, gt=0)
     max_steps: int | None = Field(None, ge=1)
-    learning_rate: float = Field(2.0e-4, gt=0, lt=1)
+    # auto: by the base model's size (trainer.choose_learning_rate; the sweep behind it: docs/compare.md).
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] | Literal["auto"] = "auto"
     batch_size: int = Field(8, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"

@@ -177,6 +177,7 @@ class Summary(_Fixed):
     steps: int
     max_steps: int
     schedule: ScheduleInfo
+    learning_rate: float | None
     epochs: float
     examples: Examples
     tokens: int
@@ -231,6 +232,7 @@ def build_summary(
             steps=trainer_state.max_steps,
             fitted_to_budget=getattr(run_state, "schedule_steps", None) is not None,
         ),
+        learning_rate=getattr(run_state, "learning_rate", None),
         epochs=round(trainer_state.epoch or 0.0, 4),
         examples=Examples(train=train_rows, eval=eval_rows),
         tokens=int(getattr(trainer_state, "num_input_tokens_seen", 0) or 0),

@@ -33,6 +33,7 @@ from finetune.telemetry import Ledger, PhaseMemory, Telemetry
 from finetune.trainer import (
     RunState,
     build_trainer,
+    choose_learning_rate,
     configure_wandb,
     finish_wandb,
     stop_on_signals,
@@ -228,8 +229,13 @@ def _train(
     if resume_from is not None and telemetry.ledger.extra.get("schedule_steps"):
         run_state.schedule_steps = int(telemetry.ledger.extra["schedule_steps"])  # fitted to an earlier budget
         run_state.fit_to_budget = False
+    parameters = model.get_nb_trainable_parameters()[1]  # peft counts 4-bit weights at their full size
+    learning_rate = choose_learning_rate(recipe.training.learning_rate, parameters)
+    run_state.learning_rate = learning_rate
+    if is_main and recipe.training.learning_rate == "auto":
+        say(f"learning rate {learning_rate:g} (auto, for a base of {parameters / 1e6:,.0f}M parameters)")
     args = training_arguments(
-        recipe, checkpoints_dir, precision, device, checkpointing, max_steps, eval_ds is not None
+        recipe, checkpoints_dir, precision, device, checkpointing, max_steps, eval_ds is not None, learning_rate
     )
     configure_wandb(recipe, run_dir)
     trainer = build_trainer(model, args, train_ds, eval_ds, tokenizer, run_state,
@@ -312,12 +318,11 @@ def save_outcome(
     evaluation and report the last one). diverged: the last good checkpoint's adapter, and a message.
     failed: nothing new is written; an earlier adapter stays as it was.
     """
-    recipe = run_state.recipe
     eval_loss = None
     if run_state.status == "diverged":
         run_state.message = (
             f"loss was not finite for {run_state.non_finite_steps} steps from step {run_state.first_bad_step}; "
-            f"try a lower learning_rate than {recipe.training.learning_rate:g}"
+            f"try a lower learning_rate than {run_state.learning_rate:g}"
         )
     if error is None and run_state.status != "diverged" and evaluate:
         evals = [h for h in trainer.state.log_history if "eval_loss" in h]

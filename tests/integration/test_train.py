@@ -64,3 +64,19 @@ def test_loss_falls_over_30_steps_and_adapter_reloads_exactly(bundled_dir, pirat
     assert (plain - expected).abs().max() > 1e-2, "the adapter must actually change the model"
     assert (tmp_path / "run/adapter/adapter_model.safetensors").is_file()
     assert (tmp_path / "run/recipe.yaml").read_text().startswith("name: t")
+
+
+def test_learning_rate_auto_is_chosen_by_the_base_size_and_recorded(tiny_llama, pirate_rows, tmp_path):
+    """`learning_rate: auto` trains with the small-model rate here (a tiny model), says so, and records it."""
+    from finetune.trainer import AUTO_LEARNING_RATE
+
+    spec = recipe_dict(str(tiny_llama), pirate_rows, max_steps=2, learning_rate="auto", lr_scheduler="constant",
+                       warmup_ratio=0.0)
+    lines: list[str] = []
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", say=lines.append)
+    assert summary["learning_rate"] == AUTO_LEARNING_RATE["small"]
+    assert any(line.startswith("learning rate 0.001 (auto, for a base of") for line in lines), lines
+    rates = [r["learning_rate"] for r in map(json.loads, (tmp_path / "run/metrics.jsonl").read_text().splitlines())
+             if r.get("learning_rate") is not None]
+    assert rates and all(rate == AUTO_LEARNING_RATE["small"] for rate in rates)
+    assert "learning_rate: auto" in (tmp_path / "run/recipe.yaml").read_text()  # the run keeps the setting

@@ -29,7 +29,7 @@ def test_defaults_fill_everything(tmp_path):
     assert recipe.quantization.bits == 4 and recipe.quantization.quant_type == "nf4"
     assert recipe.training.precision == "auto" and recipe.training.gradient_checkpointing == "auto"
     assert recipe.tracking.wandb == "offline"
-    assert "learning_rate: 0.0002" in recipe.to_yaml()
+    assert "learning_rate: auto" in recipe.to_yaml()
 
 
 def test_unknown_key_suggests_the_closest_with_its_line(tmp_path):

@@ -54,3 +54,11 @@ def test_a_constant_schedule_has_no_end_to_move():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=3)
     assert not refit_scheduler(scheduler, optimizer, 20)
+
+
+def test_learning_rate_auto_by_model_size_and_a_number_as_given():
+    from finetune.trainer import AUTO_LEARNING_RATE, SMALL_MODEL_PARAMS, choose_learning_rate
+
+    assert choose_learning_rate("auto", 135_000_000) == AUTO_LEARNING_RATE["small"] == 1e-3
+    assert choose_learning_rate("auto", SMALL_MODEL_PARAMS) == AUTO_LEARNING_RATE["large"] == 2e-4
+    assert choose_learning_rate(3e-4, 8_000_000_000) == 3e-4
