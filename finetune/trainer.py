@@ -24,7 +24,7 @@ from finetune.rank import agree_on_stop, peak_over_ranks, reduce_max
 from finetune.recipe import Recipe
 from finetune.runs import LEDGER_FILE
 from finetune.schedule_fit import FIT_AFTER_STEPS
-from finetune.telemetry import Ledger, Telemetry
+from finetune.telemetry import Ledger, Telemetry, format_duration
 
 
 def attention_kernels(cpu_bf16: bool, width: int, checkpointing: bool) -> Any:
@@ -300,7 +300,6 @@ class RunState:
     def fit_schedule(self, args: Any, state: Any, scheduler: Any, optimizer: Any, eval_batches: int) -> None:
         """Once, after the first timed steps: end the schedule inside the budget (every rank the same)."""
         from finetune import schedule_fit
-        from finetune.telemetry import format_duration
 
         self.planned_steps = self.planned_steps or state.max_steps
         if args.eval_strategy == "epoch" and state.num_train_epochs:
