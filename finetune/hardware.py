@@ -76,12 +76,23 @@ def measure_matmul_gflops(dtype_name: str, size: int = 512, seconds: float = 0.2
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
 
-def _cpu_speed_cache() -> dict[str, float]:
-    """Measure fp32 and bf16 matmul speed once per CPU model and torch version (cached on disk)."""
+def speed_cache_key() -> str:
+    """What the cached matmul speeds hold for: the CPU, torch, and the instruction sets its kernels may use.
+
+    ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA can limit torch to AVX2 kernels on an AVX-512 CPU, where bf16
+    then runs emulated (~80x slower than fp32 on the AMD EPYC here): speeds measured without the limit must
+    not choose the precision under it. Keyed without the thread count: every rank of a multi-process run must
+    make the same choice.
+    """
     import torch
 
-    # Keyed without the thread count: every rank of a multi-process run must make the same choice.
-    key = f"{cpu_model()}|{torch.__version__}"
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    return f"{cpu_model()}|{torch.__version__}|{torch.backends.cpu.get_cpu_capability()}|{isa}"
+
+
+def _cpu_speed_cache() -> dict[str, float]:
+    """Measure fp32 and bf16 matmul speed once per speed_cache_key() (cached on disk)."""
+    key = speed_cache_key()
     path = finetune_home() / "hardware.json"
     try:
         cached = json.loads(path.read_text())

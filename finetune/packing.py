@@ -9,7 +9,6 @@ the same per-token mean over the same label tokens as the padded batch's, with n
 
 from __future__ import annotations
 
-import heapq
 import statistics
 from dataclasses import dataclass
 from functools import lru_cache
@@ -97,24 +96,46 @@ def choose_packing(
     return PackingChoice(True, f"rows are short against max_length ({where})", one_line)
 
 
-def epoch_batches(lengths: list[int], n_batches: int, seed: int) -> list[list[int]]:
-    """One epoch's batches of row indices: every row once, token counts balanced, order drawn from `seed`.
+# Rows are drawn into groups of this many batches' worth; each group is cut by length (see epoch_batches).
+MEGABATCH = 8
 
-    Longest rows first, each to the batch holding the fewest tokens so far (equal lengths in a random order),
-    so each batch holds about total/n_batches tokens and no batch exceeds another by more than the longest row.
+
+def _cut_balanced(lengths: list[int], rows: list[int], parts: int) -> list[list[int]]:
+    """`rows` (in order) cut into `parts` non-empty consecutive runs of about equal token totals."""
+    total = sum(lengths[i] for i in rows)
+    cuts, seen, k = [0], 0, 0
+    for j in range(1, parts):
+        target = total * j / parts
+        # Advance while the next row's midpoint still falls before this cut's share of the tokens.
+        while k < len(rows) and seen + lengths[rows[k]] / 2 <= target:
+            seen += lengths[rows[k]]
+            k += 1
+        cut = min(max(k, cuts[-1] + 1), len(rows) - (parts - j))
+        cuts.append(cut)
+    cuts.append(len(rows))
+    return [rows[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """One epoch's packed batches of row indices: every row once, as many batches as unpacked, drawn from `seed`.
+
+    Rows are shuffled into groups of MEGABATCH batches' worth; each group is sorted longest first and cut
+    into its batches at equal token totals, so a batch holds rows of neighbouring lengths (many short ones
+    or a few long ones) and about the same number of tokens as the group's other batches. Neighbouring
+    lengths keep a batch's lines narrow: attention's cost per token follows the line's width, and on a CPU
+    the narrow lines stay on the matmul attention kernel (a batch mixing one long row with short ones would
+    make every line as wide as the long one; docs/bench.md, Packing).
     """
     import torch
 
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(lengths), generator=generator).tolist()
-    order.sort(key=lambda i: -lengths[i])  # stable: rows of equal length keep the random order
-    heap = [(0, b) for b in range(n_batches)]
-    batches: list[list[int]] = [[] for _ in range(n_batches)]
-    for index in order:
-        tokens, b = heapq.heappop(heap)
-        batches[b].append(index)
-        heapq.heappush(heap, (tokens + lengths[index], b))
-    return [batches[b] for b in torch.randperm(n_batches, generator=generator).tolist()]
+    group = MEGABATCH * batch_size
+    batches: list[list[int]] = []
+    for start in range(0, len(order), group):
+        rows = sorted(order[start : start + group], key=lambda i: -lengths[i])  # stable: ties keep the draw
+        batches.extend(_cut_balanced(lengths, rows, -(-len(rows) // batch_size)))
+    return batches
 
 
 class PackedBatchSampler:
@@ -126,7 +147,7 @@ class PackedBatchSampler:
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
-        self.lengths, self.seed, self.epoch = list(lengths), seed, 0
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
         self.n_batches = max(1, -(-len(self.lengths) // batch_size))
 
     def set_epoch(self, epoch: int) -> None:
@@ -137,7 +158,7 @@ class PackedBatchSampler:
         return self.n_batches
 
     def __iter__(self):  # noqa: ANN204
-        return iter(epoch_batches(self.lengths, self.n_batches, self.seed + self.epoch))
+        return iter(epoch_batches(self.lengths, self.batch_size, self.seed + self.epoch))
 
 
 def lines_of(lengths: list[int], width: int) -> list[list[int]]:

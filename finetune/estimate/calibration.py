@@ -71,13 +71,14 @@ SPEED_FILE = "speed.json"
 
 
 def machine_key() -> str:
-    """This machine's device and torch version: a measured speed factor holds only where it was measured."""
+    """This machine's device, torch version and usable kernels: a measured speed holds only where it was measured."""
     import torch
 
-    from finetune.hardware import detect
+    from finetune.hardware import detect, speed_cache_key
 
     hw = detect()
-    return f"{hw.device}|{hw.name}|{torch.__version__}"
+    # On a CPU, speed_cache_key names the CPU, torch and the instruction sets torch may use (AVX2 only, or more).
+    return f"cuda|{hw.name}|{torch.__version__}" if hw.device == "cuda" else f"cpu|{speed_cache_key()}"
 
 
 def remember_speed(factor: float, recipe_name: str) -> dict[str, Any]:

@@ -12,12 +12,36 @@ LENGTHS = [5, 9, 3, 4, 7, 2, 8, 6, 6, 1, 9, 4]
 
 
 def test_an_epoch_trains_every_row_once_in_balanced_batches_drawn_from_the_seed():
-    batches = epoch_batches(LENGTHS, 4, seed=3)
+    batches = epoch_batches(LENGTHS, 3, seed=3)  # 12 rows: one group of MEGABATCH batches' worth
     assert sorted(i for b in batches for i in b) == list(range(len(LENGTHS)))
+    assert len(batches) == 4  # as unpacked: 12 rows / 3 per batch
     tokens = [sum(LENGTHS[i] for i in b) for b in batches]
-    assert max(tokens) - min(tokens) <= max(LENGTHS)
-    assert epoch_batches(LENGTHS, 4, seed=3) == batches
-    assert epoch_batches(LENGTHS, 4, seed=4) != batches
+    assert max(tokens) - min(tokens) <= 2 * max(LENGTHS)
+    assert epoch_batches(LENGTHS, 3, seed=3) == batches
+    assert epoch_batches(LENGTHS, 3, seed=4) != batches
+
+
+def test_a_packed_batch_holds_rows_of_neighbouring_lengths():
+    # A batch mixing one long row with short ones makes every line as wide as the long one.
+    lengths = [(i * 37) % 200 + 20 for i in range(64)]
+    batches = epoch_batches(lengths, 8, seed=0)  # one group of 64 rows
+    assert len(batches) == 8 and all(batches)
+    for wider, narrower in zip(batches, batches[1:]):
+        assert min(lengths[i] for i in wider) >= max(lengths[i] for i in narrower)
+    tokens = [sum(lengths[i] for i in b) for b in batches]
+    assert max(tokens) - min(tokens) <= 2 * max(lengths)  # each cut within half a row of its share
+    assert len(batches[0]) < len(batches[-1])  # a few long rows, many short ones
+
+
+def test_every_group_of_a_larger_set_is_cut_into_its_own_batches():
+    lengths = [(i * 53) % 250 + 5 for i in range(306)]
+    batches = epoch_batches(lengths, 8, seed=1)
+    assert len(batches) == 39  # 306 / 8 rounded up, as unpacked
+    assert sorted(i for b in batches for i in b) == list(range(306))
+    assert all(batches)
+    # Cutting an already sorted, evenly spread group leaves no batch more than the longest row off the mean.
+    mean = sum(lengths) / 39
+    assert all(abs(sum(lengths[i] for i in b) - mean) < 2 * max(lengths) for b in batches)
 
 
 def test_the_sampler_keeps_the_unpacked_step_count_and_redraws_per_epoch():

@@ -85,6 +85,18 @@ def test_speeds_are_measured_once_and_cached_per_cpu(fresh_detect, monkeypatch):
     assert cached["gflops"] == {"fp32": 349.0, "bf16": 2315.0}
 
 
+def test_speeds_measured_with_every_kernel_are_not_used_when_torch_is_limited_to_avx2(fresh_detect, monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    inject_cpu(monkeypatch, (160.0, 400.0), ("avx512_bf16", "avx512f", "avx2"))
+    assert hardware.detect().bf16_fast is True
+    # The same CPU with oneDNN limited to AVX2: bf16 is emulated there, so the speeds are measured again.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    inject_cpu(monkeypatch, (160.0, 2.0), ("avx512_bf16", "avx512f", "avx2"))
+    hardware.detect.cache_clear()
+    hw = hardware.detect()
+    assert hardware.choose_precision("auto", hw) == "fp32"
+
+
 @pytest.mark.parametrize(
     "content",
     ["{not json", "", "[]", '{"key": "%s"}', '{"key": "%s", "gflops": {}}', '{"key": "%s", "gflops": "fast"}',
@@ -92,7 +104,7 @@ def test_speeds_are_measured_once_and_cached_per_cpu(fresh_detect, monkeypatch):
 )
 def test_a_corrupt_speed_cache_is_measured_again_and_replaced(content, fresh_detect, monkeypatch):
     measured = inject_cpu(monkeypatch, (120.0, 4.8), ("avx2",))
-    key = f"{hardware.cpu_model()}|{torch.__version__}"
+    key = hardware.speed_cache_key()
     path = finetune_home() / "hardware.json"
     path.parent.mkdir(parents=True)
     path.write_text(content.replace("%s", key))
