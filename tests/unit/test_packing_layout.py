@@ -26,6 +26,9 @@ def test_a_packed_batch_holds_rows_of_neighbouring_lengths():
     lengths = [(i * 37) % 200 + 20 for i in range(64)]
     batches = epoch_batches(lengths, 8, seed=0)  # one group of 64 rows
     assert len(batches) == 8 and all(batches)
+    longest = [max(lengths[i] for i in b) for b in batches]
+    assert longest != sorted(longest, reverse=True), "batches come in a random order, not longest first"
+    batches.sort(key=lambda b: -max(lengths[i] for i in b))
     for wider, narrower in zip(batches, batches[1:]):
         assert min(lengths[i] for i in wider) >= max(lengths[i] for i in narrower)
     tokens = [sum(lengths[i] for i in b) for b in batches]
