@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ def _cut_balanced(lengths: list[int], rows: list[int], parts: int) -> list[list[
         cut = min(max(k, cuts[-1] + 1), len(rows) - (parts - j))
         cuts.append(cut)
     cuts.append(len(rows))
-    return [rows[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    return [rows[a:b] for a, b in pairwise(cuts)]
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:

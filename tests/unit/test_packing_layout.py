@@ -12,7 +12,7 @@ LENGTHS = [5, 9, 3, 4, 7, 2, 8, 6, 6, 1, 9, 4]
 
 
 def test_an_epoch_trains_every_row_once_in_balanced_batches_drawn_from_the_seed():
-    batches = epoch_batches(LENGTHS, 3, seed=3)  # 12 rows: one group of MEGABATCH batches' worth
+    batches = epoch_batches(LENGTHS, 3, seed=3)  # 12 rows: all in one group (MEGABATCH x 3 rows)
     assert sorted(i for b in batches for i in b) == list(range(len(LENGTHS)))
     assert len(batches) == 4  # as unpacked: 12 rows / 3 per batch
     tokens = [sum(LENGTHS[i] for i in b) for b in batches]
@@ -42,7 +42,7 @@ def test_every_group_of_a_larger_set_is_cut_into_its_own_batches():
     assert len(batches) == 39  # 306 / 8 rounded up, as unpacked
     assert sorted(i for b in batches for i in b) == list(range(306))
     assert all(batches)
-    # Cutting an already sorted, evenly spread group leaves no batch more than the longest row off the mean.
+    # Each group is cut at equal token shares, each cut within half a row: no batch strays far from the mean.
     mean = sum(lengths) / 39
     assert all(abs(sum(lengths[i] for i in b) - mean) < 2 * max(lengths) for b in batches)
 
