@@ -155,7 +155,7 @@ def _train(
         find_gpu(recipe.cost.gpu, load_gpus())  # an unknown GPU name fails now, not at the first log line
     budget_s = time_budget_s(recipe.training.max_time, until)
     if is_main and not resume:
-        _check_it_fits(recipe, force, say, conversations)
+        _check_it_fits(_with_max_steps(recipe, max_steps), force, say, conversations)
     if is_main:
         lock.acquire(create=not resume)  # a second train on this folder stops here, before touching it
     done = finished_summary(run_dir_for(recipe, output_dir), max_steps or recipe.training.max_steps) \
@@ -228,7 +228,7 @@ def _train(
     run_state = RunState(recipe, telemetry, budget_s, session_start=began)
     if resume_from is not None and telemetry.ledger.extra.get("schedule_steps"):
         run_state.schedule_steps = int(telemetry.ledger.extra["schedule_steps"])  # fitted to an earlier budget
-        run_state.fit_to_budget = False
+        run_state.fit_checked = True  # kept, and only shortened should the new budget be tighter
     parameters = model.get_nb_trainable_parameters()[1]  # peft counts 4-bit weights at their full size
     learning_rate = choose_learning_rate(recipe.training.learning_rate, parameters)
     run_state.learning_rate = learning_rate
@@ -351,6 +351,13 @@ def save_outcome(
         run_state.message = (f"the adapter was not saved ({type(exc).__name__}: {exc}); adapter/ still holds the "
                              f"previous one{_disk_full_hint(exc) or '; run again with --resume'}")
     return eval_loss
+
+
+def _with_max_steps(recipe: Recipe, max_steps: int | None) -> Recipe:
+    """The recipe as `--max-steps` runs it (for the estimate: a capped run takes less time)."""
+    if max_steps is None:
+        return recipe
+    return recipe.model_copy(update={"training": recipe.training.model_copy(update={"max_steps": max_steps})})
 
 
 def _check_it_fits(

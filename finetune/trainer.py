@@ -23,7 +23,7 @@ from finetune.packing import PackedBatchSampler, PackingChoice, choose_packing, 
 from finetune.rank import agree_on_stop, peak_over_ranks, reduce_max
 from finetune.recipe import Recipe
 from finetune.runs import LEDGER_FILE
-from finetune.schedule_fit import FIT_AFTER_STEPS
+from finetune.schedule_fit import STOP_MARGIN_STEPS, fit_due
 from finetune.telemetry import Ledger, Telemetry, format_duration
 
 
@@ -165,6 +165,13 @@ def _trainer_class() -> type:
                 self.run_state.observe_loss(loss.detach(), self.state.global_step + 1)
             return (loss, outputs) if return_outputs else loss
 
+        def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+            began = time.monotonic()
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                self.run_state.paused_s += time.monotonic() - began  # not part of the next step's time
+
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             # Enrich the trainer's own log record so wandb sees the same fields as metrics.jsonl.
             self.run_state.on_log(self, logs)
@@ -192,6 +199,7 @@ def _trainer_class() -> type:
                 rotate_checkpoints(output_dir=final_root, save_total_limit=self.args.save_total_limit, use_mtime=False)
             self.run_state.last_save = time.monotonic()
             self.run_state.save_seconds = max(self.run_state.save_seconds, time.monotonic() - save_began)
+            self.run_state.paused_s += time.monotonic() - save_began
             self.accelerator.wait_for_everyone()
 
     return LoRATrainer
@@ -226,8 +234,12 @@ class RunState:
         self.save_seconds = 0.0
         self.first_step_s: float | None = None
         self.packing = PackingChoice(False, "not decided yet")  # build_trainer decides, summary.json records
-        # training.fit_to_budget: the schedule is shortened once, after the first steps are timed (schedule_fit).
+        # training.fit_to_budget: the schedule is shortened after the first steps are timed, and again whenever
+        # later steps run slower (schedule_fit).
         self.fit_to_budget = bool(recipe.training.fit_to_budget and budget_s is not None)
+        self.fit_checked = False  # fitted once already: later fits only shorten the schedule
+        # Seconds of evaluation and saving since the last step ended: they are not part of the next step's time.
+        self.paused_s = 0.0
         self.planned_steps: int | None = None  # the schedule's length before fitting
         self.schedule_steps: int | None = None  # its length once fitted (also restored on --resume)
         self.eval_batches = 0  # build_trainer counts them
@@ -275,10 +287,14 @@ class RunState:
             atomic.append_jsonl(self.telemetry.run_dir / "metrics.jsonl", record)
             self.telemetry.show(record)
 
-    def should_stop(self, step: int) -> str | None:
-        """The reason to stop after this step, if any (decided identically on every rank)."""
+    def should_stop(self, step: int, last_step: int | None = None) -> str | None:
+        """The reason to stop after this step, if any (decided identically on every rank).
+
+        `last_step`: the schedule's last step; after it only the saves need room, not one more step.
+        """
         now = time.monotonic()
-        self.step_times.append(now - self.last_step_end)
+        self.step_times.append(now - self.last_step_end - self.paused_s)
+        self.paused_s = 0.0
         if self.first_step_s is None:
             self.first_step_s = now - self.session_start
         self.last_step_end = now
@@ -288,22 +304,23 @@ class RunState:
             return "diverged"
         if self.budget_s is not None:
             recent = self.step_times[-5:]
-            step_s = max(recent) if recent else 0.0
+            step_s = max(recent) if recent and step != last_step else 0.0
             # Leave room for one more step plus saving the adapter and a checkpoint.
             # (A checkpoint and the adapter cost about one save each; the summary and plot a few seconds.)
-            margin = 1.5 * step_s + 2 * max(self.save_seconds, 2.0) + 3.0
+            margin = STOP_MARGIN_STEPS * step_s + 2 * max(self.save_seconds, 2.0) + 3.0
             if now - self.session_start + margin >= self.budget_s:
                 return "time_budget"
         return None
 
 
     def fit_schedule(self, args: Any, state: Any, scheduler: Any, optimizer: Any, eval_batches: int) -> None:
-        """Once, after the first timed steps: end the schedule inside the budget (every rank the same)."""
+        """End the schedule inside the budget (every rank the same): first after the first timed steps, then
+        shortened again whenever the steps since run slower than timed. A schedule is never lengthened again."""
         from finetune import schedule_fit
 
         self.planned_steps = self.planned_steps or state.max_steps
         if args.eval_strategy == "epoch" and state.num_train_epochs:
-            steps_per_eval = state.max_steps / state.num_train_epochs
+            steps_per_eval = self.planned_steps / state.num_train_epochs
         else:
             steps_per_eval = args.eval_steps if args.eval_strategy == "steps" else None
         assert self.budget_s is not None  # fit_to_budget is only on with a budget
@@ -314,13 +331,19 @@ class RunState:
             save_s=max(self.save_seconds, 2.0), eval_batches=eval_batches, steps_per_eval=steps_per_eval,
         )
         steps = -int(reduce_max([-float(steps)])[0])  # the slowest rank decides
-        self.fit_to_budget = False  # fitted once; the budget's hard stop still guards the rest
+        first = not self.fit_checked
+        self.fit_checked = True
         budget = format_duration(self.budget_s)
         if steps < state.max_steps and schedule_fit.refit_scheduler(scheduler, optimizer, steps):
-            self.telemetry.note(f"time budget {budget}: the schedule now ends at step {steps} of {state.max_steps} "
-                                f"({step_s:.2f} s per step measured; evaluations and saves included)")
+            if first:
+                self.telemetry.note(f"time budget {budget}: the schedule now ends at step {steps} of "
+                                    f"{state.max_steps} ({step_s:.2f} s per step measured; evaluations and saves "
+                                    "included)")
+            else:
+                self.telemetry.note(f"time budget {budget}: steps ran slower ({step_s:.2f} s), the schedule now "
+                                    f"ends at step {steps} instead of {state.max_steps}")
             self.apply_schedule(state, steps)
-        else:
+        elif first:
             self.telemetry.note(f"time budget {budget}: all {state.max_steps} steps fit ({step_s:.2f} s per step)")
 
     def apply_schedule(self, state: Any, steps: int) -> None:
@@ -348,8 +371,8 @@ def _control_callback(run_state: RunState) -> Any:
             return control
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            reason = run_state.should_stop(state.global_step)
-            if reason is None and run_state.fit_to_budget and len(run_state.step_times) >= FIT_AFTER_STEPS:
+            reason = run_state.should_stop(state.global_step, state.max_steps)
+            if reason is None and run_state.fit_to_budget and fit_due(len(run_state.step_times)):
                 run_state.fit_schedule(args, state, kwargs["lr_scheduler"], kwargs["optimizer"],
                                        run_state.eval_batches)
             reason = agree_on_stop(reason)

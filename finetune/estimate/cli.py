@@ -69,8 +69,9 @@ def render(result: object) -> None:
     console.print(
         f"data: {tokens.rows_train} training rows, {tokens.per_epoch:,} tokens/epoch "
         f"({'counted with the tokenizer' if tokens.method == 'tokenizer' else 'estimated from characters'}"
-        f"{f'; {tokens.truncated_rows} rows truncated' if tokens.truncated_rows else ''}), "
-        f"x {result.epochs:g} epochs = {result.steps} optimizer steps",
+        f"{f'; {tokens.truncated_rows} rows truncated' if tokens.truncated_rows else ''})"
+        + (f", {result.steps} optimizer steps (max_steps)" if result.max_steps
+           else f" x {result.epochs:g} epochs = {result.steps} optimizer steps"),
         highlight=False,
     )
     _memory_table(result)
@@ -82,7 +83,7 @@ def render(result: object) -> None:
             console.print(f"  - {line}", highlight=False)
     if result.hosted:
         hosted = ", ".join(f"{h['name']} {format_money(h['amount'], h['currency'])}" for h in result.hosted)
-        total = int(tokens.per_epoch * result.epochs)
+        total = result.total_training_tokens
         console.print(f"hosted fine-tuning of the same {total:,} tokens: {hosted} "
                       f"(prices as of {result.hosted[0]['as_of']})", highlight=False)
     if result.probe:

@@ -80,6 +80,7 @@ class Estimate:
     memory_target: str
     tokens: Tokens
     epochs: float
+    max_steps: int | None  # training.max_steps, which ends the run before its epochs do
     compute_tokens: int
     steps: int
     rows: list[GpuRow]
@@ -88,6 +89,11 @@ class Estimate:
     assumptions: Assumptions
     probe: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None  # this machine's factors: from a probe or a finished run here
+
+    @property
+    def total_training_tokens(self) -> int:
+        """Tokens trained on over the run: its epochs, or what max_steps' batches hold."""
+        return self.compute_tokens if self.max_steps else int(self.tokens.per_epoch * self.epochs)
 
     def to_json(self) -> dict[str, Any]:
         """The documented `--json` schema (docs/estimate.md)."""
@@ -101,7 +107,7 @@ class Estimate:
             "setup": asdict(self.setup),
             "memory": {**self.memory.to_dict(), "target": self.memory_target},
             "tokens": {**self.tokens.to_dict(), "epochs": self.epochs, "compute_tokens": self.compute_tokens,
-                       "total_training_tokens": int(self.tokens.per_epoch * self.epochs),
+                       "total_training_tokens": self.total_training_tokens,
                        "steps": self.steps},
             "gpus": [row.to_dict() for row in self.rows],
             "hosted_apis": self.hosted,
@@ -206,7 +212,10 @@ def _eval_seconds(recipe: Recipe, shape: ModelShape, setup: Setup, tokens: Token
     """Forward-only evaluation passes: one per epoch (a third of a training step's work per token)."""
     if not tokens.eval_lengths:
         return 0.0
-    passes = max(1, math.ceil(recipe.training.epochs))
+    t = recipe.training
+    passes = max(1, math.ceil(t.epochs))
+    if t.max_steps:  # one evaluation per epoch begun, and one at the end
+        passes = max(1, math.ceil(t.max_steps * t.gradient_accumulation * setup.batch / max(1, tokens.rows_train)))
     work = sum(tokens.eval_lengths) * passes * flops_per_token(shape, replace(setup, checkpointing=False)) / 3
     return work / (peak * 1e12 * util)
 
@@ -304,6 +313,7 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
         memory_target=primary.name,
         tokens=tokens,
         epochs=recipe.training.epochs,
+        max_steps=recipe.training.max_steps,
         compute_tokens=compute,
         steps=math.ceil(micro / recipe.training.gradient_accumulation),
         rows=rows,
@@ -313,6 +323,13 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
         probe=probe_info,
         calibration=calibration,
     )
+
+
+def _length_text(recipe: Recipe, tokens: Tokens) -> str:
+    """How long the run is: its epochs, or training.max_steps where that ends it."""
+    if recipe.training.max_steps:
+        return f"{recipe.training.max_steps} optimizer steps (max_steps) of {tokens.per_epoch:,} tokens/epoch"
+    return f"{tokens.per_epoch:,} tokens/epoch x {recipe.training.epochs:g} epochs"
 
 
 def estimate_for_training(recipe: Recipe, gpu_name: str | None = None,
@@ -340,8 +357,7 @@ def estimate_for_training(recipe: Recipe, gpu_name: str | None = None,
     cost = row.cost
     money = format_money(cost.get("amount"), cost.get("currency", currency))
     basis = f" ({cost['basis']})" if cost.get("basis") not in (None, "none") else ""
-    line2 = (f"time: about {_hours_text(row.hours)} for {tokens.per_epoch:,} tokens/epoch x "
-             f"{recipe.training.epochs:g} epochs; cost: {money}{basis}")
+    line2 = f"time: about {_hours_text(row.hours)} for {_length_text(recipe, tokens)}; cost: {money}{basis}"
     if calibration and calibration["source"] == "run":
         line2 += (f"; learned from run '{Path(calibration['run']).name}' of {str(calibration['measured_at'])[:10]} "
                   f"(time x{calibration['speed_factor']:.2f}, memory x{calibration['memory_factor']:.2f})")

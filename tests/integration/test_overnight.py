@@ -149,6 +149,39 @@ def test_fit_to_budget_ends_a_decayed_schedule_inside_the_budget(small_llama, pi
     assert summary["eval_loss"] is not None  # the evaluation at the end ran inside the budget too
 
 
+def test_a_fitted_schedule_is_shortened_again_when_the_steps_slow_down(small_llama, pirate_rows, tmp_path,
+                                                                       monkeypatch, capfd):
+    """Another job starts on the machine once the schedule is fitted: every step then takes three times as long.
+    The fit is checked again as the run goes, so the schedule still ends, decayed, inside the budget."""
+    from finetune.recipe import parse_recipe
+    from finetune.train import train
+    from finetune.trainer import RunState
+
+    timed_step_at_fit: list[float] = []
+    should_stop = RunState.should_stop
+
+    def slower_once_fitted(self, step, last_step=None):  # noqa: ANN001
+        if self.fit_checked:  # the step just trained took longer: the wait is inside its measured time
+            if not timed_step_at_fit:
+                timed_step_at_fit.append(sum(self.step_times[1:]) / len(self.step_times[1:]))
+            time.sleep(2 * timed_step_at_fit[0])
+        return should_stop(self, step, last_step)
+
+    monkeypatch.setattr(RunState, "should_stop", slower_once_fitted)
+    spec = recipe_dict(str(small_llama), pirate_rows, max_steps=100000, max_time="20s", save_steps=100000,
+                       fit_to_budget=True, lr_scheduler="cosine", warmup_ratio=0.0)
+    lines: list[str] = []
+    began = time.monotonic()
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", say=lines.append)
+    took = time.monotonic() - began
+    out = "".join(capfd.readouterr())
+    assert summary["status"] == "completed", (summary["message"], out)  # the budget's hard stop never fired
+    assert "steps ran slower" in out, out
+    assert took < 20 + 2, f"the budget is 20 s; the run took {took:.1f} s"
+    rates = [r["learning_rate"] for r in metrics(tmp_path / "run") if r.get("learning_rate") is not None]
+    assert rates[-1] < 0.05 * 1e-3, rates[-5:]  # decayed to the end of the shortened schedule
+
+
 def test_a_resumed_run_keeps_the_schedule_it_was_fitted_to(small_llama, pirate_rows, tmp_path):
     recipe = write_recipe(tmp_path, small_llama, pirate_rows, max_steps=100000, max_time="40s", save_steps=100000,
                           fit_to_budget=True, lr_scheduler="cosine", warmup_ratio=0.0)

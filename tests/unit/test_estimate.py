@@ -561,6 +561,20 @@ def test_estimate_for_training_lines_and_verdict(tmp_path):
     assert not fits and "does NOT fit" in lines[0] and "try" in lines[0]
 
 
+def test_max_steps_is_the_length_the_time_is_for(tmp_path):
+    full = _recipe(tmp_path, "HuggingFaceTB/SmolLM2-135M-Instruct", quantization="{bits: null}",
+                   training="{batch_size: 2, epochs: 3}")
+    capped = _recipe(tmp_path, "HuggingFaceTB/SmolLM2-135M-Instruct", quantization="{bits: null}",
+                     training="{batch_size: 2, epochs: 3, max_steps: 5}")
+    assert "x 3 epochs" in E.estimate_for_training(full, gpu_name="RTX 4090")[0][1]
+    line = E.estimate_for_training(capped, gpu_name="RTX 4090")[0][1]
+    assert "5 optimizer steps (max_steps)" in line and "epochs" not in line, line
+    whole, five = E.estimate(full, gpu="RTX 4090"), E.estimate(capped, gpu="RTX 4090")
+    assert five.steps == 5 and whole.steps > 100
+    assert five.rows[0].hours < 0.1 * whole.rows[0].hours  # 5 steps of the 3 epochs' hundreds, one evaluation
+    assert five.total_training_tokens < 0.1 * whole.total_training_tokens
+
+
 def test_unknown_strategy_and_currency_are_user_errors(tmp_path):
     recipe = _recipe(tmp_path, "meta-llama/Llama-2-7b-hf")
     from finetune.errors import FinetuneError

@@ -1,17 +1,27 @@
 """Fitting the learning-rate schedule to a time budget: the arithmetic, and transformers' own schedules."""
 
+import itertools
+
 import pytest
 
-from finetune.schedule_fit import refit_scheduler, steps_that_fit, typical_step_s
+from finetune.schedule_fit import (
+    FIT_AFTER_STEPS,
+    REFIT_EVERY,
+    STOP_MARGIN_STEPS,
+    fit_due,
+    refit_scheduler,
+    steps_that_fit,
+    typical_step_s,
+)
 
 
 def test_steps_that_fit_leave_room_for_saves_and_evaluations():
     common = dict(planned=1000, done=5, elapsed_s=20.0, budget_s=100.0, step_s=1.0, save_s=2.0)
-    # 100 - 20 - 2 saves x 2 s - 3 s = 73 s left; 90% of it for steps: 65 more steps.
-    assert steps_that_fit(**common, eval_batches=0, steps_per_eval=None) == 5 + 65
-    # Four evaluation batches at 2/3 of a step each, once per 30 steps: three evaluations in 70 steps.
+    # 100 - 20 - 2 saves x 2 s - 3 s - the hard stop's 1.5 steps = 71.5 s left; 90% of it for steps: 64 more.
+    assert steps_that_fit(**common, eval_batches=0, steps_per_eval=None) == 5 + 64
+    # Four evaluation batches at 2/3 of a step each, once per 30 steps: three evaluations in 62 steps.
     with_evals = steps_that_fit(**common, eval_batches=4, steps_per_eval=30)
-    assert with_evals == 5 + int(0.9 * (73 - 3 * 4 * 2 / 3))
+    assert with_evals == 5 + int(0.9 * (71.5 - 3 * 4 * 2 / 3))
     # Never longer than planned, never shorter than one more step.
     assert steps_that_fit(**{**common, "planned": 40}, eval_batches=0, steps_per_eval=None) == 40
     assert steps_that_fit(**{**common, "elapsed_s": 99.0}, eval_batches=0, steps_per_eval=None) == 6
@@ -19,6 +29,47 @@ def test_steps_that_fit_leave_room_for_saves_and_evaluations():
 
 def test_the_first_step_is_not_the_typical_step():
     assert typical_step_s([9.0, 1.0, 1.2, 0.9, 1.1]) == pytest.approx(1.05)
+
+
+def test_the_typical_step_is_what_the_steps_add_up_to_and_follows_recent_steps():
+    # A few slow steps among fast ones (long rows, fp32 on an AVX2 CPU): a median of 4 would plan too many.
+    assert typical_step_s([9.0, 4.0, 4.0, 4.0, 8.0]) == pytest.approx(5.0)
+    # A machine that got slower (another job started) counts from when it did: the last 20 steps.
+    assert typical_step_s([9.0] + [1.0] * 30 + [3.0] * 20) == pytest.approx(3.0)
+
+
+def test_the_fit_is_checked_after_the_first_timed_steps_and_then_every_few_steps():
+    due = [n for n in range(1, 30) if fit_due(n)]
+    assert due[0] == FIT_AFTER_STEPS and all(b - a == REFIT_EVERY for a, b in itertools.pairwise(due))
+
+
+def simulate(step_times: list[float], *, planned: int, budget_s: float, load_s: float, refit: bool = True) -> tuple:
+    """Drive the fit as trainer.RunState does, on a clock of given step times: (how it ended, steps, seconds)."""
+    clock, schedule, timed, fitted = load_s, planned, [], False
+    for step in range(1, planned + 1):
+        clock += step_times[step - 1]
+        timed.append(step_times[step - 1])
+        if step == schedule:
+            return "completed", step, clock
+        margin = STOP_MARGIN_STEPS * max(timed[-5:]) + 2 * 2.0 + 3.0  # RunState.should_stop's rule
+        if clock + margin >= budget_s:
+            return "time_budget", step, clock
+        if fit_due(len(timed)) and (refit or not fitted):
+            fitted = True
+            schedule = min(schedule, steps_that_fit(planned=schedule, done=step, elapsed_s=clock, budget_s=budget_s,
+                                                    step_s=typical_step_s(timed), save_s=2.0, eval_batches=0,
+                                                    steps_per_eval=None))
+    return "completed", planned, clock
+
+
+def test_a_schedule_fitted_on_fast_first_steps_is_shortened_when_later_steps_run_slower():
+    # The AVX2 stand-in's demo: 4.3 s steps while the fit timed them, then 4.3-8.0 s; a 4-minute budget.
+    times = [6.0] + [4.3] * 8 + [8.0, 4.3, 6.5] * 20
+    fitted_once = simulate(times, planned=39, budget_s=240.0, load_s=25.0, refit=False)
+    assert fitted_once[0] == "time_budget"  # what one fit did: cut off before its schedule's end
+    status, steps, clock = simulate(times, planned=39, budget_s=240.0, load_s=25.0)
+    assert status == "completed" and clock + 2 * 2.0 + 3.0 <= 240.0
+    assert steps >= 0.8 * fitted_once[1]  # shortened, not given up: most of what the budget allows is trained
 
 
 @pytest.mark.parametrize("name", ["cosine", "linear"])
