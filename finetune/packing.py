@@ -12,7 +12,6 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -101,28 +100,52 @@ def choose_packing(
 MEGABATCH = 8
 
 
+def _padded(lengths: list[int], run: list[int]) -> int:
+    """Positions a run of rows (longest first) takes padded to its longest row: what its memory follows."""
+    return len(run) * lengths[run[0]] if run else 0
+
+
+def _runs_within(lengths: list[int], rows: list[int], cap: int) -> list[list[int]]:
+    """`rows` (longest first) cut greedily into the fewest consecutive runs of at most `cap` padded positions."""
+    runs: list[list[int]] = []
+    for row in rows:
+        if runs and (len(runs[-1]) + 1) * lengths[runs[-1][0]] <= cap:
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    return runs
+
+
 def _cut_balanced(lengths: list[int], rows: list[int], parts: int) -> list[list[int]]:
-    """`rows` (in order) cut into `parts` non-empty consecutive runs of about equal token totals."""
-    total = sum(lengths[i] for i in rows)
-    cuts, seen, k = [0], 0, 0
-    for j in range(1, parts):
-        target = total * j / parts
-        # Advance while the next row's midpoint still falls before this cut's share of the tokens.
-        while k < len(rows) and seen + lengths[rows[k]] / 2 <= target:
-            seen += lengths[rows[k]]
-            k += 1
-        cut = min(max(k, cuts[-1] + 1), len(rows) - (parts - j))
-        cuts.append(cut)
-    cuts.append(len(rows))
-    return [rows[a:b] for a, b in pairwise(cuts)]
+    """`rows` (longest first) cut into `parts` non-empty consecutive runs, the largest padded run as small as can be.
+
+    A batch's memory and time follow its positions (rows x its longest row, as its lines are laid out), not its
+    real tokens: cut at equal tokens, the batch where lengths fall fastest (154 down to 90 tokens in the demo's
+    data) held 1,232 positions against ~900 elsewhere and set the run's peak, 0.7 GB higher in fp32.
+    """
+    low = max(max(lengths[i] for i in rows), -(-sum(lengths[i] for i in rows) // parts))
+    high = _padded(lengths, rows)
+    while low < high:  # the smallest cap that needs no more than `parts` runs (greedy is optimal here)
+        cap = (low + high) // 2
+        if len(_runs_within(lengths, rows, cap)) <= parts:
+            high = cap
+        else:
+            low = cap + 1
+    runs = _runs_within(lengths, rows, low)
+    while len(runs) < parts:  # fewer runs than batches: split the one with most rows (halves never cost more)
+        k = max(range(len(runs)), key=lambda r: len(runs[r]))
+        half = len(runs[k]) // 2
+        runs[k : k + 1] = [runs[k][:half], runs[k][half:]]
+    return runs
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
     """One epoch's packed batches of row indices: every row once, as many batches as unpacked, drawn from `seed`.
 
     Rows are shuffled into groups of MEGABATCH batches' worth; each group is sorted longest first and cut
-    into its batches at equal token totals, so a batch holds rows of neighbouring lengths (many short ones
-    or a few long ones) and about the same number of tokens as the group's other batches. Neighbouring
+    into its batches so that the largest batch (in positions: rows x its longest row) is as small as it can
+    be; a batch thus holds rows of neighbouring lengths (many short ones or a few long ones) and about as many
+    positions as the group's other batches. Neighbouring
     lengths keep a batch's lines narrow: attention's cost per token follows the line's width, and on a CPU
     the narrow lines stay on the matmul attention kernel (a batch mixing one long row with short ones would
     make every line as wide as the long one; docs/bench.md, Packing).

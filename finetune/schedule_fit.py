@@ -4,10 +4,10 @@ A budget alone stops training when time runs out, mid-schedule: the learning rat
 epoch is cut anywhere. With `fit_to_budget`, the first steps are timed on the machine at hand and the schedule
 is shortened, so warm-up, decay, the evaluations and the saves all end inside the budget. Nothing is guessed
 from another machine: the same recipe trains fewer steps on a slow CPU and all of them on a fast one.
-Step times drift after the first fit (longer batches, another job on the machine, a throttled GPU), so the fit
-is checked again every few steps and shortened further when the steps run slower than timed; it never grows
-back, so a learning rate already decayed is never raised again. The budget's hard stop stays in place as the
-safety net (trainer.RunState.should_stop).
+Step times drift after the first fit (a batch of long rows, another job on the machine, a throttled GPU), so the
+fit is checked again every few steps: shortened whenever the steps ran slower than timed, lengthened again only
+in the schedule's first half (the learning rate has not decayed far there; later, a rate already decayed would be
+raised again). The budget's hard stop stays in place as the safety net (trainer.RunState.should_stop).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ REFIT_EVERY = 5
 # The typical step: the mean of the most recent steps. The mean, not the median, is what adds up to the run's
 # time: an AVX2 CPU's fp32 steps ran 4.3-8.0 s, a median of 4.3 planned 30 steps and the budget stopped at 28.
 RECENT_STEPS = 20
+# A schedule grows back by at least this many steps (fewer is noise in the step times).
+GROW_MIN_STEPS = 2
 # The hard stop leaves room for this many more steps (trainer.RunState.should_stop); a fitted schedule must end
 # before that rule would fire, or a run that kept to its schedule would still be reported as cut off.
 STOP_MARGIN_STEPS = 1.5
@@ -52,6 +54,16 @@ def steps_that_fit(
         extra = max(0, math.floor(SAFETY * (left - evals * eval_s) / step_s))
         steps = min(planned, done + extra)
     return max(done + 1, steps)
+
+
+def next_schedule(*, current: int, fits: int, done: int) -> int:
+    """The schedule's length once `fits` steps are known to fit: shorter whenever fewer fit, longer only while
+    fewer than half of the current schedule's steps are done (and by GROW_MIN_STEPS or more)."""
+    if fits < current:
+        return fits
+    if done < current / 2 and fits >= current + GROW_MIN_STEPS:
+        return fits
+    return current
 
 
 def typical_step_s(step_times: list[float]) -> float:

@@ -315,7 +315,7 @@ class RunState:
 
     def fit_schedule(self, args: Any, state: Any, scheduler: Any, optimizer: Any, eval_batches: int) -> None:
         """End the schedule inside the budget (every rank the same): first after the first timed steps, then
-        shortened again whenever the steps since run slower than timed. A schedule is never lengthened again."""
+        again as the run goes (schedule_fit.next_schedule: shorter when steps ran slower, longer early on)."""
         from finetune import schedule_fit
 
         self.planned_steps = self.planned_steps or state.max_steps
@@ -325,22 +325,24 @@ class RunState:
             steps_per_eval = args.eval_steps if args.eval_strategy == "steps" else None
         assert self.budget_s is not None  # fit_to_budget is only on with a budget
         step_s = schedule_fit.typical_step_s(self.step_times)
-        steps = schedule_fit.steps_that_fit(
-            planned=state.max_steps, done=state.global_step, elapsed_s=time.monotonic() - self.session_start,
+        fits = schedule_fit.steps_that_fit(
+            planned=self.planned_steps, done=state.global_step, elapsed_s=time.monotonic() - self.session_start,
             budget_s=self.budget_s, step_s=step_s,
             save_s=max(self.save_seconds, 2.0), eval_batches=eval_batches, steps_per_eval=steps_per_eval,
         )
-        steps = -int(reduce_max([-float(steps)])[0])  # the slowest rank decides
+        fits = -int(reduce_max([-float(fits)])[0])  # the slowest rank decides
+        steps = schedule_fit.next_schedule(current=state.max_steps, fits=fits, done=state.global_step)
         first = not self.fit_checked
         self.fit_checked = True
         budget = format_duration(self.budget_s)
-        if steps < state.max_steps and schedule_fit.refit_scheduler(scheduler, optimizer, steps):
+        if steps != state.max_steps and schedule_fit.refit_scheduler(scheduler, optimizer, steps):
             if first:
                 self.telemetry.note(f"time budget {budget}: the schedule now ends at step {steps} of "
                                     f"{state.max_steps} ({step_s:.2f} s per step measured; evaluations and saves "
                                     "included)")
             else:
-                self.telemetry.note(f"time budget {budget}: steps ran slower ({step_s:.2f} s), the schedule now "
+                pace = "slower" if steps < state.max_steps else "faster"
+                self.telemetry.note(f"time budget {budget}: steps ran {pace} ({step_s:.2f} s), the schedule now "
                                     f"ends at step {steps} instead of {state.max_steps}")
             self.apply_schedule(state, steps)
         elif first:

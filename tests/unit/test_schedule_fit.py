@@ -9,6 +9,7 @@ from finetune.schedule_fit import (
     REFIT_EVERY,
     STOP_MARGIN_STEPS,
     fit_due,
+    next_schedule,
     refit_scheduler,
     steps_that_fit,
     typical_step_s,
@@ -46,7 +47,7 @@ def test_the_fit_is_checked_after_the_first_timed_steps_and_then_every_few_steps
 def simulate(step_times: list[float], *, planned: int, budget_s: float, load_s: float, refit: bool = True) -> tuple:
     """Drive the fit as trainer.RunState does, on a clock of given step times: (how it ended, steps, seconds)."""
     clock, schedule, timed, fitted = load_s, planned, [], False
-    for step in range(1, planned + 1):
+    for step in range(1, len(step_times) + 1):
         clock += step_times[step - 1]
         timed.append(step_times[step - 1])
         if step == schedule:
@@ -56,9 +57,9 @@ def simulate(step_times: list[float], *, planned: int, budget_s: float, load_s: 
             return "time_budget", step, clock
         if fit_due(len(timed)) and (refit or not fitted):
             fitted = True
-            schedule = min(schedule, steps_that_fit(planned=schedule, done=step, elapsed_s=clock, budget_s=budget_s,
-                                                    step_s=typical_step_s(timed), save_s=2.0, eval_batches=0,
-                                                    steps_per_eval=None))
+            fits = steps_that_fit(planned=planned, done=step, elapsed_s=clock, budget_s=budget_s,
+                                  step_s=typical_step_s(timed), save_s=2.0, eval_batches=0, steps_per_eval=None)
+            schedule = next_schedule(current=schedule, fits=fits, done=step)
     return "completed", planned, clock
 
 
@@ -113,3 +114,15 @@ def test_learning_rate_auto_by_model_size_and_a_number_as_given():
     assert choose_learning_rate("auto", 135_000_000) == AUTO_LEARNING_RATE["small"] == 1e-3
     assert choose_learning_rate("auto", SMALL_MODEL_PARAMS) == AUTO_LEARNING_RATE["large"] == 2e-4
     assert choose_learning_rate(3e-4, 8_000_000_000) == 3e-4
+
+
+def test_a_schedule_cut_for_one_slow_batch_grows_back_early_but_never_late():
+    # The AVX2 stand-in's packed demo: the batch of the longest rows came at steps 6-10 (6.5 s against 4.4 s).
+    times = [6.0] + [3.6] * 4 + [6.5] * 5 + [4.4] * 60
+    status, steps, clock = simulate(times, planned=60, budget_s=240.0, load_s=20.0)
+    assert status == "completed" and clock + 2 * 2.0 + 3.0 <= 240.0
+    assert clock >= 0.8 * 240.0, f"{steps} steps used {clock:.0f} s of a 240 s budget"
+    assert next_schedule(current=40, fits=30, done=35) == 30  # shorter: at any point
+    assert next_schedule(current=40, fits=50, done=19) == 50  # longer: in the first half
+    assert next_schedule(current=40, fits=50, done=20) == 40  # not later: the rate has decayed
+    assert next_schedule(current=40, fits=41, done=5) == 40  # nor by a single step
