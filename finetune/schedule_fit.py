@@ -24,8 +24,10 @@ REFIT_EVERY = 5
 # The typical step: the mean of the most recent steps. The mean, not the median, is what adds up to the run's
 # time: an AVX2 CPU's fp32 steps ran 4.3-8.0 s, a median of 4.3 planned 30 steps and the budget stopped at 28.
 RECENT_STEPS = 20
-# A schedule grows back by at least this many steps (fewer is noise in the step times).
+# A schedule grows back by at least this many steps and this share (less is noise in the step times: growing by
+# a few steps at a time, a fast run's schedule fluttered between 174 and 190 steps).
 GROW_MIN_STEPS = 2
+GROW_MIN_SHARE = 0.05
 # The hard stop leaves room for this many more steps (trainer.RunState.should_stop); a fitted schedule must end
 # before that rule would fire, or a run that kept to its schedule would still be reported as cut off.
 STOP_MARGIN_STEPS = 1.5
@@ -56,12 +58,13 @@ def steps_that_fit(
     return max(done + 1, steps)
 
 
-def next_schedule(*, current: int, fits: int, done: int) -> int:
+def next_schedule(*, current: int, fits: int, done: int, may_grow: bool = True) -> int:
     """The schedule's length once `fits` steps are known to fit: shorter whenever fewer fit, longer only while
-    fewer than half of the current schedule's steps are done (and by GROW_MIN_STEPS or more)."""
+    fewer than half of the current schedule's steps are done (by GROW_MIN_STEPS and GROW_MIN_SHARE or more),
+    and never for a resumed run (`may_grow` False: its checkpoint's schedule is kept)."""
     if fits < current:
         return fits
-    if done < current / 2 and fits >= current + GROW_MIN_STEPS:
+    if may_grow and done < current / 2 and fits >= max(current + GROW_MIN_STEPS, current * (1 + GROW_MIN_SHARE)):
         return fits
     return current
 

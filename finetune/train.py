@@ -229,6 +229,7 @@ def _train(
     if resume_from is not None and telemetry.ledger.extra.get("schedule_steps"):
         run_state.schedule_steps = int(telemetry.ledger.extra["schedule_steps"])  # fitted to an earlier budget
         run_state.fit_checked = True  # kept, and only shortened should the new budget be tighter
+        run_state.may_grow = False
     parameters = model.get_nb_trainable_parameters()[1]  # peft counts 4-bit weights at their full size
     learning_rate = choose_learning_rate(recipe.training.learning_rate, parameters)
     run_state.learning_rate = learning_rate

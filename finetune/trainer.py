@@ -237,7 +237,8 @@ class RunState:
         # training.fit_to_budget: the schedule is shortened after the first steps are timed, and again whenever
         # later steps run slower (schedule_fit).
         self.fit_to_budget = bool(recipe.training.fit_to_budget and budget_s is not None)
-        self.fit_checked = False  # fitted once already: later fits only shorten the schedule
+        self.fit_checked = False  # fitted once already
+        self.may_grow = True  # a resumed run keeps its checkpoint's schedule: shortened, never grown
         # Seconds of evaluation and saving since the last step ended: they are not part of the next step's time.
         self.paused_s = 0.0
         self.planned_steps: int | None = None  # the schedule's length before fitting
@@ -331,7 +332,8 @@ class RunState:
             save_s=max(self.save_seconds, 2.0), eval_batches=eval_batches, steps_per_eval=steps_per_eval,
         )
         fits = -int(reduce_max([-float(fits)])[0])  # the slowest rank decides
-        steps = schedule_fit.next_schedule(current=state.max_steps, fits=fits, done=state.global_step)
+        steps = schedule_fit.next_schedule(current=state.max_steps, fits=fits, done=state.global_step,
+                                           may_grow=self.may_grow)
         first = not self.fit_checked
         self.fit_checked = True
         budget = format_duration(self.budget_s)

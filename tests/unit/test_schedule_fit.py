@@ -125,4 +125,5 @@ def test_a_schedule_cut_for_one_slow_batch_grows_back_early_but_never_late():
     assert next_schedule(current=40, fits=30, done=35) == 30  # shorter: at any point
     assert next_schedule(current=40, fits=50, done=19) == 50  # longer: in the first half
     assert next_schedule(current=40, fits=50, done=20) == 40  # not later: the rate has decayed
-    assert next_schedule(current=40, fits=41, done=5) == 40  # nor by a single step
+    assert next_schedule(current=40, fits=41, done=5) == 40  # nor by a step or two (noise)
+    assert next_schedule(current=40, fits=50, done=5, may_grow=False) == 40  # nor on resume
