@@ -126,17 +126,21 @@ def test_max_time_stops_with_time_budget_and_a_usable_adapter(small_llama, pirat
     assert PeftConfig.from_pretrained(tmp_path / "run/adapter").r == 8
 
 
-def test_fit_to_budget_ends_a_decayed_schedule_inside_the_budget(small_llama, pirate_rows, tmp_path):
-    """training.fit_to_budget: the schedule is shortened after timing the first steps, and completes in time."""
+def fitted_run(model, rows, tmp_path) -> tuple[dict, float]:
+    """A 20 s budget with fit_to_budget and a cosine schedule, trained in this process: (summary, seconds)."""
     from finetune.recipe import parse_recipe
     from finetune.train import train
 
-    spec = recipe_dict(str(small_llama), pirate_rows, max_steps=100000, max_time="20s", save_steps=100000,
+    spec = recipe_dict(str(model), rows, max_steps=100000, max_time="20s", save_steps=100000,
                        fit_to_budget=True, lr_scheduler="cosine", warmup_ratio=0.0)
-    lines: list[str] = []
     began = time.monotonic()
-    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", say=lines.append)
-    took = time.monotonic() - began
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", say=lambda _: None)
+    return summary, time.monotonic() - began
+
+
+def test_fit_to_budget_ends_a_decayed_schedule_inside_the_budget(small_llama, pirate_rows, tmp_path):
+    """training.fit_to_budget: the schedule is shortened after timing the first steps, and completes in time."""
+    summary, took = fitted_run(small_llama, pirate_rows, tmp_path)
     assert summary["status"] == "completed", summary["message"]  # not stopped by the budget: the schedule ended
     schedule = summary["schedule"]
     assert schedule["fitted_to_budget"] and schedule["planned_steps"] == 100000
@@ -153,8 +157,6 @@ def test_a_fitted_schedule_is_shortened_again_when_the_steps_slow_down(small_lla
                                                                        monkeypatch, capfd):
     """Another job starts on the machine once the schedule is fitted: every step then takes three times as long.
     The fit is checked again as the run goes, so the schedule still ends, decayed, inside the budget."""
-    from finetune.recipe import parse_recipe
-    from finetune.train import train
     from finetune.trainer import RunState
 
     timed_step_at_fit: list[float] = []
@@ -168,12 +170,7 @@ def test_a_fitted_schedule_is_shortened_again_when_the_steps_slow_down(small_lla
         return should_stop(self, step, last_step)
 
     monkeypatch.setattr(RunState, "should_stop", slower_once_fitted)
-    spec = recipe_dict(str(small_llama), pirate_rows, max_steps=100000, max_time="20s", save_steps=100000,
-                       fit_to_budget=True, lr_scheduler="cosine", warmup_ratio=0.0)
-    lines: list[str] = []
-    began = time.monotonic()
-    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", say=lines.append)
-    took = time.monotonic() - began
+    summary, took = fitted_run(small_llama, pirate_rows, tmp_path)
     out = "".join(capfd.readouterr())
     assert summary["status"] == "completed", (summary["message"], out)  # the budget's hard stop never fired
     assert "steps ran slower" in out, out
