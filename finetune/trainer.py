@@ -153,9 +153,10 @@ def _trainer_class() -> type:
             with attention_kernels(cpu_bf16, width, self.args.gradient_checkpointing), \
                     disable_input_dtype_casting(model, active=cpu_bf16):
                 outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-            logits = outputs.logits.float()
+            logits = outputs.logits
             picked = targets[:, keep]
-            # Its backward writes the gradient into these fp32 logits (finetune/loss.py): 4 bytes a logit, not 12.
+            # In the head's dtype, upcast a chunk at a time; its backward writes the gradient into these logits
+            # (finetune/loss.py): no fp32 copy of them, no logits-sized buffer allocated in the step.
             total = summed_cross_entropy(logits.reshape(-1, logits.size(-1)), picked.reshape(-1))
             count = num_items_in_batch if num_items_in_batch is not None else (picked != -100).sum()
             loss = total / torch.clamp(torch.as_tensor(count, device=total.device), min=1)

@@ -117,12 +117,13 @@ def step(model: Any, batch: dict[str, Any], arm: str, trainer_like: Any, optimiz
             outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
     stages["forward"] = status_mb()
     logits_shape = tuple(outputs.logits.shape)
-    logits = outputs.logits.float()
     if arm == "labelled-reuse":
         from finetune.loss import summed_cross_entropy
 
+        logits = outputs.logits  # as finetune.trainer: in the head's dtype, upcast a chunk at a time
         total = summed_cross_entropy(logits.reshape(-1, logits.size(-1)), picked.reshape(-1))
     else:
+        logits = outputs.logits.float()
         total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), picked.reshape(-1), reduction="sum")
     loss = total / (picked != -100).sum()
     stages["loss"] = status_mb()

@@ -102,7 +102,7 @@ class Assumptions(_Frozen):
     usable_memory_fraction: Fraction
     cpu_process_baseline_gb: NonNegative
     cpu_usable_memory_fraction: Fraction
-    logits_bytes_per_element: Positive
+    loss_chunk_mb: NonNegative
     activation_coefficients: ActivationCoefficients
     autocast_16bit: bool = True
 

@@ -123,7 +123,7 @@ def _memory_table(result: object) -> None:
         ("LoRA weights", mem.lora_gb),
         ("LoRA gradients + AdamW states", mem.optimizer_gb),
         (f"activations (checkpointing {'on' if setup.checkpointing else 'off'})", mem.activations_gb),
-        ("logits (fp32 loss)", mem.logits_gb),
+        ("logits", mem.logits_gb),
         ("CUDA context / process, allocator margin", mem.overhead_gb),
     ]
     for name, value in rows:

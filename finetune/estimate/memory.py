@@ -187,7 +187,10 @@ def memory(shape: ModelShape, setup: Setup, a: Assumptions | None = None) -> Mem
     act_ckpt = activations(shape, setup, a, checkpointing=True)
     act_full = activations(shape, setup, a, checkpointing=False)
     acts = act_ckpt if setup.checkpointing else act_full
-    logits = setup.batch * setup.seq * setup.logits_fraction * shape.vocab * a.logits_bytes_per_element
+    # The head's output (16-bit under autocast, whatever its weight's dtype), which the loss's gradient
+    # overwrites, plus the loss's one chunk in fp32 (finetune/loss.py).
+    positions = setup.batch * setup.seq * setup.logits_fraction
+    logits = positions * shape.vocab * setup.compute_bytes + a.loss_chunk_mb * 2**20
     if n > 1 and setup.strategy != "ddp":
         # ZeRO-2 shards gradients and optimizer state; FSDP / ZeRO-3 shard the weights too, and gather
         # one layer's full weights at a time (plus one prefetched).
