@@ -428,6 +428,7 @@ def run_probe(recipe: Recipe, steps: int = 4) -> dict[str, Any]:
         "seconds_per_step": seconds,
         "tokens_per_step": tokens,
         "peak_memory_mb": summary["peak_memory_mb"],
+        "steps": summary["steps"],  # packed batches come in a random order: which ones its peak saw
         "precision": summary["precision"],
         "device": summary["hardware"]["device"],
         "gradient_checkpointing": summary["gradient_checkpointing"],

@@ -18,7 +18,7 @@ from finetune.estimate.calibration import (
     remembered_speed,
     speed_factor,
 )
-from finetune.estimate.devices import Device, device_for_gpu, run_setups, setup_for, this_machine
+from finetune.estimate.devices import Device, device_for_gpu, packed_layouts, run_setups, setup_for, this_machine
 from finetune.estimate.memory import (
     GIB,
     STRATEGIES,
@@ -53,7 +53,7 @@ __all__ = [
     "compare_probe",
     "config_from_catalogue", "count_tokens", "device_for_gpu", "estimate", "estimate_for_training", "fits",
     "flops_per_token", "hosted_rows", "hours_text", "logits_fractions", "lora_params", "machine_key",
-    "max_batch_size", "max_seq_len", "memory", "model_shape", "padded_tokens", "predicted_step",
+    "max_batch_size", "max_seq_len", "memory", "model_shape", "packed_layouts", "padded_tokens", "predicted_step",
     "remember_speed", "remembered_speed", "run_setups", "seconds_per_micro_batch",
     "setup_for", "shape_from_config", "speed_factor", "step_overhead_seconds", "suggestions", "this_machine",
     "weights_bytes",

@@ -25,13 +25,15 @@ def predicted_step(recipe: Recipe, shape: ModelShape, device: Device, measured: 
 
     The probe reports real (non-padding) tokens per optimizer step; the time prediction spreads them over
     batch x accumulation rows. Its peak memory comes from its first, longest batch (length-grouped
-    sampling starts with the longest rows), which is what the memory prediction models.
+    sampling starts with the longest rows), or packed, from the largest of the batches it ran (`steps`).
     """
     t = recipe.training
     rows = t.batch_size * t.gradient_accumulation
     precision = measured.get("precision") or device.best_precision
     checkpointing = bool(measured.get("gradient_checkpointing", False))
-    peak_setup, average = run_setups(recipe, device, tokens)
+    ran = measured.get("steps")
+    peak_setup, average = run_setups(recipe, device, tokens, shape=shape,
+                                     first_batches=ran * t.gradient_accumulation if ran else None)
     peak_setup = replace(peak_setup, precision=precision, checkpointing=checkpointing)
     seq = max(1, round(measured["tokens_per_step"] / rows))
     average = replace(average, precision=precision, checkpointing=checkpointing, seq=seq)
@@ -168,7 +170,7 @@ def achieved_speed(metrics: list[dict[str, Any]]) -> dict[str, float] | None:
 def predicted_run_step(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens,
                        a: Assumptions) -> dict[str, float]:
     """The plan's uncalibrated figures for a recipe here: seconds per optimizer step and peak memory (MiB)."""
-    setup, average = run_setups(recipe, device, tokens)
+    setup, average = run_setups(recipe, device, tokens, shape=shape)
     util = a.utilisation if device.kind == "cuda" else a.cpu_utilisation
     peak = device.peak_tflops.get(setup.precision) or device.peak_tflops["fp32"]
     seconds = seconds_per_micro_batch(shape, average, peak, util, a) * recipe.training.gradient_accumulation

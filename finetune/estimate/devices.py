@@ -12,7 +12,12 @@ from finetune.estimate.memory import GIB, Setup
 from finetune.estimate.tokens import Tokens, logits_fractions, padded_tokens
 
 if TYPE_CHECKING:
+    from finetune.estimate.shape import ModelShape
     from finetune.recipe import Recipe
+
+# Rows whose packed layout is worked out; a larger dataset's first ones stand for it (the layout is per group of
+# batches, so its largest batch is found within a few thousand rows).
+PACKED_LAYOUT_ROWS = 20_000
 
 
 @dataclass
@@ -110,10 +115,50 @@ def setup_for(recipe: Recipe, device: Device, num_gpus: int = 1, strategy: str =
     )
 
 
-def run_setups(recipe: Recipe, device: Device, tokens: Tokens, num_gpus: int = 1,
-               strategy: str = "ddp") -> tuple[Setup, Setup]:
-    """(peak-memory setup: the longest batch, average-step setup: mean padded length) for a device."""
+def packed_layouts(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens) -> list[tuple[int, int]]:
+    """(lines, width) of each packed batch of the first epoch, as training lays them out; [] when it would not pack.
+
+    The decision and the batches are finetune.packing's own (choose_packing, epoch_batches, lines_of) on the
+    counted row lengths; the attention implementation is the one transformers picks (eager where the model
+    needs it, sdpa otherwise).
+    """
+    from finetune.packing import choose_packing, epoch_batches, lines_of
+
     t = recipe.training
+    lengths = tokens.lengths[:PACKED_LAYOUT_ROWS]
+    if not lengths:
+        return []
+    attention = "eager" if shape.eager_attention else "sdpa"
+    choice = choose_packing(t.packing, shape.architecture, attention, device.kind, lengths,
+                            recipe.dataset.max_length, t.batch_size)
+    if not choice.enabled:
+        return []
+    layouts = []
+    for batch in epoch_batches(lengths, t.batch_size, t.seed):
+        rows = [lengths[i] for i in batch]
+        layouts.append((len(lines_of(rows, max(rows))), max(rows)))
+    return layouts
+
+
+def run_setups(recipe: Recipe, device: Device, tokens: Tokens, num_gpus: int = 1,
+               strategy: str = "ddp", shape: ModelShape | None = None,
+               first_batches: int | None = None) -> tuple[Setup, Setup]:
+    """(peak-memory setup: the largest batch, average-step setup: mean positions per row) for a device.
+
+    Unpacked, the largest batch is batch_size rows of the longest length; packed (given the model's `shape`,
+    which decides whether training packs), it is the packed batch with the most positions (lines x width),
+    whose logits are kept nearly everywhere (some line has a label at almost every position). Packed batches come
+    in a random order, so a probe of a few steps peaks at the largest of its `first_batches`, not the epoch's.
+    """
+    t = recipe.training
+    layouts = packed_layouts(recipe, shape, device, tokens) if shape is not None else []
+    if layouts:
+        seen = layouts[:first_batches] if first_batches else layouts
+        lines, width = max(seen, key=lambda layout: layout[0] * layout[1])
+        peak = replace(setup_for(recipe, device, num_gpus, strategy, seq=width), batch=lines)
+        positions = sum(n * w for n, w in layouts)
+        mean_seq = max(1, round(positions / (len(layouts) * t.batch_size)))
+        return peak, replace(peak, batch=t.batch_size, seq=mean_seq)
     longest = max(tokens.lengths, default=recipe.dataset.max_length)
     seq = max(16, min(recipe.dataset.max_length, longest))
     peak_frac, mean_frac = logits_fractions(tokens, t.batch_size, t.group_by_length, t.seed)

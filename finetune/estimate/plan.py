@@ -168,7 +168,7 @@ def _row(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, num_
          memory_factor: float = 1.0) -> GpuRow:
     """Estimate one target (`speed_factor`, `memory_factor`: measured over predicted, from a probe or a run)."""
     t = recipe.training
-    setup, average = run_setups(recipe, device, tokens, num_gpus, strategy)
+    setup, average = run_setups(recipe, device, tokens, num_gpus, strategy, shape)
     mem = memory(shape, setup, a)
     # A run here that peaked at memory_factor x its prediction: this one's limits shrink alike.
     capacity = device.capacity_gb / memory_factor
@@ -300,7 +300,7 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
         primary = rows[0]
     primary_device = next(d for d in devices if d.name == primary.name)
     micro, compute = _work(recipe, tokens, setup_for(recipe, primary_device))
-    primary_setup, _ = run_setups(recipe, primary_device, tokens, num_gpus, strategy)
+    primary_setup, _ = run_setups(recipe, primary_device, tokens, num_gpus, strategy, shape)
     total_tokens = int(tokens.per_epoch * recipe.training.epochs)
     if recipe.training.max_steps:
         total_tokens = compute

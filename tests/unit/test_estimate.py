@@ -645,3 +645,29 @@ def test_a_stored_probe_speed_scales_this_machine_only(tmp_path, monkeypatch):
     assert E.remembered_speed() is None
     (finetune_home() / E.SPEED_FILE).write_text("not json")
     assert E.remembered_speed() is None
+
+
+def test_a_packed_run_peaks_at_its_largest_packed_batch(tmp_path):
+    from finetune.packing import epoch_batches, lines_of
+
+    lengths = [30 + (i * 37) % 200 for i in range(64)]  # short rows against max_length 512: auto packs them
+    tokens = E.Tokens(len(lengths), 0, lengths, [], "tokenizer", prompt_lengths=[10] * len(lengths))
+    shape = E.model_shape("bundled:smollm2-135m-instruct")
+    cpu = E.this_machine(cat.load_gpus(), E.assumptions())
+    recipe = _recipe(tmp_path, "bundled:smollm2-135m-instruct", training="{batch_size: 8, seed: 3}")
+    layouts = []
+    for batch in epoch_batches(lengths, 8, 3):  # training's own batches and line layout
+        rows = [lengths[i] for i in batch]
+        layouts.append((len(lines_of(rows, max(rows))), max(rows)))
+    assert E.packed_layouts(recipe, shape, cpu, tokens) == layouts
+    peak, mean = E.run_setups(recipe, cpu, tokens, shape=shape)
+    assert (peak.batch, peak.seq) == max(layouts, key=lambda layout: layout[0] * layout[1])
+    assert peak.batch * peak.seq < 8 * max(lengths)  # fewer positions than 8 rows padded to the longest
+    assert mean.batch * mean.seq == pytest.approx(sum(n * w for n, w in layouts) / len(layouts), rel=0.02)
+    # A probe of two steps saw only the first two batches (they come in a random order).
+    probe, _ = E.run_setups(recipe, cpu, tokens, shape=shape, first_batches=2)
+    assert (probe.batch, probe.seq) == max(layouts[:2], key=lambda layout: layout[0] * layout[1])
+    # Unpacked (or without the model's shape to decide): batch_size rows of the longest.
+    unpacked = _recipe(tmp_path, "bundled:smollm2-135m-instruct", training="{batch_size: 8, packing: false}")
+    for setup, _ in (E.run_setups(unpacked, cpu, tokens, shape=shape), E.run_setups(recipe, cpu, tokens)):
+        assert (setup.batch, setup.seq) == (8, max(lengths))
