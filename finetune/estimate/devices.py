@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from finetune import catalog as cat
@@ -122,22 +123,28 @@ def packed_layouts(recipe: Recipe, shape: ModelShape, device: Device, tokens: To
     counted row lengths; the attention implementation is the one transformers picks (eager where the model
     needs it, sdpa otherwise).
     """
+    t = recipe.training
+    attention = "eager" if shape.eager_attention else "sdpa"
+    return list(_packed_layouts(t.packing, shape.architecture, attention, device.kind,
+                                tuple(tokens.lengths[:PACKED_LAYOUT_ROWS]), recipe.dataset.max_length,
+                                t.batch_size, t.seed))
+
+
+@lru_cache(maxsize=4)
+def _packed_layouts(packing: bool | str, model_type: str, attention: str, device_kind: str,
+                    lengths: tuple[int, ...], max_length: int, batch_size: int,
+                    seed: int) -> tuple[tuple[int, int], ...]:
+    """packed_layouts' work, once per dataset and device kind: a plan asks for every GPU row (~1 s at 20k rows)."""
     from finetune.packing import choose_packing, epoch_batches, lines_of
 
-    t = recipe.training
-    lengths = tokens.lengths[:PACKED_LAYOUT_ROWS]
-    if not lengths:
-        return []
-    attention = "eager" if shape.eager_attention else "sdpa"
-    choice = choose_packing(t.packing, shape.architecture, attention, device.kind, lengths,
-                            recipe.dataset.max_length, t.batch_size)
-    if not choice.enabled:
-        return []
+    if not lengths or not choose_packing(packing, model_type, attention, device_kind, list(lengths), max_length,
+                                         batch_size).enabled:
+        return ()
     layouts = []
-    for batch in epoch_batches(lengths, t.batch_size, t.seed):
+    for batch in epoch_batches(list(lengths), batch_size, seed):
         rows = [lengths[i] for i in batch]
         layouts.append((len(lines_of(rows, max(rows))), max(rows)))
-    return layouts
+    return tuple(layouts)
 
 
 def run_setups(recipe: Recipe, device: Device, tokens: Tokens, num_gpus: int = 1,
