@@ -87,6 +87,10 @@ def build_peft_model(recipe: Recipe, precision: str, device: str, checkpointing:
     model = get_peft_model(model, lora_config(recipe))
     if device == "cpu" and precision == "bf16":
         keep_frozen_weights_in_bf16(model)
+    if device == "cpu":
+        from finetune.cpu_dropout import use_cpu_dropout
+
+        use_cpu_dropout(model)  # torch's per-element Bernoulli draws cost a CPU step as much as its matmuls
     return model
 
 

@@ -26,3 +26,22 @@ def test_lora_inputs_stay_bf16_on_a_bf16_cpu(tiny_llama, pirate_rows, tmp_path):
     assert summary["precision"] == "bf16" and seen
     # peft would upcast each input to the fp32 LoRA weight (dropout noise drawn and kept in fp32).
     assert set(seen) == {torch.bfloat16}
+
+
+def test_cpu_training_draws_lora_dropout_masks_in_bulk(tiny_llama, pirate_rows, tmp_path):
+    from finetune.cpu_dropout import CpuDropout
+
+    seen: list[type] = []
+
+    class Watch(TrainerCallback):
+        """Record the dropout modules the real training steps run LoRA's inputs through."""
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen.extend(type(m) for n, m in model.named_modules() if n.endswith("lora_dropout.default"))
+
+    spec = recipe_dict(str(tiny_llama), pirate_rows, max_steps=2, batch_size=2)
+    spec["lora"]["dropout"] = 0.1
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", callbacks=[Watch()], say=lambda *_: None)
+    assert summary["status"] == "completed" and seen
+    # torch's nn.Dropout draws one Bernoulli variate per element: on a CPU that cost as much as the matmuls.
+    assert set(seen) == {CpuDropout}
