@@ -18,7 +18,15 @@ from finetune.estimate.calibration import (
     remembered_speed,
     speed_factor,
 )
-from finetune.estimate.devices import Device, device_for_gpu, packed_layouts, run_setups, setup_for, this_machine
+from finetune.estimate.devices import (
+    Device,
+    climb_share,
+    device_for_gpu,
+    packed_layouts,
+    run_setups,
+    setup_for,
+    this_machine,
+)
 from finetune.estimate.memory import (
     GIB,
     STRATEGIES,
@@ -44,13 +52,13 @@ from finetune.estimate.plan import (
     hours_text,
 )
 from finetune.estimate.shape import ModelShape, config_from_catalogue, model_shape, shape_from_config
-from finetune.estimate.speed import flops_per_token, seconds_per_micro_batch, step_overhead_seconds
+from finetune.estimate.speed import dropout_seconds, flops_per_token, seconds_per_micro_batch, step_overhead_seconds
 from finetune.estimate.tokens import Tokens, count_tokens, logits_fractions, padded_tokens
 
 __all__ = [
     "GIB", "SPEED_FILE", "STRATEGIES", "Device", "Estimate", "GpuRow", "Memory", "ModelShape", "Setup", "Tokens",
     "activation_bytes_per_token_layer", "activations", "assumptions", "calibrate_utilisation", "check_options",
-    "compare_probe",
+    "climb_share", "compare_probe", "dropout_seconds",
     "config_from_catalogue", "count_tokens", "device_for_gpu", "estimate", "estimate_for_training", "fits",
     "flops_per_token", "hosted_rows", "hours_text", "logits_fractions", "lora_params", "machine_key",
     "max_batch_size", "max_seq_len", "memory", "model_shape", "packed_layouts", "padded_tokens", "predicted_step",

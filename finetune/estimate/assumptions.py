@@ -81,6 +81,7 @@ class Assumptions(_Frozen):
     cpu_quantised_slowdown: dict[Literal[4, 8], float]
     step_overhead_s_per_layer: NonNegative
     cpu_step_overhead_gflop_per_layer: NonNegative
+    cpu_dropout_ns_per_element: NonNegative
     scaling_efficiency: ScalingEfficiency
     # energy
     power_fraction: Fraction
@@ -99,6 +100,7 @@ class Assumptions(_Frozen):
     cuda_context_gb: NonNegative
     allocator_margin: NonNegative
     cpu_allocator_margin: NonNegative
+    cpu_run_climb_gb: NonNegative
     usable_memory_fraction: Fraction
     cpu_process_baseline_gb: NonNegative
     cpu_usable_memory_fraction: Fraction

@@ -33,7 +33,7 @@ def predicted_step(recipe: Recipe, shape: ModelShape, device: Device, measured: 
     checkpointing = bool(measured.get("gradient_checkpointing", False))
     ran = measured.get("steps")
     peak_setup, average = run_setups(recipe, device, tokens, shape=shape,
-                                     first_batches=ran * t.gradient_accumulation if ran else None)
+                                     first_batches=ran * t.gradient_accumulation if ran else None, whole_run=False)
     peak_setup = replace(peak_setup, precision=precision, checkpointing=checkpointing)
     seq = max(1, round(measured["tokens_per_step"] / rows))
     average = replace(average, precision=precision, checkpointing=checkpointing, seq=seq)

@@ -31,6 +31,9 @@ class Setup:
     # Share of positions whose logits are computed: finetune.train asks the model for logits only where
     # some row of the batch has a label (assistant tokens), not over prompts and padding.
     logits_fraction: float = 1.0
+    # Share of the climb a whole CPU run makes above its first steps' peak (cpu_run_climb_gb): it grows with the
+    # number of batch shapes the run meets (run_setups); a probe's few steps do not climb.
+    climb: float = 0.0
 
     @property
     def compute_bytes(self) -> int:
@@ -80,6 +83,11 @@ def _targets(shape: ModelShape, target_modules: Targets) -> list[tuple[str, int,
         return list(shape.lora_modules)
     wanted = set(target_modules)
     return [m for m in shape.lora_modules if m[0] in wanted or m[0].rsplit(".", 1)[-1] in wanted]
+
+
+def lora_input_elements(shape: ModelShape, target_modules: Targets = "all-linear") -> int:
+    """Elements of LoRA's inputs per token over the whole model (what dropout draws a mask for)."""
+    return shape.layers * sum(i for _, i, _ in _targets(shape, target_modules))
 
 
 def lora_params(shape: ModelShape, r: int, target_modules: Targets = "all-linear") -> int:
@@ -205,8 +213,13 @@ def memory(shape: ModelShape, setup: Setup, a: Assumptions | None = None) -> Mem
             base += shape.largest_linear * setup.compute_bytes  # the dequantised weight of the current matmul
     else:
         base = a.cpu_process_baseline_gb * GIB
-    margin = a.allocator_margin if setup.device == "cuda" else a.cpu_allocator_margin
-    overhead = base + margin * (acts + logits)
+    if setup.device == "cuda":
+        overhead = base + a.allocator_margin * (acts + logits)
+    else:
+        # On a CPU the margin grows with the step's tensors but not with LoRA dropout's (its masks and dropped
+        # inputs added 0.95-1.07x their counted bytes to measured peaks, 2026-12-03), and a whole run climbs.
+        plain = activations(shape, replace(setup, lora_dropout=0.0), a, setup.checkpointing)
+        overhead = base + a.cpu_allocator_margin * (plain + logits) + setup.climb * a.cpu_run_climb_gb * GIB
     loading = 0.0
     if setup.device == "cpu" and (setup.bits is not None or shape.checkpoint_bytes != setup.compute_bytes):
         # Quantising on a CPU, or converting the checkpoint's dtype (the bundled fp32 file loaded in bf16),

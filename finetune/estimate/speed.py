@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finetune.estimate.assumptions import Assumptions, assumptions
-from finetune.estimate.memory import Setup, lora_params
+from finetune.estimate.memory import Setup, lora_input_elements, lora_params
 from finetune.estimate.shape import ModelShape
 
 
@@ -39,6 +39,18 @@ def seconds_per_micro_batch(shape: ModelShape, setup: Setup, peak_tflops: float,
     a = a or assumptions()
     table = a.quantised_slowdown if setup.device == "cuda" else a.cpu_quantised_slowdown
     slowdown = float(table.get(setup.bits, 1.0)) if setup.bits else 1.0
-    work = setup.batch * setup.seq * flops_per_token(shape, setup)
-    compute = work / (peak_tflops * 1e12 * utilisation) * slowdown
-    return compute + step_overhead_seconds(shape, setup, peak_tflops, a)
+    tokens = setup.batch * setup.seq
+    compute = tokens * flops_per_token(shape, setup) / (peak_tflops * 1e12 * utilisation) * slowdown
+    return compute + dropout_seconds(shape, setup, tokens, a) + step_overhead_seconds(shape, setup, peak_tflops, a)
+
+
+def dropout_seconds(shape: ModelShape, setup: Setup, tokens: int, a: Assumptions | None = None) -> float:
+    """Drawing LoRA dropout's masks on a CPU (finetune.cpu_dropout): a time per element of LoRA's inputs.
+
+    Random bits come from a scalar generator, not the matmul units, so the time is per element, not in FLOPs;
+    a GPU draws them in the same kernel as the multiply and is not charged.
+    """
+    a = a or assumptions()
+    if setup.device != "cpu" or setup.lora_dropout <= 0:
+        return 0.0
+    return tokens * lora_input_elements(shape, setup.target_modules) * a.cpu_dropout_ns_per_element * 1e-9

@@ -218,6 +218,11 @@ def _batches(tokens: Tokens, batch: int, group_by_length: bool, seed: int) -> li
     return [pairs[i:i + batch] for i in range(0, len(pairs), batch)]
 
 
+def batch_widths(tokens: Tokens, batch: int, group_by_length: bool, seed: int) -> list[int]:
+    """The padded width (longest row) of each micro-batch of an epoch, in the sampler's order."""
+    return [max(n for n, _ in rows) for rows in _batches(tokens, batch, group_by_length, seed)]
+
+
 def padded_tokens(lengths: list[int], batch: int, group_by_length: bool, seed: int) -> tuple[int, int]:
     """(tokens the model computes on, longest row) when rows are right-padded to their batch's longest."""
     batches = _batches(Tokens(len(lengths), 0, lengths, [], ""), batch, group_by_length, seed)

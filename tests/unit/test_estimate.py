@@ -363,9 +363,18 @@ def test_seconds_scale_with_peak_utilisation_and_quantisation(a):
     # linears 8 x 32 x 16 x (4 x 8192 + 3 x 15104) = 0.32e9: 41.04e9 per token x 2048 tokens at 50 TFLOP/s.
     assert base == pytest.approx(2048 * 41.04e9 / 50e12, rel=1e-3)
     cpu = replace(setup, bits=4, device="cpu")
-    # On a CPU at 1 TFLOP/s: the same work at 0.5 TFLOP/s x the measured 1.12 for 4-bit, plus 32 x 8 GFLOP.
+    # On a CPU at 1 TFLOP/s: the same work at 0.5 TFLOP/s x the measured 1.12 for 4-bit, plus 32 x 8 GFLOP, plus
+    # LoRA dropout's masks: 3 ns for each of 32 x (6 x 4096 + 11008) input elements a token (q k v o gate up
+    # read 4096, down 11008).
+    dropout = 2048 * 32 * (6 * 4096 + 11008) * 3.0e-9
+    assert a.cpu_dropout_ns_per_element == 3.0
     assert E.seconds_per_micro_batch(shape, cpu, 1.0, 0.5, a) == pytest.approx(2048 * 41.04e9 / 0.5e12 * 1.12
-                                                                               + 32 * 8e9 / 1e12, rel=1e-3)
+                                                                               + 32 * 8e9 / 1e12 + dropout, rel=1e-3)
+    no_dropout = replace(cpu, lora_dropout=0.0)
+    assert E.seconds_per_micro_batch(shape, cpu, 1.0, 0.5, a) - E.seconds_per_micro_batch(
+        shape, no_dropout, 1.0, 0.5, a) == pytest.approx(dropout)
+    # A GPU draws its masks in the multiply's kernel: no dropout term there.
+    assert compute(s={"lora_dropout": 0.0}) == pytest.approx(base)
     # A CPU's per-step overhead stretches with its speed, like the compute.
     assert E.step_overhead_seconds(shape, cpu, 0.5, a) == pytest.approx(2 * E.step_overhead_seconds(shape, cpu, 1.0, a))
 
@@ -671,3 +680,36 @@ def test_a_packed_run_peaks_at_its_largest_packed_batch(tmp_path):
     unpacked = _recipe(tmp_path, "bundled:smollm2-135m-instruct", training="{batch_size: 8, packing: false}")
     for setup, _ in (E.run_setups(unpacked, cpu, tokens, shape=shape), E.run_setups(recipe, cpu, tokens)):
         assert (setup.batch, setup.seq) == (8, max(lengths))
+
+
+def test_a_whole_cpu_run_climbs_by_its_batch_shapes_and_a_probe_does_not(tmp_path, a):
+    shape = E.model_shape("bundled:smollm2-135m-instruct")
+    cpu = E.this_machine(cat.load_gpus(), a)
+    recipe = _recipe(tmp_path, "bundled:smollm2-135m-instruct",
+                     training="{batch_size: 4, packing: false}", lora="{r: 16, dropout: 0.0}")
+    varied = [40 + 7 * i for i in range(64)]  # 16 batches of 4, each a different width
+    tokens = E.Tokens(len(varied), 0, varied, [], "tokenizer", prompt_lengths=[10] * len(varied))
+    run, _ = E.run_setups(recipe, cpu, tokens, shape=shape)
+    probe, _ = E.run_setups(recipe, cpu, tokens, shape=shape, whole_run=False)
+    assert run.climb == 1.0 and probe.climb == 0.0
+    gap = E.memory(shape, run, a).total_gb - E.memory(shape, probe, a).total_gb
+    assert gap == pytest.approx(a.cpu_run_climb_gb)
+    # Every batch cut to the same width: one shape, no climb; two shapes: a fifteenth of it.
+    same = E.Tokens(64, 0, [512] * 64, [], "tokenizer", prompt_lengths=[10] * 64)
+    assert E.run_setups(recipe, cpu, same, shape=shape)[0].climb == 0.0
+    assert E.climb_share(2) == pytest.approx(1 / 15) and E.climb_share(40) == 1.0
+    # A GPU's allocator is another story: the climb is a CPU term.
+    gpu = E.device_for_gpu(cat.find_gpu("4090", cat.load_gpus()), a)
+    on_gpu, _ = E.run_setups(recipe, gpu, tokens, shape=shape)
+    assert E.memory(shape, on_gpu, a).total_gb == pytest.approx(E.memory(shape, replace(on_gpu, climb=0.0), a).total_gb)
+
+
+def test_lora_dropouts_tensors_are_counted_once_on_a_cpu(a):
+    shape = E.model_shape("bundled:smollm2-135m-instruct")
+    plain = E.Setup(device="cpu", precision="bf16", checkpointing=False, lora_dropout=0.0, batch=8, seq=256)
+    dropped = replace(plain, lora_dropout=0.05)
+    with_dropout, without = E.memory(shape, dropped, a), E.memory(shape, plain, a)
+    extra = with_dropout.activations_gb - without.activations_gb
+    assert extra > 0.3  # its masks and dropped inputs: ~0.8 GiB at 8 x 256 here
+    # Measured: dropout adds its counted bytes to the peak, not its bytes times the allocator margin.
+    assert with_dropout.total_gb - without.total_gb == pytest.approx(extra)
