@@ -19,6 +19,7 @@ from finetune.estimate.calibration import (
     speed_factor,
 )
 from finetune.estimate.devices import (
+    EVAL_CLIMB,
     Device,
     climb_share,
     device_for_gpu,
@@ -56,7 +57,8 @@ from finetune.estimate.speed import dropout_seconds, flops_per_token, seconds_pe
 from finetune.estimate.tokens import Tokens, count_tokens, logits_fractions, padded_tokens
 
 __all__ = [
-    "GIB", "SPEED_FILE", "STRATEGIES", "Device", "Estimate", "GpuRow", "Memory", "ModelShape", "Setup", "Tokens",
+    "EVAL_CLIMB", "GIB", "SPEED_FILE", "STRATEGIES", "Device", "Estimate", "GpuRow", "Memory", "ModelShape", "Setup",
+    "Tokens",
     "activation_bytes_per_token_layer", "activations", "assumptions", "calibrate_utilisation", "check_options",
     "climb_share", "compare_probe", "dropout_seconds",
     "config_from_catalogue", "count_tokens", "device_for_gpu", "estimate", "estimate_for_training", "fits",

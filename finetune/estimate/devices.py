@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -153,9 +154,27 @@ def _packed_layouts(packing: bool | str, model_type: str, attention: str, device
 CLIMB_SHAPES = 16
 
 
-def climb_share(shapes: int) -> float:
-    """Share of the full climb (cpu_run_climb_gb) a run with this many distinct batch shapes makes."""
-    return min(1.0, max(0, shapes - 1) / (CLIMB_SHAPES - 1))
+# Training that goes on after an evaluation climbs again (the evaluation's no-grad batches leave the heap cut
+# differently): the ojousama recipe's 3 epochs read 7,050 MB at the end of epoch 1, 7,392 after the first
+# evaluation and 7,514 at the end (2026-12-03, AMX); the EPYC's 3-epoch demo of 2026-12-02 rose 424 MB across
+# its first evaluation. A share of the climb, once, for a run that evaluates before its last step.
+EVAL_CLIMB = 0.9
+
+
+def climb_share(shapes: int, evaluates_mid_run: bool = False) -> float:
+    """Share of cpu_run_climb_gb a whole run makes: by its number of distinct batch shapes, plus EVAL_CLIMB if
+    training resumes after an evaluation."""
+    return min(1.0, max(0, shapes - 1) / (CLIMB_SHAPES - 1)) + (EVAL_CLIMB if evaluates_mid_run else 0.0)
+
+
+def _evaluates_mid_run(recipe: Recipe, tokens: Tokens, steps_per_epoch: int) -> bool:
+    """Whether training evaluates and goes on: every eval_steps, or at the end of an epoch not the last."""
+    t = recipe.training
+    if not tokens.eval_lengths:
+        return False
+    steps = t.max_steps or math.ceil(steps_per_epoch * t.epochs / t.gradient_accumulation)
+    every = t.eval_steps or max(1, steps_per_epoch // t.gradient_accumulation)
+    return steps > every
 
 
 def run_setups(recipe: Recipe, device: Device, tokens: Tokens, num_gpus: int = 1,
@@ -167,7 +186,8 @@ def run_setups(recipe: Recipe, device: Device, tokens: Tokens, num_gpus: int = 1
     which decides whether training packs), it is the packed batch with the most positions (lines x width),
     whose logits are kept nearly everywhere (some line has a label at almost every position). Packed batches come
     in a random order, so a probe of a few steps peaks at the largest of its `first_batches`, not the epoch's.
-    A `whole_run` on a CPU whose batches change shape is predicted with the climb over a run (Setup.climb);
+    A `whole_run` on a CPU is predicted with the climb over a run (Setup.climb: by its batch shapes, and its
+    evaluations before the last step);
     a probe (`whole_run=False`) is not.
     """
     t = recipe.training
@@ -175,7 +195,7 @@ def run_setups(recipe: Recipe, device: Device, tokens: Tokens, num_gpus: int = 1
     if layouts:
         seen = layouts[:first_batches] if first_batches else layouts
         lines, width = max(seen, key=lambda layout: layout[0] * layout[1])
-        climb = climb_share(len(set(layouts))) if whole_run else 0.0
+        climb = climb_share(len(set(layouts)), _evaluates_mid_run(recipe, tokens, len(layouts))) if whole_run else 0.0
         peak = replace(setup_for(recipe, device, num_gpus, strategy, seq=width), batch=lines, climb=climb)
         positions = sum(n * w for n, w in layouts)
         mean_seq = max(1, round(positions / (len(layouts) * t.batch_size)))
@@ -184,7 +204,7 @@ def run_setups(recipe: Recipe, device: Device, tokens: Tokens, num_gpus: int = 1
     seq = max(16, min(recipe.dataset.max_length, longest))
     peak_frac, mean_frac = logits_fractions(tokens, t.batch_size, t.group_by_length, t.seed)
     widths = batch_widths(tokens, t.batch_size, t.group_by_length, t.seed)
-    climb = climb_share(len(set(widths))) if whole_run else 0.0
+    climb = climb_share(len(set(widths)), _evaluates_mid_run(recipe, tokens, len(widths))) if whole_run else 0.0
     peak = replace(setup_for(recipe, device, num_gpus, strategy, seq=seq), logits_fraction=peak_frac, climb=climb)
     padded, _ = padded_tokens(tokens.lengths, t.batch_size, t.group_by_length, t.seed)
     mean_seq = max(1, round(padded / max(1, len(tokens.lengths)))) if tokens.lengths else seq

@@ -686,7 +686,7 @@ def test_a_whole_cpu_run_climbs_by_its_batch_shapes_and_a_probe_does_not(tmp_pat
     shape = E.model_shape("bundled:smollm2-135m-instruct")
     cpu = E.this_machine(cat.load_gpus(), a)
     recipe = _recipe(tmp_path, "bundled:smollm2-135m-instruct",
-                     training="{batch_size: 4, packing: false}", lora="{r: 16, dropout: 0.0}")
+                     training="{batch_size: 4, packing: false, epochs: 1}", lora="{r: 16, dropout: 0.0}")
     varied = [40 + 7 * i for i in range(64)]  # 16 batches of 4, each a different width
     tokens = E.Tokens(len(varied), 0, varied, [], "tokenizer", prompt_lengths=[10] * len(varied))
     run, _ = E.run_setups(recipe, cpu, tokens, shape=shape)
@@ -698,6 +698,13 @@ def test_a_whole_cpu_run_climbs_by_its_batch_shapes_and_a_probe_does_not(tmp_pat
     same = E.Tokens(64, 0, [512] * 64, [], "tokenizer", prompt_lengths=[10] * 64)
     assert E.run_setups(recipe, cpu, same, shape=shape)[0].climb == 0.0
     assert E.climb_share(2) == pytest.approx(1 / 15) and E.climb_share(40) == 1.0
+    # Training that goes on after an evaluation (end of epoch 1 of 2 here) climbs once more.
+    held = E.Tokens(len(varied), 8, varied, [100] * 8, "tokenizer", prompt_lengths=[10] * len(varied))
+    two = _recipe(tmp_path, "bundled:smollm2-135m-instruct",
+                  training="{batch_size: 4, packing: false, epochs: 2}", lora="{r: 16, dropout: 0.0}")
+    assert E.run_setups(two, cpu, held, shape=shape)[0].climb == pytest.approx(1.0 + E.EVAL_CLIMB)
+    assert E.run_setups(recipe, cpu, held, shape=shape)[0].climb == 1.0  # one epoch: evaluated at the end only
+    assert E.run_setups(two, cpu, tokens, shape=shape)[0].climb == 1.0  # no held-out rows: no evaluation
     # A GPU's allocator is another story: the climb is a CPU term.
     gpu = E.device_for_gpu(cat.find_gpu("4090", cat.load_gpus()), a)
     on_gpu, _ = E.run_setups(recipe, gpu, tokens, shape=shape)
