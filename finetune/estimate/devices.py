@@ -187,8 +187,7 @@ def run_setups(recipe: Recipe, device: Device, tokens: Tokens, num_gpus: int = 1
     whose logits are kept nearly everywhere (some line has a label at almost every position). Packed batches come
     in a random order, so a probe of a few steps peaks at the largest of its `first_batches`, not the epoch's.
     A `whole_run` on a CPU is predicted with the climb over a run (Setup.climb: by its batch shapes, and its
-    evaluations before the last step);
-    a probe (`whole_run=False`) is not.
+    evaluations before the last step); a probe (`whole_run=False`) is not.
     """
     t = recipe.training
     layouts = packed_layouts(recipe, shape, device, tokens) if shape is not None else []

@@ -31,8 +31,8 @@ class Setup:
     # Share of positions whose logits are computed: finetune.train asks the model for logits only where
     # some row of the batch has a label (assistant tokens), not over prompts and padding.
     logits_fraction: float = 1.0
-    # Share of the climb a whole CPU run makes above its first steps' peak (cpu_run_climb_gb): it grows with the
-    # number of batch shapes the run meets (run_setups); a probe's few steps do not climb.
+    # Multiple of cpu_run_climb_gb a whole CPU run climbs above its first steps' peak: by the number of batch
+    # shapes it meets, and once more if it trains on after an evaluation (run_setups); a probe does not climb.
     climb: float = 0.0
 
     @property
