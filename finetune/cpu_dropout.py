@@ -30,8 +30,8 @@ def draw_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -
     count = 1
     for size in shape:
         count *= size
-    # random_(-2**63, None) fills all 64 bits of each word (random_() alone leaves the top bit 0, which would
-    # bias every fourth lane towards keeping).
+    # random_(-2**63, None) fills all 64 bits of each word: random_() alone leaves the top bit 0, and every
+    # fourth lane would then drop twice as often at p = 0.05 (tests/unit/test_cpu_dropout.py sees it).
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
     lanes = words.view(torch.int16)[:count].view(shape)
     mask = torch.empty(shape, dtype=torch.uint8, device=device)
