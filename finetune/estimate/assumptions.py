@@ -100,7 +100,7 @@ class Assumptions(_Frozen):
     cuda_context_gb: NonNegative
     allocator_margin: NonNegative
     cpu_allocator_margin: NonNegative
-    cpu_run_climb_gb: NonNegative
+    cpu_run_climb: NonNegative
     usable_memory_fraction: Fraction
     cpu_process_baseline_gb: NonNegative
     cpu_usable_memory_fraction: Fraction

@@ -157,12 +157,12 @@ CLIMB_SHAPES = 16
 # Training that goes on after an evaluation climbs again (the evaluation's no-grad batches leave the heap cut
 # differently): the ojousama recipe's 3 epochs read 7,050 MB at the end of epoch 1, 7,392 after the first
 # evaluation and 7,514 at the end (2026-12-03, AMX); the EPYC's 3-epoch demo of 2026-12-02 rose 424 MB across
-# its first evaluation. A share of the climb, once, for a run that evaluates before its last step.
-EVAL_CLIMB = 0.9
+# its first evaluation. One more full climb for a run that evaluates before its last step (fitted to the first).
+EVAL_CLIMB = 1.0
 
 
 def climb_share(shapes: int, evaluates_mid_run: bool = False) -> float:
-    """Share of cpu_run_climb_gb a whole run makes: by its number of distinct batch shapes, plus EVAL_CLIMB if
+    """Multiple of cpu_run_climb a whole run makes: by its number of distinct batch shapes, plus EVAL_CLIMB if
     training resumes after an evaluation."""
     return min(1.0, max(0, shapes - 1) / (CLIMB_SHAPES - 1)) + (EVAL_CLIMB if evaluates_mid_run else 0.0)
 

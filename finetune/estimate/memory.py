@@ -31,7 +31,7 @@ class Setup:
     # Share of positions whose logits are computed: finetune.train asks the model for logits only where
     # some row of the batch has a label (assistant tokens), not over prompts and padding.
     logits_fraction: float = 1.0
-    # Multiple of cpu_run_climb_gb a whole CPU run climbs above its first steps' peak: by the number of batch
+    # Multiple of cpu_run_climb a whole CPU run climbs above its first steps' peak: by the number of batch
     # shapes it meets, and once more if it trains on after an evaluation (run_setups); a probe does not climb.
     climb: float = 0.0
 
@@ -218,8 +218,8 @@ def memory(shape: ModelShape, setup: Setup, a: Assumptions | None = None) -> Mem
     else:
         # On a CPU the margin grows with the step's tensors but not with LoRA dropout's (its masks and dropped
         # inputs added 0.95-1.07x their counted bytes to measured peaks, 2026-12-03), and a whole run climbs.
-        plain = activations(shape, replace(setup, lora_dropout=0.0), a, setup.checkpointing)
-        overhead = base + a.cpu_allocator_margin * (plain + logits) + setup.climb * a.cpu_run_climb_gb * GIB
+        plain = activations(shape, replace(setup, lora_dropout=0.0), a, setup.checkpointing) + logits
+        overhead = base + (a.cpu_allocator_margin + setup.climb * a.cpu_run_climb) * plain
     loading = 0.0
     if setup.device == "cpu" and (setup.bits is not None or shape.checkpoint_bytes != setup.compute_bytes):
         # Quantising on a CPU, or converting the checkpoint's dtype (the bundled fp32 file loaded in bf16),

@@ -692,8 +692,10 @@ def test_a_whole_cpu_run_climbs_by_its_batch_shapes_and_a_probe_does_not(tmp_pat
     run, _ = E.run_setups(recipe, cpu, tokens, shape=shape)
     probe, _ = E.run_setups(recipe, cpu, tokens, shape=shape, whole_run=False)
     assert run.climb == 1.0 and probe.climb == 0.0
-    gap = E.memory(shape, run, a).total_gb - E.memory(shape, probe, a).total_gb
-    assert gap == pytest.approx(a.cpu_run_climb_gb)
+    climbing, steady = E.memory(shape, run, a), E.memory(shape, probe, a)
+    # The climb is a share of the step's tensors (a tiny model's run climbs little, a large one's a lot).
+    assert climbing.total_gb - steady.total_gb == pytest.approx(
+        a.cpu_run_climb * (steady.activations_gb + steady.logits_gb))
     # Every batch cut to the same width: one shape, no climb; two shapes: a fifteenth of it.
     same = E.Tokens(64, 0, [512] * 64, [], "tokenizer", prompt_lengths=[10] * 64)
     assert E.run_setups(recipe, cpu, same, shape=shape)[0].climb == 0.0
