@@ -115,7 +115,6 @@ def _memory_table(result: object) -> None:
     console.print(f"peak memory per device on {result.memory_target} "  # type: ignore[attr-defined]
                   f"(batch {setup.batch} x {setup.seq} tokens, {setup.precision}, "
                   f"checkpointing {'on' if setup.checkpointing else 'off'}):", highlight=False)
-    climbs = ", climb over a run"  # a CPU run's peak grows as it meets new batch shapes (docs/estimate.md)
     table = Table()
     table.add_column("component")
     table.add_column("GB", justify="right")
@@ -125,8 +124,8 @@ def _memory_table(result: object) -> None:
         ("LoRA gradients + AdamW states", mem.optimizer_gb),
         (f"activations (checkpointing {'on' if setup.checkpointing else 'off'})", mem.activations_gb),
         ("logits", mem.logits_gb),
-        ("CUDA context / process, allocator margin" + (climbs if setup.device == "cpu" and setup.climb else ""),
-         mem.overhead_gb),
+        # A CPU run's peak grows as it meets new batch shapes (docs/estimate.md).
+        ("CUDA context / process, allocator margin" + (", climb over a run" if setup.climb else ""), mem.overhead_gb),
     ]
     for name, value in rows:
         table.add_row(name, f"{value:.2f}")

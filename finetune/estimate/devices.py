@@ -187,14 +187,15 @@ def run_setups(recipe: Recipe, device: Device, tokens: Tokens, num_gpus: int = 1
     whose logits are kept nearly everywhere (some line has a label at almost every position). Packed batches come
     in a random order, so a probe of a few steps peaks at the largest of its `first_batches`, not the epoch's.
     A `whole_run` on a CPU is predicted with the climb over a run (Setup.climb: by its batch shapes, and its
-    evaluations before the last step); a probe (`whole_run=False`) is not.
+    evaluations before the last step); a probe (`whole_run=False`) and a GPU are not.
     """
     t = recipe.training
+    climbs = whole_run and device.kind == "cpu"  # a GPU's caching allocator has its own margin
     layouts = packed_layouts(recipe, shape, device, tokens) if shape is not None else []
     if layouts:
         seen = layouts[:first_batches] if first_batches else layouts
         lines, width = max(seen, key=lambda layout: layout[0] * layout[1])
-        climb = climb_share(len(set(layouts)), _evaluates_mid_run(recipe, tokens, len(layouts))) if whole_run else 0.0
+        climb = climb_share(len(set(layouts)), _evaluates_mid_run(recipe, tokens, len(layouts))) if climbs else 0.0
         peak = replace(setup_for(recipe, device, num_gpus, strategy, seq=width), batch=lines, climb=climb)
         positions = sum(n * w for n, w in layouts)
         mean_seq = max(1, round(positions / (len(layouts) * t.batch_size)))
@@ -203,7 +204,7 @@ def run_setups(recipe: Recipe, device: Device, tokens: Tokens, num_gpus: int = 1
     seq = max(16, min(recipe.dataset.max_length, longest))
     peak_frac, mean_frac = logits_fractions(tokens, t.batch_size, t.group_by_length, t.seed)
     widths = batch_widths(tokens, t.batch_size, t.group_by_length, t.seed)
-    climb = climb_share(len(set(widths)), _evaluates_mid_run(recipe, tokens, len(widths))) if whole_run else 0.0
+    climb = climb_share(len(set(widths)), _evaluates_mid_run(recipe, tokens, len(widths))) if climbs else 0.0
     peak = replace(setup_for(recipe, device, num_gpus, strategy, seq=seq), logits_fraction=peak_frac, climb=climb)
     padded, _ = padded_tokens(tokens.lengths, t.batch_size, t.group_by_length, t.seed)
     mean_seq = max(1, round(padded / max(1, len(tokens.lengths)))) if tokens.lengths else seq

@@ -32,7 +32,7 @@ class Setup:
     # some row of the batch has a label (assistant tokens), not over prompts and padding.
     logits_fraction: float = 1.0
     # Multiple of cpu_run_climb a whole CPU run climbs above its first steps' peak: by the number of batch
-    # shapes it meets, and once more if it trains on after an evaluation (run_setups); a probe does not climb.
+    # shapes it meets, and once more if it trains on after an evaluation (run_setups); a probe or a GPU: 0.
     climb: float = 0.0
 
     @property

@@ -711,6 +711,7 @@ def test_a_whole_cpu_run_climbs_by_its_batch_shapes_and_a_probe_does_not(tmp_pat
     gpu = E.device_for_gpu(cat.find_gpu("4090", cat.load_gpus()), a)
     on_gpu, _ = E.run_setups(recipe, gpu, tokens, shape=shape)
     assert E.memory(shape, on_gpu, a).total_gb == pytest.approx(E.memory(shape, replace(on_gpu, climb=0.0), a).total_gb)
+    assert on_gpu.climb == 0.0
 
 
 def test_lora_dropouts_tensors_are_counted_once_on_a_cpu(a):
