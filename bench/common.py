@@ -12,7 +12,8 @@ from typing import Any
 from finetune.errors import DataError
 
 # finetune: padded, length-grouped batches; finetune-packed: the same rows packed without padding (packing: true).
-ARMS = ("finetune", "finetune-packed", "finetune-qlora", "trl-defaults", "trl-tuned")
+# finetune-compiled: padded as finetune, with training.compile: true (each decoder layer torch.compiled).
+ARMS = ("finetune", "finetune-packed", "finetune-compiled", "finetune-qlora", "trl-defaults", "trl-tuned")
 IGNORE_INDEX = -100
 
 
@@ -57,7 +58,8 @@ class BenchSettings:
         return cls(**json.loads(Path(path).read_text()))
 
     def recipe_data(
-        self, name: str, bits: int | None, data_path: str | None = None, packing: bool | str = "auto"
+        self, name: str, bits: int | None, data_path: str | None = None, packing: bool | str = "auto",
+        compile: bool = False,
     ) -> dict[str, Any]:
         """A finetune recipe (raw data) for these settings: one epoch, automatic precision, no saves."""
         return {
@@ -69,7 +71,7 @@ class BenchSettings:
             "lora": dict(self.lora),
             "quantization": {"bits": bits},
             "training": {
-                **self.training, "epochs": 1, "batch_size": self.batch_size, "packing": packing,
+                **self.training, "epochs": 1, "batch_size": self.batch_size, "packing": packing, "compile": compile,
                 # One metrics line per step: the bench times every step from the outside.
                 "logging_steps": 1, "save_steps": 10**9, "save_minutes": None,
             },
@@ -234,6 +236,19 @@ def final_lines(results: list[dict[str, Any]], parameters: int, peak_gflops: flo
         f"speedup vs trl-tuned: {_fmt(vs_tuned, '.2f')}x",
         f"share of matmul peak: {_fmt(None if share is None else share * 100, '.0f')}%",
     ]
+
+
+def compile_line(results: list[dict[str, Any]], parameters: int, peak_gflops: float | None) -> str:
+    """finetune-compiled against finetune: tokens/s after the first step, peak memory, the first step's seconds."""
+    by_arm = {r["arm"]: r for r in results}
+    compiled, eager = by_arm.get("finetune-compiled", {}), by_arm.get("finetune", {})
+    share = peak_share(parameters, compiled.get("tokens_per_s"), peak_gflops)
+    ratio = speedup(compiled.get("tokens_per_s"), eager.get("tokens_per_s"))
+    return (f"compiled vs eager (tokens/s): {_fmt(ratio, '.2f')}x"
+            f"; peak RSS {_fmt(compiled.get('peak_rss_mb'), '.0f')} vs {_fmt(eager.get('peak_rss_mb'), '.0f')} MB"
+            f"; first step {_fmt(compiled.get('time_to_first_step_s'), '.1f')} vs "
+            f"{_fmt(eager.get('time_to_first_step_s'), '.1f')} s"
+            f"; compiled share of matmul peak: {_fmt(None if share is None else share * 100, '.0f')}%")
 
 
 def packing_line(results: list[dict[str, Any]]) -> str:

@@ -3,7 +3,8 @@
     python -m bench.run [--rows 160] [--heldout 32] [--data datasets/pirate.jsonl] [--seed 0] [--keep]
 
 Arms: finetune (automatic choices, through the real CLI, padded length-grouped batches), finetune-packed (the
-same with packing: true, rows end to end without padding), finetune-qlora (4-bit base), trl-defaults
+same with packing: true, rows end to end without padding), finetune-compiled (padded, training.compile: true),
+finetune-qlora (4-bit base), trl-defaults
 (SFTTrainer as shipped, use_cpu on a CPU) and trl-tuned (the faster of fp32 and bf16 autocast, measured here
 for a few steps each, without gradient checkpointing). The orchestrator times every arm from the outside:
 it starts the process, notes when each optimizer step's line appears, and samples the process's peak RSS
@@ -30,6 +31,7 @@ import yaml
 from bench.common import (
     ARMS,
     BenchSettings,
+    compile_line,
     device_summary,
     feature_line,
     final_lines,
@@ -153,10 +155,10 @@ class Bench:
             "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
         }
 
-    def finetune_arm(self, name: str, bits: int | None, packing: bool) -> dict[str, Any]:
+    def finetune_arm(self, name: str, bits: int | None, packing: bool, compile: bool = False) -> dict[str, Any]:
         """finetune through its real CLI (`python -m finetune train`), automatic precision and the rest."""
         recipe_path = self.work / f"{name}.yaml"
-        recipe = self.settings.recipe_data(f"bench-{name}", bits, packing=packing)
+        recipe = self.settings.recipe_data(f"bench-{name}", bits, packing=packing, compile=compile)
         recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         run_dir = self.work / "runs" / name
         cmd = [sys.executable, "-m", "finetune", "train", str(recipe_path), "--output-dir", str(run_dir)]
@@ -278,6 +280,8 @@ def _bench(args: argparse.Namespace) -> int:
         for name in order:
             if name in ("finetune", "finetune-packed"):
                 result = bench.finetune_arm(name, None, packing=name == "finetune-packed")
+            elif name == "finetune-compiled":
+                result = bench.finetune_arm(name, None, packing=False, compile=True)
             elif name == "finetune-qlora":
                 result = bench.finetune_arm(name, 4, packing=False)
             elif name == "trl-defaults":
@@ -309,6 +313,8 @@ def _bench(args: argparse.Namespace) -> int:
         print(format_table(results, cuda))
         if "finetune-packed" in arms:
             print(packing_line(results))
+        if "finetune-compiled" in arms:
+            print(compile_line(results, parameters, peak))
         print("\n".join(lines))
         return 0 if all(r["returncode"] == 0 for r in results) else 1
     finally:

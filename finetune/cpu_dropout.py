@@ -38,6 +38,17 @@ def draw_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -
     return torch.lt(lanes, keep_threshold(p) - LANES // 2, out=mask)
 
 
+@torch.library.custom_op("finetune::lora_dropout_mask", mutates_args=())
+def _mask_op(x: torch.Tensor, p: float) -> torch.Tensor:
+    """draw_mask as an operator torch.compile calls but does not trace (it cannot trace random_)."""
+    return draw_mask(x.shape, p, x.device).view(torch.bool)
+
+
+@_mask_op.register_fake
+def _(x: torch.Tensor, p: float) -> torch.Tensor:
+    return torch.empty_like(x, dtype=torch.bool)
+
+
 class _Dropout(torch.autograd.Function):
     """y = x * mask * scale; the gradient is the incoming one through the same mask and scale."""
 
@@ -66,6 +77,10 @@ class CpuDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if not self.training or self.p == 0.0:
             return x
+        if torch.compiler.is_compiling():
+            # Compiled (training.compile): the mask comes from the same draws as an opaque operator, is saved for
+            # backward like any operator's output, and the select and scale fuse into the kernels around them.
+            return torch.where(_mask_op(x, self.p), x, 0) * (LANES / keep_threshold(self.p))
         return _Dropout.apply(x, self.p)
 
     def extra_repr(self) -> str:  # noqa: D102

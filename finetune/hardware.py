@@ -159,6 +159,25 @@ def choose_checkpointing(requested: str | bool, hw: Hardware) -> bool:
     return hw.device == "cuda"
 
 
+def compile_blocker(device: str) -> str | None:
+    """Why torch.compile cannot run on this device here (None: it can).
+
+    Inductor writes C++ for a CPU and builds it with the system's compiler, and Triton kernels for a GPU.
+    """
+    import importlib.util
+    import shutil
+
+    if device == "cpu":
+        compilers = [os.environ.get("CXX", ""), "g++", "clang++", "c++"]
+        if not any(c and shutil.which(c) for c in compilers):
+            return "torch.compile on a CPU builds C++ and no compiler was found (install g++, or set CXX)"
+    elif device == "cuda" and importlib.util.find_spec("triton") is None:
+        return "torch.compile on a GPU needs Triton, which is not installed"
+    elif device not in ("cpu", "cuda"):
+        return f"torch.compile is not supported here on {device}"
+    return None
+
+
 def math_attention(cpu_bf16: bool, width: int, checkpointing: bool) -> bool:
     """Whether a batch `width` tokens wide runs torch's matmul attention (CPU bf16, short, no checkpointing).
 

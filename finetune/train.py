@@ -12,7 +12,7 @@ from typing import Any
 
 from finetune import atomic, hardware
 from finetune.data import load_conversations, split_train_eval, tokenize_conversations
-from finetune.errors import RunError
+from finetune.errors import RecipeError, RunError
 from finetune.models import load_config, load_model, load_tokenizer
 from finetune.packing import check_recipe as check_packing
 from finetune.rank import save_sharded_adapter
@@ -157,6 +157,10 @@ def _train(
         from finetune.catalog import find_gpu, load_gpus
 
         find_gpu(recipe.cost.gpu, load_gpus())  # an unknown GPU name fails now, not at the first log line
+    if recipe.training.compile:
+        blocker = hardware.compile_blocker(hardware.detect().device)
+        if blocker:
+            raise RecipeError(f"training.compile: {blocker}; set training.compile: false")
     budget_s = time_budget_s(recipe.training.max_time, until)
     if is_main and not resume:
         _check_it_fits(_with_max_steps(recipe, max_steps), force, say, conversations)

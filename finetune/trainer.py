@@ -114,8 +114,36 @@ def _trainer_class() -> type:
         loss_is_scaled_for_ga = True  # compute_loss already divides by the accumulated token count
 
         def __init__(self, *args: Any, run_state: RunState, **kwargs: Any) -> None:
+            self.bf16_autocast_device: str | None = None
             super().__init__(*args, **kwargs)
             self.run_state = run_state
+
+        def create_accelerator_and_postprocess(self) -> None:
+            super().create_accelerator_and_postprocess()
+            # In bf16, accelerate wraps the model's forward in autocast and then copies every bf16 output to
+            # fp32: for us that is the logits, which the loss upcasts a chunk at a time itself (finetune/loss.py).
+            # The copy cost ~5% of a CPU step and ~150 MB at its peak (docs/bench.md). The Trainer runs its
+            # autocast through autocast_smart_context_manager around every compute_loss (training and
+            # evaluation), so the autocast moves there and accelerate stops wrapping. bf16 only: in fp16,
+            # accelerate's gradient unscaling also reads native_amp.
+            if self.accelerator.native_amp and self.accelerator.mixed_precision == "bf16":
+                self.accelerator.native_amp = False
+                self.bf16_autocast_device = self.accelerator.device.type
+
+        def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
+            args = super()._build_accelerator_args(**kwargs)
+            plugin = args.get("dynamo_plugin")
+            if self.args.torch_compile and plugin is not None:
+                # One decoder layer compiled and reused for all of them (seconds, not the minutes a whole-model
+                # compile took here), with dynamic shapes: batches of every width share one compiled graph.
+                plugin.use_regional_compilation = True
+                plugin.dynamic = True
+            return args
+
+        def autocast_smart_context_manager(self, cache_enabled: bool | None = True) -> Any:
+            if self.bf16_autocast_device is None:
+                return super().autocast_smart_context_manager(cache_enabled)
+            return torch.autocast(self.bf16_autocast_device, dtype=torch.bfloat16, cache_enabled=cache_enabled)
 
         def get_train_dataloader(self):  # noqa: ANN201
             if not self.run_state.packing.enabled:
@@ -423,6 +451,7 @@ def training_arguments(
     eval_strategy = "no" if not has_eval else ("steps" if t.eval_steps else "epoch")
     return TrainingArguments(
         output_dir=str(checkpoints_dir),
+        torch_compile=t.compile,
         num_train_epochs=t.epochs,
         max_steps=max_steps or t.max_steps or -1,
         per_device_train_batch_size=t.batch_size,

@@ -206,7 +206,8 @@ def record_run(summary: dict[str, Any], recipe: Recipe, run_dir: Path) -> dict[s
     Kept per machine, model, precision, quantisation, checkpointing and sequence length (the newest of
     each kind) in $FINETUNE_HOME/runs_calibration.json; the next estimate here for the same model scales
     this machine's time and memory by the measured / predicted ratios of the closest one (`learned_from_run`).
-    Completed and budget-stopped single-process runs only; returns the record, or None when none was kept.
+    Completed and budget-stopped single-process runs without training.compile only; returns the record, or
+    None when none was kept.
     """
     try:
         return _record_run(summary, recipe, run_dir)
@@ -226,6 +227,8 @@ def _record_run(summary: dict[str, Any], recipe: Recipe, run_dir: Path) -> dict[
 
     if summary.get("status") not in ("completed", "time_budget") or summary.get("num_processes", 1) != 1:
         return None
+    if recipe.training.compile:
+        return None  # compiled steps run faster and hold less: they would mislead the estimate of eager runs
     achieved = achieved_speed(atomic.read_jsonl(run_dir / "metrics.jsonl"))
     peak_mb = summary.get("peak_memory_mb") or 0
     if achieved is None or peak_mb <= 0:

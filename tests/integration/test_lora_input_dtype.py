@@ -45,3 +45,20 @@ def test_cpu_training_draws_lora_dropout_masks_in_bulk(tiny_llama, pirate_rows, 
     assert summary["status"] == "completed" and seen
     # torch's nn.Dropout draws one Bernoulli variate per element: on a CPU that cost as much as the matmuls.
     assert set(seen) == {CpuDropout}
+
+
+def test_bf16_logits_reach_the_loss_without_an_fp32_copy(tiny_llama, pirate_rows, tmp_path):
+    seen: list[torch.dtype] = []
+
+    class Watch(TrainerCallback):
+        """Record the logits' dtype as the model call returns them to compute_loss (after any forward wrapper)."""
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            model.register_forward_hook(lambda module, inputs, output: seen.append(output.logits.dtype))
+
+    spec = recipe_dict(str(tiny_llama), pirate_rows, max_steps=2, batch_size=2, precision="bf16")
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", callbacks=[Watch()], say=lambda *_: None)
+    assert summary["status"] == "completed" and seen
+    # accelerate's bf16 wrapper copies every output to fp32: for the logits, time and memory the chunked loss
+    # does not need (finetune/loss.py upcasts a chunk at a time). Training and the evaluation both run in bf16.
+    assert set(seen) == {torch.bfloat16}

@@ -10,6 +10,7 @@ import torch
 
 from bench.common import (
     BenchSettings,
+    compile_line,
     final_lines,
     format_table,
     heldout_loss,
@@ -135,6 +136,16 @@ def test_final_lines_are_exactly_the_three_promised_lines():
     assert missing == ["speedup vs trl-defaults: -x", "speedup vs trl-tuned: -x", "share of matmul peak: -%"]
 
 
+def test_compile_line_compares_the_compiled_arm_with_the_eager_one():
+    compiled = {**_results()[0], "arm": "finetune-compiled", "tokens_per_s": 1500.0, "peak_rss_mb": 1600.0,
+                "time_to_first_step_s": 40.0}
+    line = compile_line([*_results(), compiled], parameters=100_000_000, peak_gflops=800.0)
+    assert line == ("compiled vs eager (tokens/s): 1.50x; peak RSS 1600 vs 2100 MB; first step 40.0 vs 12.3 s; "
+                    "compiled share of matmul peak: 75%")
+    assert compile_line(_results(), parameters=100_000_000, peak_gflops=800.0).startswith(
+        "compiled vs eager (tokens/s): -x; peak RSS - vs 2100 MB")
+
+
 def test_format_table_aligns_columns_and_marks_missing_values():
     table = format_table(_results(), cuda=False).splitlines()
     assert table[0].split() == [
@@ -165,6 +176,8 @@ def test_bench_recipes_are_valid_finetune_recipes():
     settings = BenchSettings.with_finetune_defaults("bundled:smollm2-135m-instruct", "t.jsonl", "h.jsonl")
     lora = parse_recipe(settings.recipe_data("bench-finetune", None))
     qlora = parse_recipe(settings.recipe_data("bench-qlora", 4))
+    compiled = parse_recipe(settings.recipe_data("bench-compiled", None, packing=False, compile=True))
+    assert compiled.training.compile and not lora.training.compile
     assert lora.quantization.bits is None and qlora.quantization.bits == 4
     assert lora.training.precision == "auto" and lora.training.gradient_checkpointing == "auto"
     assert lora.training.epochs == 1 and lora.training.batch_size == 8 and lora.dataset.eval_fraction == 0

@@ -88,3 +88,20 @@ def test_peft_lora_dropouts_are_replaced_and_train() -> None:
         assert torch.equal(c, d)
     assert use_cpu_dropout(model) == 0  # nothing left to replace
     assert all(not isinstance(m, nn.Dropout) for name, m in model.named_modules() if ".lora_dropout." in name)
+
+
+def test_compiled_dropout_traces_whole_and_its_gradient_uses_the_forwards_mask() -> None:
+    # training.compile: random_ cannot be traced, so the mask comes from an opaque operator. If the compiled
+    # backward drew (or recomputed) its own mask, the gradient would land where the output was dropped.
+    torch.manual_seed(2)
+    drop = CpuDropout(0.3).train()
+    step = torch.compile(lambda x, w: (drop(x) * w).sum(), fullgraph=True, dynamic=True)  # fails on a graph break
+    x = torch.randn(48, 200, requires_grad=True)
+    weight = torch.randn(48, 200)
+    loss = step(x, weight)
+    loss.backward()
+    kept = x.grad != 0
+    scale = LANES / keep_threshold(0.3)
+    assert 0.6 < kept.float().mean().item() < 0.8
+    torch.testing.assert_close(x.grad, weight * kept * scale)
+    torch.testing.assert_close(loss, (x.detach() * kept * scale * weight).sum())

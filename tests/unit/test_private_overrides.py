@@ -37,6 +37,9 @@ def moved(what: str) -> str:
     ("_get_train_sampler", ["self", "train_dataset"]),
     ("compute_loss", ["self", "model", "inputs", "return_outputs", "num_items_in_batch"]),
     ("log", ["self", "logs", "start_time"]),
+    ("create_accelerator_and_postprocess", ["self"]),
+    ("_build_accelerator_args", ["self", "kwargs"]),
+    ("autocast_smart_context_manager", ["self", "cache_enabled"]),
 ])
 def test_trainer_methods_we_override_keep_name_and_parameters(name, expected):
     assert hasattr(Trainer, name), moved(f"Trainer.{name} (gone)")
@@ -52,6 +55,11 @@ def test_trainer_still_calls_what_we_override():
     assert "self._get_output_dir(" in save, moved("how _save_checkpoint picks its folder")
     assert "self.args.output_dir" in inspect.getsource(Trainer._get_output_dir), moved("Trainer._get_output_dir")
     assert "loss_is_scaled_for_ga" in source, moved("Trainer.loss_is_scaled_for_ga (gone)")
+    # bf16 autocast moves from accelerate's forward wrapper into compute_loss_context_manager (trainer.py).
+    assert "self.compute_loss_context_manager()" in source, moved("where compute_loss runs under autocast")
+    assert "self.autocast_smart_context_manager()" in inspect.getsource(Trainer.compute_loss_context_manager), \
+        moved("compute_loss_context_manager")
+    assert "dynamo_plugin" in inspect.getsource(Trainer._build_accelerator_args), moved("the dynamo plugin")
 
 
 def test_training_arguments_and_helpers_we_use():
