@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from finetune.atomic import read_jsonl
 from finetune.errors import RecipeError
 from finetune.recipe import parse_recipe
 from finetune.train import train
@@ -12,10 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def _losses(run_dir):
-    import json
-
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [row["loss"] for row in rows if row.get("loss") is not None]
+    return [row["loss"] for row in read_jsonl(run_dir / "metrics.jsonl") if row.get("loss") is not None]
 
 
 def test_compiled_layers_train_as_the_eager_ones(tiny_llama, pirate_rows, tmp_path):
