@@ -3,7 +3,8 @@
     python -m bench.run [--rows 160] [--heldout 32] [--data datasets/pirate.jsonl] [--seed 0] [--keep]
 
 Arms: finetune (automatic choices, through the real CLI, padded length-grouped batches), finetune-packed (the
-same with packing: true, rows end to end without padding), finetune-compiled (padded, training.compile: true),
+same with packing: true, rows end to end without padding), finetune-packed-compiled (packed,
+training.compile: true),
 finetune-qlora (4-bit base), trl-defaults
 (SFTTrainer as shipped, use_cpu on a CPU) and trl-tuned (the faster of fp32 and bf16 autocast, measured here
 for a few steps each, without gradient checkpointing). The orchestrator times every arm from the outside:
@@ -280,8 +281,8 @@ def _bench(args: argparse.Namespace) -> int:
         for name in order:
             if name in ("finetune", "finetune-packed"):
                 result = bench.finetune_arm(name, None, packing=name == "finetune-packed")
-            elif name == "finetune-compiled":
-                result = bench.finetune_arm(name, None, packing=False, compile=True)
+            elif name == "finetune-packed-compiled":
+                result = bench.finetune_arm(name, None, packing=True, compile=True)
             elif name == "finetune-qlora":
                 result = bench.finetune_arm(name, 4, packing=False)
             elif name == "trl-defaults":
@@ -313,7 +314,7 @@ def _bench(args: argparse.Namespace) -> int:
         print(format_table(results, cuda))
         if "finetune-packed" in arms:
             print(packing_line(results))
-        if "finetune-compiled" in arms:
+        if "finetune-packed-compiled" in arms:
             print(compile_line(results, parameters, peak))
         print("\n".join(lines))
         return 0 if all(r["returncode"] == 0 for r in results) else 1

@@ -195,9 +195,23 @@ def _read_runs() -> list[dict[str, Any]]:
 
 
 def _same_kind(record: dict[str, Any], other: dict[str, Any]) -> bool:
-    """Two records of the same machine, model, precision, quantisation, checkpointing and sequence length."""
+    """Two records of the same machine, model, precision, quantisation, checkpointing, sequence length and
+    compilation (records from before compiled runs were kept have no "compile": eager)."""
     keys = ("key", "model", "precision", "quantization", "gradient_checkpointing", "max_length")
-    return all(record.get(k) == other.get(k) for k in keys)
+    return all(record.get(k) == other.get(k) for k in keys) and _compiled(record) == _compiled(other)
+
+
+def _compiled(record: dict[str, Any]) -> bool:
+    """Whether a stored run trained with training.compile."""
+    return bool(record.get("compile", False))
+
+
+def first_step_extra(metrics: list[dict[str, Any]], seconds_per_step: float) -> float | None:
+    """How much longer the first optimizer step took than the steady ones (compiling, warm-up), in seconds."""
+    first = next((r for r in metrics if r.get("loss") is not None and r.get("seconds_per_step") is not None), None)
+    if first is None or first.get("step") != 1:
+        return None
+    return max(0.0, float(first["seconds_per_step"]) - seconds_per_step)
 
 
 def record_run(summary: dict[str, Any], recipe: Recipe, run_dir: Path) -> dict[str, Any] | None:
@@ -206,8 +220,9 @@ def record_run(summary: dict[str, Any], recipe: Recipe, run_dir: Path) -> dict[s
     Kept per machine, model, precision, quantisation, checkpointing and sequence length (the newest of
     each kind) in $FINETUNE_HOME/runs_calibration.json; the next estimate here for the same model scales
     this machine's time and memory by the measured / predicted ratios of the closest one (`learned_from_run`).
-    Completed and budget-stopped single-process runs without training.compile only; returns the record, or
-    None when none was kept.
+    A run with training.compile is its own kind (its steps run faster and hold less) and also keeps how much
+    longer its first step took (the compiling), which estimates of compiled runs add once. Completed and
+    budget-stopped single-process runs only; returns the record, or None when none was kept.
     """
     try:
         return _record_run(summary, recipe, run_dir)
@@ -227,9 +242,8 @@ def _record_run(summary: dict[str, Any], recipe: Recipe, run_dir: Path) -> dict[
 
     if summary.get("status") not in ("completed", "time_budget") or summary.get("num_processes", 1) != 1:
         return None
-    if recipe.training.compile:
-        return None  # compiled steps run faster and hold less: they would mislead the estimate of eager runs
-    achieved = achieved_speed(atomic.read_jsonl(run_dir / "metrics.jsonl"))
+    metrics = atomic.read_jsonl(run_dir / "metrics.jsonl")
+    achieved = achieved_speed(metrics)
     peak_mb = summary.get("peak_memory_mb") or 0
     if achieved is None or peak_mb <= 0:
         return None
@@ -254,7 +268,11 @@ def _record_run(summary: dict[str, Any], recipe: Recipe, run_dir: Path) -> dict[
                       "peak_memory_mb": round(predicted["peak_memory_mb"], 1)},
         "speed_factor": round(speed_factor(predicted["seconds_per_step"], achieved["seconds_per_step"]), 4),
         "memory_factor": round(peak_mb / predicted["peak_memory_mb"], 4),
+        "compile": recipe.training.compile,
     }
+    if recipe.training.compile:
+        extra = first_step_extra(metrics, achieved["seconds_per_step"])
+        record["first_step_extra_s"] = None if extra is None else round(extra, 1)
     kept = [r for r in _read_runs() if not _same_kind(r, record)][-(MAX_RUN_RECORDS - 1):]
     try:
         atomic.write_json(_runs_path(), [*kept, record])
@@ -264,17 +282,37 @@ def _record_run(summary: dict[str, Any], recipe: Recipe, run_dir: Path) -> dict[
 
 
 def learned_from_run(model: str, precision: str, bits: int | None, checkpointing: bool,
-                     seq: int) -> dict[str, Any] | None:
+                     seq: int, compiled: bool = False) -> dict[str, Any] | None:
     """The stored run on this machine to calibrate a setup by: same model, precision, quantisation and
-    checkpointing, the nearest sequence length (newest on a tie); None when no run here matches."""
+    checkpointing, the nearest sequence length (newest on a tie); None when no run here matches.
+
+    An eager setup never learns from a compiled run. A compiled setup learns its speed and its compiling time
+    from the nearest compiled run, else from an eager run (slower steps, no compiling: the time reads short by
+    the compiling). Its memory factor is the larger of the nearest compiled and eager runs' factors: a compiled
+    run's peak depends on how many shapes were compiled, which the memory model does not describe (one compiled
+    run's factor, carried to another recipe, read 20% low where the eager run's read 1% low; docs/estimate.md).
+    """
     key = machine_key()
-    matching = [r for r in _read_runs() if r.get("key") == key and r.get("model") == model
-                and r.get("precision") == precision and r.get("quantization") == bits
-                and r.get("gradient_checkpointing") == checkpointing
-                and isinstance(r.get("speed_factor"), (int, float)) and r["speed_factor"] > 0
-                and isinstance(r.get("memory_factor"), (int, float)) and r["memory_factor"] > 0
-                and isinstance(r.get("max_length"), int) and r["max_length"] > 0]
-    if not matching:
+    usable = [r for r in _read_runs() if r.get("key") == key and r.get("model") == model
+              and r.get("precision") == precision and r.get("quantization") == bits
+              and r.get("gradient_checkpointing") == checkpointing
+              and isinstance(r.get("speed_factor"), (int, float)) and r["speed_factor"] > 0
+              and isinstance(r.get("memory_factor"), (int, float)) and r["memory_factor"] > 0
+              and isinstance(r.get("max_length"), int) and r["max_length"] > 0]
+    eager = _nearest([r for r in usable if not _compiled(r)], seq)
+    if not compiled:
+        return eager
+    learned = _nearest([r for r in usable if _compiled(r)], seq)
+    if learned is None or eager is None:
+        return learned or eager
+    if eager["memory_factor"] > learned["memory_factor"]:
+        return {**learned, "memory_factor": eager["memory_factor"], "memory_from": eager["run"]}
+    return learned
+
+
+def _nearest(records: list[dict[str, Any]], seq: int) -> dict[str, Any] | None:
+    """The record whose max_length is nearest `seq` (ratio-wise; the newest on a tie), marked as a run's."""
+    if not records:
         return None
-    ordered = sorted(enumerate(matching), key=lambda p: (abs(math.log(p[1]["max_length"] / max(seq, 1))), -p[0]))
+    ordered = sorted(enumerate(records), key=lambda p: (abs(math.log(p[1]["max_length"] / max(seq, 1))), -p[0]))
     return {**ordered[0][1], "source": "run"}

@@ -98,8 +98,10 @@ def render(result: object) -> None:
         )
     elif result.calibration and result.calibration["source"] == "run":
         c = result.calibration
-        console.print(f"this machine's times scaled by {c['speed_factor']:.2f} and memory by {c['memory_factor']:.2f}, "
-                      f"learned from run {c['run']} ({str(c['measured_at'])[:10]}, recipe {c['recipe']}, "
+        once = f", plus {c['first_step_extra_s']:.0f} s once for compiling" if c.get("first_step_extra_s") else ""
+        kind = "compiled run" if c.get("compile") else "run"
+        console.print(f"this machine's times scaled by {c['speed_factor']:.2f} and memory by {c['memory_factor']:.2f}"
+                      f"{once}, learned from {kind} {c['run']} ({str(c['measured_at'])[:10]}, recipe {c['recipe']}, "
                       f"max_length {c['max_length']})", highlight=False)
     elif result.calibration:
         c = result.calibration

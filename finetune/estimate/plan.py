@@ -165,8 +165,9 @@ def _row_cost(recipe: Recipe, device: Device, seconds: float, num_gpus: int, cur
 
 def _row(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, num_gpus: int, strategy: str,
          currency: str, rates: cat.Rates, a: Assumptions, speed_factor: float = 1.0,
-         memory_factor: float = 1.0) -> GpuRow:
-    """Estimate one target (`speed_factor`, `memory_factor`: measured over predicted, from a probe or a run)."""
+         memory_factor: float = 1.0, once_seconds: float = 0.0) -> GpuRow:
+    """Estimate one target (`speed_factor`, `memory_factor`: measured over predicted, from a probe or a run;
+    `once_seconds`: paid once per run, a compiled run's first step as a compiled run here measured it)."""
     t = recipe.training
     setup, average = run_setups(recipe, device, tokens, num_gpus, strategy, shape)
     mem = memory(shape, setup, a)
@@ -175,12 +176,13 @@ def _row(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, num_
     ok = fits(mem, capacity)
     util = a.utilisation if device.kind == "cuda" else a.cpu_utilisation
     peak = device.peak_tflops.get(setup.precision) or device.peak_tflops["fp32"]
-    micro, _ = _work(recipe, tokens, setup)
+    # Steps come from batch_size rows each, packed or not (`setup` of a packed run has its largest batch's lines).
+    micro, _ = _work(recipe, tokens, average)
     per_micro = seconds_per_micro_batch(shape, average, peak, util, a) * speed_factor
     eff = a.scaling_efficiency.of(strategy) if setup.num_gpus > 1 else 1.0
     eval_seconds = _eval_seconds(recipe, shape, average, tokens, peak, util) * speed_factor
     util /= speed_factor
-    seconds = (per_micro * micro + eval_seconds) / (setup.num_gpus * eff)
+    seconds = (per_micro * micro + eval_seconds) / (setup.num_gpus * eff) + once_seconds
     cost = _row_cost(recipe, device, seconds, setup.num_gpus, currency, rates, a)
     return GpuRow(
         name=device.name, memory_gb=round(device.memory_gb, 2), fits=ok, total_gb=mem.total_gb * memory_factor,
@@ -284,9 +286,9 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
         devices.append(machine)
         # Only this machine's row is scaled: by this probe, else a finished run like this one, else a probe.
         calibration = calibration or _learned(recipe, shape, machine) or remembered_speed()
-    speed, mem_factor = _factors(calibration)
+    factors = _factors(calibration)
     rows = [_row(recipe, shape, d, tokens, num_gpus, strategy, currency, rates, a,
-                 *((speed, mem_factor) if d.this_machine else (1.0, 1.0))) for d in devices]
+                 *(factors if d.this_machine else (1.0, 1.0, 0.0))) for d in devices]
     if gpu and gpu.lower() == "all":
         rows.sort(key=_sort_key)
     # The memory breakdown shown is for the recipe's own GPU: the catalogue GPU its cost.gpu names, or
@@ -359,8 +361,12 @@ def estimate_for_training(recipe: Recipe, gpu_name: str | None = None,
     basis = f" ({cost['basis']})" if cost.get("basis") not in (None, "none") else ""
     line2 = f"time: about {_hours_text(row.hours)} for {_length_text(recipe, tokens)}; cost: {money}{basis}"
     if calibration and calibration["source"] == "run":
-        line2 += (f"; learned from run '{Path(calibration['run']).name}' of {str(calibration['measured_at'])[:10]} "
-                  f"(time x{calibration['speed_factor']:.2f}, memory x{calibration['memory_factor']:.2f})")
+        kind = "compiled run" if calibration.get("compile") else "run"
+        once = calibration.get("first_step_extra_s")
+        compiling = f", +{once:.0f} s compiling" if once else ""
+        line2 += (f"; learned from {kind} '{Path(calibration['run']).name}' of "
+                  f"{str(calibration['measured_at'])[:10]} (time x{calibration['speed_factor']:.2f}, "
+                  f"memory x{calibration['memory_factor']:.2f}{compiling})")
     elif calibration:
         line2 += f"; speed calibrated by the probe of {calibration['measured_at'][:10]}"
     else:
@@ -373,14 +379,17 @@ def estimate_for_training(recipe: Recipe, gpu_name: str | None = None,
 def _learned(recipe: Recipe, shape: ModelShape, device: Device) -> dict[str, Any] | None:
     """The finished run on this machine that calibrates this recipe (same model, precision, quantisation)."""
     setup = setup_for(recipe, device)
-    return learned_from_run(shape.name, setup.precision, setup.bits, setup.checkpointing, setup.seq)
+    return learned_from_run(shape.name, setup.precision, setup.bits, setup.checkpointing, setup.seq,
+                            compiled=recipe.training.compile)
 
 
-def _factors(calibration: dict[str, Any] | None) -> tuple[float, float]:
-    """(speed, memory) factors of a calibration record (a probe measures no memory factor)."""
+def _factors(calibration: dict[str, Any] | None) -> tuple[float, float, float]:
+    """(speed factor, memory factor, seconds paid once) of a calibration record (a probe measures no memory
+    factor; only a compiled run's record has a first step's extra seconds, its compiling)."""
     if not calibration:
-        return 1.0, 1.0
-    return float(calibration["speed_factor"]), float(calibration.get("memory_factor") or 1.0)
+        return 1.0, 1.0, 0.0
+    return (float(calibration["speed_factor"]), float(calibration.get("memory_factor") or 1.0),
+            float(calibration.get("first_step_extra_s") or 0.0))
 
 
 def _hours_text(hours: float) -> str:

@@ -682,6 +682,22 @@ def test_a_packed_run_peaks_at_its_largest_packed_batch(tmp_path):
         assert (setup.batch, setup.seq) == (8, max(lengths))
 
 
+def test_a_packed_runs_time_counts_one_step_per_batch_size_rows(tmp_path, a):
+    from finetune.estimate.plan import _row
+    from finetune.packing import epoch_batches
+
+    lengths = [30 + (i * 37) % 200 for i in range(64)]
+    tokens = E.Tokens(len(lengths), 0, lengths, [], "tokenizer", prompt_lengths=[10] * len(lengths))
+    shape = E.model_shape("bundled:smollm2-135m-instruct")
+    cpu = E.this_machine(cat.load_gpus(), a)
+    recipe = _recipe(tmp_path, "bundled:smollm2-135m-instruct", training="{batch_size: 8, seed: 3}")
+    peak, _ = E.run_setups(recipe, cpu, tokens, shape=shape)
+    assert peak.batch != 8  # the largest packed batch has another number of lines than rows per step
+    row = _row(recipe, shape, cpu, tokens, 1, "ddp", "USD", cat.load_rates(), a)
+    steps = len(epoch_batches(lengths, 8, 3)) * recipe.training.epochs  # training's own batches: 8 rows each
+    assert row.hours * 3600 == pytest.approx(row.seconds_per_step * steps)  # no held-out rows: no evaluation
+
+
 def test_a_whole_cpu_run_climbs_by_its_batch_shapes_and_a_probe_does_not(tmp_path, a):
     shape = E.model_shape("bundled:smollm2-135m-instruct")
     cpu = E.this_machine(cat.load_gpus(), a)
