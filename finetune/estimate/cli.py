@@ -100,9 +100,10 @@ def render(result: object) -> None:
         c = result.calibration
         once = f", plus {c['first_step_extra_s']:.0f} s once for compiling" if c.get("first_step_extra_s") else ""
         kind = "compiled run" if c.get("compile") else "run"
+        memory_from = f" (from run {c['memory_from']}: larger than the compiled run's)" if c.get("memory_from") else ""
         console.print(f"this machine's times scaled by {c['speed_factor']:.2f} and memory by {c['memory_factor']:.2f}"
-                      f"{once}, learned from {kind} {c['run']} ({str(c['measured_at'])[:10]}, recipe {c['recipe']}, "
-                      f"max_length {c['max_length']})", highlight=False)
+                      f"{memory_from}{once}, learned from {kind} {c['run']} ({str(c['measured_at'])[:10]}, "
+                      f"recipe {c['recipe']}, max_length {c['max_length']})", highlight=False)
     elif result.calibration:
         c = result.calibration
         console.print(f"this machine's times scaled by {c['speed_factor']:.2f}, measured by `--probe` on "

@@ -364,9 +364,10 @@ def estimate_for_training(recipe: Recipe, gpu_name: str | None = None,
         kind = "compiled run" if calibration.get("compile") else "run"
         once = calibration.get("first_step_extra_s")
         compiling = f", +{once:.0f} s compiling" if once else ""
+        memory_from = f" from run '{Path(calibration['memory_from']).name}'" if calibration.get("memory_from") else ""
         line2 += (f"; learned from {kind} '{Path(calibration['run']).name}' of "
                   f"{str(calibration['measured_at'])[:10]} (time x{calibration['speed_factor']:.2f}, "
-                  f"memory x{calibration['memory_factor']:.2f}{compiling})")
+                  f"memory x{calibration['memory_factor']:.2f}{memory_from}{compiling})")
     elif calibration:
         line2 += f"; speed calibrated by the probe of {calibration['measured_at'][:10]}"
     else:
