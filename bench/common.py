@@ -195,6 +195,11 @@ def peak_share(parameters: int, tokens_per_s: float | None, peak_gflops: float |
     return model_flops_per_s(parameters, tokens_per_s) / (peak_gflops * 1e9)
 
 
+def _percent(share: float | None) -> str:
+    """A share as a whole percentage, or '-' for a missing one."""
+    return _fmt(None if share is None else share * 100, ".0f")
+
+
 def _fmt(value: Any, spec: str) -> str:
     """Format a number, or '-' for a missing one."""
     return "-" if value is None else format(value, spec)
@@ -235,7 +240,7 @@ def final_lines(results: list[dict[str, Any]], parameters: int, peak_gflops: flo
     return [
         f"speedup vs trl-defaults: {_fmt(vs_defaults, '.2f')}x",
         f"speedup vs trl-tuned: {_fmt(vs_tuned, '.2f')}x",
-        f"share of matmul peak: {_fmt(None if share is None else share * 100, '.0f')}%",
+        f"share of matmul peak: {_percent(share)}%",
     ]
 
 
@@ -250,7 +255,7 @@ def compile_line(results: list[dict[str, Any]], parameters: int, peak_gflops: fl
             f"; peak RSS {_fmt(compiled.get('peak_rss_mb'), '.0f')} vs {_fmt(eager.get('peak_rss_mb'), '.0f')} MB"
             f"; first step {_fmt(compiled.get('time_to_first_step_s'), '.1f')} vs "
             f"{_fmt(eager.get('time_to_first_step_s'), '.1f')} s"
-            f"; compiled share of matmul peak: {_fmt(None if share is None else share * 100, '.0f')}%")
+            f"; compiled share of matmul peak: {_percent(share)}%")
 
 
 def packing_line(results: list[dict[str, Any]]) -> str:

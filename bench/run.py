@@ -3,11 +3,10 @@
     python -m bench.run [--rows 160] [--heldout 32] [--data datasets/pirate.jsonl] [--seed 0] [--keep]
 
 Arms: finetune (automatic choices, through the real CLI, padded length-grouped batches), finetune-packed (the
-same with packing: true, rows end to end without padding), finetune-packed-compiled (packed,
-training.compile: true),
-finetune-qlora (4-bit base), trl-defaults
-(SFTTrainer as shipped, use_cpu on a CPU) and trl-tuned (the faster of fp32 and bf16 autocast, measured here
-for a few steps each, without gradient checkpointing). The orchestrator times every arm from the outside:
+same with packing: true, rows end to end without padding), finetune-packed-compiled (packed, with
+training.compile: true), finetune-qlora (4-bit base), trl-defaults (SFTTrainer as shipped, use_cpu on a
+CPU) and trl-tuned (the faster of fp32 and bf16 autocast, measured here for a few steps each, without
+gradient checkpointing). The orchestrator times every arm from the outside:
 it starts the process, notes when each optimizer step's line appears, and samples the process's peak RSS
 (VmHWM) and anonymous memory from /proc. Results go to outputs/bench/<time>.json and outputs/bench/latest.json.
 """

@@ -176,8 +176,7 @@ def _row(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, num_
     ok = fits(mem, capacity)
     util = a.utilisation if device.kind == "cuda" else a.cpu_utilisation
     peak = device.peak_tflops.get(setup.precision) or device.peak_tflops["fp32"]
-    # Steps come from batch_size rows each, packed or not (`setup` of a packed run has its largest batch's lines).
-    micro, _ = _work(recipe, tokens, average)
+    micro, _ = _work(recipe, tokens)
     per_micro = seconds_per_micro_batch(shape, average, peak, util, a) * speed_factor
     eff = a.scaling_efficiency.of(strategy) if setup.num_gpus > 1 else 1.0
     eval_seconds = _eval_seconds(recipe, shape, average, tokens, peak, util) * speed_factor
@@ -197,11 +196,14 @@ def _row(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, num_
     )
 
 
-def _work(recipe: Recipe, tokens: Tokens, setup: Setup) -> tuple[int, int]:
-    """(micro-batches, padded tokens computed) over the whole run."""
+def _work(recipe: Recipe, tokens: Tokens) -> tuple[int, int]:
+    """(micro-batches, padded tokens computed) over the whole run.
+
+    A micro-batch is batch_size rows, packed or not (a packed run's largest batch has another number of lines).
+    """
     t = recipe.training
-    padded, _ = padded_tokens(tokens.lengths, setup.batch, t.group_by_length, t.seed)
-    micro_per_epoch = max(1, math.ceil(tokens.rows_train / setup.batch))
+    padded, _ = padded_tokens(tokens.lengths, t.batch_size, t.group_by_length, t.seed)
+    micro_per_epoch = max(1, math.ceil(tokens.rows_train / t.batch_size))
     if t.max_steps:
         micro = t.max_steps * t.gradient_accumulation
         return micro, int(padded / micro_per_epoch * micro)
@@ -301,7 +303,7 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
     else:
         primary = rows[0]
     primary_device = next(d for d in devices if d.name == primary.name)
-    micro, compute = _work(recipe, tokens, setup_for(recipe, primary_device))
+    micro, compute = _work(recipe, tokens)
     primary_setup, _ = run_setups(recipe, primary_device, tokens, num_gpus, strategy, shape)
     total_tokens = int(tokens.per_epoch * recipe.training.epochs)
     if recipe.training.max_steps:
