@@ -12,6 +12,7 @@ that generator) draws the same masks every time.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import torch
@@ -39,13 +40,19 @@ def draw_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -
 
 
 @torch.library.custom_op("finetune::lora_dropout_mask", mutates_args=())
-def _mask_op(x: torch.Tensor, p: float) -> torch.Tensor:
-    """draw_mask as an operator torch.compile calls but does not trace (it cannot trace random_)."""
+def _mask_op(x: torch.Tensor, p: float, site: int) -> torch.Tensor:
+    """draw_mask as an operator torch.compile calls but does not trace (it cannot trace random_).
+
+    `site` tells apart the adapters of one block that read the same input (q, k and v; gate and up): the
+    compiler takes an operator without mutations for a pure function and merged their calls into one draw, so
+    the compiled q, k and v adapters shared a mask where eager ones draw three.
+    """
+    del site  # only the call's identity for the compiler; the draw does not depend on it
     return draw_mask(x.shape, p, x.device).view(torch.bool)
 
 
 @_mask_op.register_fake
-def _(x: torch.Tensor, p: float) -> torch.Tensor:
+def _(x: torch.Tensor, p: float, site: int) -> torch.Tensor:
     return torch.empty_like(x, dtype=torch.bool)
 
 
@@ -68,11 +75,12 @@ class _Dropout(torch.autograd.Function):
 class CpuDropout(nn.Module):
     """Drop-in for nn.Dropout(p) in training on a CPU (see the module's docstring); identity in eval mode."""
 
-    def __init__(self, p: float) -> None:
+    def __init__(self, p: float, site: int = 0) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
+        self.site = site  # tells the compiled draws of sibling adapters apart (see _mask_op; site_of)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if not self.training or self.p == 0.0:
@@ -80,11 +88,21 @@ class CpuDropout(nn.Module):
         if torch.compiler.is_compiling():
             # Compiled (training.compile): the mask comes from the same draws as an opaque operator, is saved for
             # backward like any operator's output, and the select and scale fuse into the kernels around them.
-            return torch.where(_mask_op(x, self.p), x, 0) * (LANES / keep_threshold(self.p))
+            return torch.where(_mask_op(x, self.p, self.site), x, 0) * (LANES / keep_threshold(self.p))
         return _Dropout.apply(x, self.p)
 
     def extra_repr(self) -> str:  # noqa: D102
-        return f"p={self.p}"
+        return f"p={self.p}, site={self.site}"
+
+
+def site_of(module_name: str, adapter: str) -> int:
+    """A LoRA dropout's site: from the adapted module's own name and the adapter's, not the layer's index.
+
+    Siblings in a block (q_proj, k_proj, v_proj) get different sites, so their compiled draws stay apart; the
+    same module in every layer gets the same one, so the layers, compiled one by one, share one graph (a site
+    per layer would fail the compiled graph's guards and recompile every layer).
+    """
+    return zlib.crc32(f"{module_name.rsplit('.', 1)[-1]}/{adapter}".encode()) & 0x7FFFFFFF
 
 
 def use_cpu_dropout(model: nn.Module) -> int:
@@ -93,13 +111,13 @@ def use_cpu_dropout(model: nn.Module) -> int:
     Only peft's LoRA dropouts change: the base model's own dropout layers (attention dropout, usually 0) stay.
     """
     replaced = 0
-    for module in model.modules():
+    for module_name, module in model.named_modules():
         dropouts = getattr(module, "lora_dropout", None)
         if not isinstance(dropouts, nn.ModuleDict):
             continue
         for name, dropout in list(dropouts.items()):
             if type(dropout) is nn.Dropout and dropout.p > 0:
-                fast = CpuDropout(dropout.p)
+                fast = CpuDropout(dropout.p, site_of(module_name, name))
                 fast.train(dropout.training)
                 dropouts[name] = fast
                 replaced += 1

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from finetune.cpu_dropout import LANES, CpuDropout, draw_mask, keep_threshold, use_cpu_dropout
+from finetune.cpu_dropout import LANES, CpuDropout, draw_mask, keep_threshold, site_of, use_cpu_dropout
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
@@ -73,6 +73,10 @@ def test_peft_lora_dropouts_are_replaced_and_train() -> None:
     assert use_cpu_dropout(model) == 2 * 7  # q, k, v, o, gate, up, down in each layer
     lora_dropouts = [m for name, m in model.named_modules() if ".lora_dropout." in name]
     assert lora_dropouts and all(isinstance(m, CpuDropout) and m.p == 0.1 for m in lora_dropouts)
+    # A site per module of a block (its siblings' compiled draws stay apart), the same in every layer (one graph).
+    sites = {name: m.site for name, m in model.named_modules() if isinstance(m, CpuDropout)}
+    by_layer = [[site for name, site in sites.items() if f".layers.{k}." in name] for k in range(2)]
+    assert len(set(by_layer[0])) == 7 and by_layer[0] == by_layer[1], sites
     assert model.base_model.model.config.attention_dropout == 0.1  # the base model's own dropout is not touched
     model.train()
     ids = torch.randint(0, 64, (2, 16))
@@ -105,3 +109,16 @@ def test_compiled_dropout_traces_whole_and_its_gradient_uses_the_forwards_mask()
     assert 0.6 < kept.float().mean().item() < 0.8
     torch.testing.assert_close(x.grad, weight * kept * scale)
     torch.testing.assert_close(loss, (x.detach() * kept * scale * weight).sum())
+
+
+def test_compiled_siblings_reading_one_input_draw_masks_of_their_own() -> None:
+    # q, k and v's adapters read the same normed input. An operator without mutations is a pure function to the
+    # compiler, which merged their identical calls into one draw: the three adapters shared a mask compiled where
+    # eager draws three. Each sibling's own site keeps the calls apart. (The merge happens in the training
+    # graph's partitioning, hence an input that wants a gradient.)
+    torch.manual_seed(5)
+    q, k = (CpuDropout(0.5, site_of(f"model.layers.0.self_attn.{m}", "default")).train() for m in ("q_proj", "k_proj"))
+    both = torch.compile(lambda x: (q(x), k(x)), fullgraph=True, dynamic=True)
+    a, b = both(torch.ones(64, 100, requires_grad=True))
+    assert 0.4 < (a != 0).float().mean().item() < 0.6 and 0.4 < (b != 0).float().mean().item() < 0.6
+    assert not torch.equal(a != 0, b != 0)  # the same mask twice has probability 2**-6400
