@@ -32,14 +32,16 @@ class PackingChoice:
     enabled: bool
     reason: str
     one_line: bool = False  # flash-attention's varlen path takes the whole batch as one sequence
+    memory_kept: bool = False  # on a CPU, glibc keeps what a packed step frees for the next (allocator.py)
 
     def describe(self) -> str:
-        """'on (why)' / 'off (why)', for the run's log."""
-        return f"{'on' if self.enabled else 'off'} ({self.reason})"
+        """'on (why)' / 'off (why)', for the run's log; whether freed memory is kept for the next step."""
+        kept = "; freed memory kept for the next step" if self.memory_kept else ""
+        return f"{'on' if self.enabled else 'off'} ({self.reason}){kept}"
 
     def summary(self) -> dict[str, Any]:
         """summary.json's `packing` object."""
-        return {"enabled": self.enabled, "reason": self.reason}
+        return {"enabled": self.enabled, "reason": self.reason, "memory_kept": self.memory_kept}
 
 
 @lru_cache(maxsize=1)

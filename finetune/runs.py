@@ -157,6 +157,7 @@ class PackingInfo(_Fixed):
 
     enabled: bool
     reason: str
+    memory_kept: bool = False  # glibc kept freed blocks for the next step (finetune/allocator.py)
 
 
 class ScheduleInfo(_Fixed):

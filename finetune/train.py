@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import shutil
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune import atomic, hardware
+from finetune.allocator import keep_freed_memory
 from finetune.data import load_conversations, split_train_eval, tokenize_conversations
 from finetune.errors import RecipeError, RunError
 from finetune.models import load_config, load_model, load_tokenizer
@@ -249,6 +251,9 @@ def _train(
     configure_wandb(recipe, run_dir)
     trainer = build_trainer(model, args, train_ds, eval_ds, tokenizer, run_state,
                             [phases.callback(), *(callbacks or [])])
+    if run_state.packing.enabled and device == "cpu" and keep_freed_memory():
+        # Packed steps allocate the same sizes every step: glibc keeps what one frees for the next (allocator.py).
+        run_state.packing = dataclasses.replace(run_state.packing, memory_kept=True)
     if is_main:
         say(f"packing {run_state.packing.describe()}")
     # transformers would train one step past max_steps when resumed from the last one: finish instead.
