@@ -4,13 +4,15 @@ By default glibc gives large freed blocks back to the system: a block over its m
 heap's free top once it grows past the trim threshold. A CPU training step frees the same buffers every step
 (activations, the vocabulary projection's logits, the loss's chunks) and the next step faults the same pages
 in again, zero-filled by the kernel, one 4 KB page at a time. In a compiled step of the bench recipe
-torch.profiler put 105 ms on the vocabulary projection with glibc's defaults and 31 ms with freed blocks kept
-(17 ms alone, into a buffer allocated once). Keeping blocks of up to 32 MB in the heap and never trimming it
-halved the minor page faults of a run and made packed steps 6-10% faster on a 2-core AMX Xeon (docs/bench.md).
+torch.profiler put 105 ms on the vocabulary projection with glibc's defaults, 31 ms with nothing ever handed
+back (17 ms alone, into a buffer allocated once), and 191 ms on the loss's chunk copies. Keeping blocks of up to
+32 MB in the heap and never trimming it halved the minor page faults of a run and made packed steps 7-12% faster
+on a 2-core AMX Xeon (docs/bench.md); handing back nothing at all (blocks over 32 MB too, such as those logits)
+measured the same within noise, and the threshold keeps one very large block from staying held for good.
 
 Only for packed batches: they hold about the same number of tokens every step, so a step asks for the sizes the
-last one freed and the kept blocks fit. Padded batches change width from step to step; with them the kept blocks
-fragmented the heap and the peak grew 4.6% for a 3% faster step, so they keep glibc's defaults.
+last one freed and the kept blocks fit. Padded batches change width from step to step; with them the peak grew
+5% (about the spread between runs) and the step hardly changed (0-3%), so they keep glibc's defaults.
 """
 
 from __future__ import annotations
