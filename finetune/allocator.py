@@ -35,8 +35,8 @@ def keep_freed_memory() -> bool:
 
     Process-wide, for the rest of the process: call it once the run is known to pack its batches on a CPU.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False  # macOS, musl: another malloc, other tunables
+    if platform.libc_ver()[0] != "glibc":
+        return False  # macOS, musl, Windows: another malloc, other tunables
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
     except (OSError, AttributeError):
