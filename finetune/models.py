@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from finetune import atomic
+from finetune.allocator import map_large_blocks, slide_back
 from finetune.errors import ModelError
 from finetune.paths import finetune_home
 
@@ -245,10 +246,31 @@ def load_model(
         # Frozen weights in the compute precision: bf16 halves their memory and autocast's per-step recasts;
         # LoRA's own weights stay fp32 (peft's autocast_adapter_dtype), so its updates keep full precision.
         kwargs["dtype"] = torch_dtype(weights_dtype or precision)
+    # Quantising on a CPU: each weight's 16-bit copy mapped and given back whole (allocator.py); afterwards the
+    # thresholds where glibc's own sliding would have left them.
+    quantising_here = bnb is not None and device == "cpu" and map_large_blocks()
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(recipe.base_model, exc) from None
     except ImportError as exc:
         raise ModelError(f"{recipe.base_model}: {str(exc).splitlines()[0]}") from None
+    finally:
+        if quantising_here:
+            slide_back()
+    if quantising_here:
+        own_unquantised_weights(model)
     return model
+
+
+def own_unquantised_weights(model: PreTrainedModel) -> None:
+    """Copy the weights left unquantised (embeddings, norms, head) out of the memory-mapped checkpoint.
+
+    Loaded in the checkpoint's own dtype (an fp32 file in an fp32 run), they stay views of its mapping, which
+    keeps every page that quantising read resident: on the bundled model, the whole 519 MB file for the rest of
+    the run, and a training step's peak of 1,443 MB instead of 900 (2026-12-03, Intel AMX Xeon, fp32). A copy
+    lets the mapping go; converted weights (a bf16 run) are copies already, and cost one more transient copy.
+    """
+    for param in model.parameters():
+        if param.dtype.is_floating_point:
+            param.data = param.data.clone()

@@ -98,16 +98,17 @@ def _predict(name: str, measured: dict) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_predicted_peak_memory_within_20_percent(measured, name):
+def test_predicted_peak_memory_within_15_percent(measured, name):
     probe = measured[name]
     predicted = _predict(name, probe)["peak_memory_mb"]
     actual = probe["peak_memory_mb"]
     message = f"{name}: predicted {predicted:.0f} MB, measured {actual:.0f} MB ({predicted / actual - 1:+.1%})"
     print(message)  # the figures behind docs/estimate.md's table (pytest -s shows them)
-    # QLoRA on a CPU: 20%, like the rest. Issue 20 asks for 15%, but one 4-step probe's peak is not steady enough
-    # to hold it: 4bit-128-r8 measured 1,197 / 1,422 / 1,611 / 1,659 MB in four runs of the same code on the
-    # quiet AMD EPYC (2026-12-02), against one prediction of 1,384 MB; the 15% check failed the CI at -16.6%.
-    assert predicted == pytest.approx(actual, rel=0.20), message
+    # 15%, QLoRA too. Its probes' peaks (quantising while loading) once ranged from 1,197 to 1,749 MB for one
+    # configuration and failed a 15% and then a 20% check; with each weight's 16-bit copy given back whole and
+    # the fp32 weights copied out of the mapped checkpoint (finetune/allocator.py, models.py) they measured
+    # 1,189-1,220 MB in bf16 and 1,245 MB in fp32, against 1,234 and 1,288 predicted (2026-12-03).
+    assert predicted == pytest.approx(actual, rel=0.15), message
 
 
 @pytest.fixture(scope="module")
