@@ -6,9 +6,9 @@ mmap threshold to that block's size (up to 32 MB), so later blocks of that size 
 
 Quantising while loading (QLoRA on a CPU): transformers reads each weight, makes a 16-bit copy, quantises it and
 frees the copy, between the quantised weights that stay. Once the threshold has slid, those copies come from the
-heap, and the holes they leave between kept weights cannot be given back: the bundled model's load peaked at
-1,090 MB in some runs and 1,340-1,460 MB in others of the same code (the 4-bit model then held 260-290 MB more
-afterwards too, 2026-12-03, Intel AMX Xeon). `map_large_blocks` fixes the threshold at glibc's starting 128 KB
+heap, and the holes they leave between kept weights cannot be given back: the bundled model's load peaked
+anywhere from 1,090 to 1,410 MB in 14 runs of the same code (and held up to 290 MB more afterwards, 2026-12-03,
+Intel AMX Xeon). `map_large_blocks` fixes the threshold at glibc's starting 128 KB
 for the load: every copy is mapped and given back whole, and the peak measured 1,082-1,090 MB in six runs out of six.
 
 Training packed batches: a CPU training step frees the same buffers every step (activations, the vocabulary
