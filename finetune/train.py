@@ -197,6 +197,8 @@ def _train(
     device = hw.device
     precision = hardware.choose_precision(recipe.training.precision, hw)
     checkpointing = hardware.choose_checkpointing(recipe.training.gradient_checkpointing, hw)
+    if checkpointing and recipe.training.gradient_checkpointing == "auto":
+        checkpointing = _checkpointing_by_memory(recipe, conversations)
     num_processes = dist_state.num_processes
     global_batch = recipe.training.batch_size * recipe.training.gradient_accumulation * num_processes
     if is_main:
@@ -372,6 +374,17 @@ def _with_max_steps(recipe: Recipe, max_steps: int | None) -> Recipe:
     if max_steps is None:
         return recipe
     return recipe.model_copy(update={"training": recipe.training.model_copy(update={"max_steps": max_steps})})
+
+
+def _checkpointing_by_memory(recipe: Recipe, conversations: list[Any]) -> bool:
+    """`gradient_checkpointing: auto` on CUDA: off where the estimate predicts the largest step fits easily
+    without it (finetune/estimate/devices.py), on where it does not or cannot tell."""
+    from finetune.estimate import checkpointing_here
+
+    try:
+        return checkpointing_here(recipe, conversations)
+    except Exception:  # an estimate we cannot make must not cost the run its memory saving
+        return True
 
 
 def _check_it_fits(

@@ -98,6 +98,7 @@ class Assumptions(_Frozen):
     lora_param_bytes: Literal[2, 4]
     adam_state_bytes: Annotated[int, Field(ge=0)]
     cuda_context_gb: NonNegative
+    cuda_checkpointing_off_share: Fraction
     allocator_margin: NonNegative
     cpu_allocator_margin: NonNegative
     cpu_run_climb: NonNegative

@@ -9,8 +9,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from finetune import catalog as cat
-from finetune.estimate.assumptions import Assumptions
-from finetune.estimate.memory import GIB, Setup
+from finetune.estimate.assumptions import Assumptions, assumptions
+from finetune.estimate.memory import GIB, Setup, memory
 from finetune.estimate.tokens import Tokens, batch_widths, logits_fractions, padded_tokens
 
 if TYPE_CHECKING:
@@ -199,7 +199,8 @@ def run_setups(recipe: Recipe, device: Device, tokens: Tokens, num_gpus: int = 1
         peak = replace(setup_for(recipe, device, num_gpus, strategy, seq=width), batch=lines, climb=climb)
         positions = sum(n * w for n, w in layouts)
         mean_seq = max(1, round(positions / (len(layouts) * t.batch_size)))
-        return peak, replace(peak, batch=t.batch_size, seq=mean_seq)
+        return _without_needless_checkpointing(recipe, device, shape, peak,
+                                               replace(peak, batch=t.batch_size, seq=mean_seq))
     longest = max(tokens.lengths, default=recipe.dataset.max_length)
     seq = max(16, min(recipe.dataset.max_length, longest))
     peak_frac, mean_frac = logits_fractions(tokens, t.batch_size, t.group_by_length, t.seed)
@@ -208,4 +209,22 @@ def run_setups(recipe: Recipe, device: Device, tokens: Tokens, num_gpus: int = 1
     peak = replace(setup_for(recipe, device, num_gpus, strategy, seq=seq), logits_fraction=peak_frac, climb=climb)
     padded, _ = padded_tokens(tokens.lengths, t.batch_size, t.group_by_length, t.seed)
     mean_seq = max(1, round(padded / max(1, len(tokens.lengths)))) if tokens.lengths else seq
-    return peak, replace(peak, seq=mean_seq, logits_fraction=mean_frac)
+    return _without_needless_checkpointing(recipe, device, shape, peak,
+                                           replace(peak, seq=mean_seq, logits_fraction=mean_frac))
+
+
+def _without_needless_checkpointing(recipe: Recipe, device: Device, shape: ModelShape | None, peak: Setup,
+                                    average: Setup) -> tuple[Setup, Setup]:
+    """`gradient_checkpointing: auto` on CUDA, resolved by memory: off where the largest step fits easily without.
+
+    Checkpointing recomputes every layer's forward in the backward pass (a third more work) to hold less; a run
+    whose step without it is predicted at most `cuda_checkpointing_off_share` of the usable GPU memory does not
+    need the saving. finetune.train resolves `auto` through here too, so the estimate describes the run.
+    """
+    if device.kind != "cuda" or recipe.training.gradient_checkpointing != "auto" or shape is None:
+        return peak, average
+    a = assumptions()
+    off = replace(peak, checkpointing=False)
+    if memory(shape, off, a).total_gb > a.cuda_checkpointing_off_share * device.capacity_gb:
+        return peak, average
+    return off, replace(average, checkpointing=False)

@@ -54,6 +54,9 @@ class Memory:
     activations_checkpointing_gb: float
     activations_no_checkpointing_gb: float
     loading_peak_gb: float = 0.0  # CPU: the process's peak while loading (and quantising) the weights
+    # The part of the peak a run's `peak_memory_mb` does not see. CUDA: the driver's context and the caching
+    # allocator's margin, both outside torch's max_memory_allocated; a CPU's peak RSS sees everything.
+    unmeasured_gb: float = 0.0
 
     @property
     def training_gb(self) -> float:
@@ -65,6 +68,15 @@ class Memory:
     def total_gb(self) -> float:
         """The predicted peak: a training step's, or loading's when that is higher (CPU quantisation)."""
         return max(self.training_gb, self.loading_peak_gb)
+
+    @property
+    def measured_gb(self) -> float:
+        """The predicted peak as a run measures it (`peak_memory_mb`): what a run's record is compared with."""
+        return self.total_gb - self.unmeasured_gb
+
+    def scaled_gb(self, memory_factor: float) -> float:
+        """The predicted peak after a run here measured `memory_factor` x its own measured part."""
+        return self.total_gb + (memory_factor - 1.0) * self.measured_gb
 
     def to_dict(self) -> dict[str, float]:
         """JSON view (rounded to MiB)."""
@@ -213,8 +225,10 @@ def memory(shape: ModelShape, setup: Setup, a: Assumptions | None = None) -> Mem
             base += shape.largest_linear * setup.compute_bytes  # the dequantised weight of the current matmul
     else:
         base = a.cpu_process_baseline_gb * GIB
+    unmeasured = 0.0
     if setup.device == "cuda":
         overhead = base + a.allocator_margin * (acts + logits)
+        unmeasured = a.cuda_context_gb * GIB + a.allocator_margin * (acts + logits)
     else:
         # On a CPU the margin grows with the step's tensors but not with LoRA dropout's (its masks and dropped
         # inputs added 0.95-1.07x their counted bytes to measured peaks, 2026-12-03), and a whole run climbs.
@@ -239,6 +253,7 @@ def memory(shape: ModelShape, setup: Setup, a: Assumptions | None = None) -> Mem
         activations_checkpointing_gb=act_ckpt / GIB,
         activations_no_checkpointing_gb=act_full / GIB,
         loading_peak_gb=loading / GIB,
+        unmeasured_gb=unmeasured / GIB,
     )
 
 

@@ -171,8 +171,10 @@ def _row(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, num_
     t = recipe.training
     setup, average = run_setups(recipe, device, tokens, num_gpus, strategy, shape)
     mem = memory(shape, setup, a)
-    # A run here that peaked at memory_factor x its prediction: this one's limits shrink alike.
-    capacity = device.capacity_gb / memory_factor
+    # A run here that peaked at memory_factor x its prediction (of what the run measures: on CUDA, without the
+    # driver's context): this one's measured part scales alike, and its limits shrink by the whole's ratio.
+    scaled = mem.scaled_gb(memory_factor)
+    capacity = device.capacity_gb / (scaled / mem.total_gb if mem.total_gb > 0 else memory_factor)
     ok = fits(mem, capacity)
     util = a.utilisation if device.kind == "cuda" else a.cpu_utilisation
     peak = device.peak_tflops.get(setup.precision) or device.peak_tflops["fp32"]
@@ -184,7 +186,7 @@ def _row(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, num_
     seconds = (per_micro * micro + eval_seconds) / (setup.num_gpus * eff) + once_seconds
     cost = _row_cost(recipe, device, seconds, setup.num_gpus, currency, rates, a)
     return GpuRow(
-        name=device.name, memory_gb=round(device.memory_gb, 2), fits=ok, total_gb=mem.total_gb * memory_factor,
+        name=device.name, memory_gb=round(device.memory_gb, 2), fits=ok, total_gb=scaled,
         hours=seconds / 3600, cost=cost,
         max_batch_size=max_batch_size(shape, setup, capacity, a),
         max_seq_len=max_seq_len(shape, setup, capacity, a),
@@ -287,7 +289,7 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
         machine = this_machine(gpus, a)
         devices.append(machine)
         # Only this machine's row is scaled: by this probe, else a finished run like this one, else a probe.
-        calibration = calibration or _learned(recipe, shape, machine) or remembered_speed()
+        calibration = calibration or _learned(recipe, shape, machine, tokens) or remembered_speed()
     factors = _factors(calibration)
     rows = [_row(recipe, shape, d, tokens, num_gpus, strategy, currency, rates, a,
                  *(factors if d.this_machine else (1.0, 1.0, 0.0))) for d in devices]
@@ -350,7 +352,7 @@ def estimate_for_training(recipe: Recipe, gpu_name: str | None = None,
     currency = display_currency(recipe.cost)
     strategy = recipe.distributed.multi_process_strategy
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    calibration = (_learned(recipe, shape, device) or remembered_speed()) if device.this_machine else None
+    calibration = (_learned(recipe, shape, device, tokens) or remembered_speed()) if device.this_machine else None
     row = _row(recipe, shape, device, tokens, world, strategy, currency, cat.load_rates(), a, *_factors(calibration))
     where = "available RAM" if device.kind == "cpu" else "GPU memory"
     verdict = "fits" if row.fits else "does NOT fit"
@@ -379,11 +381,28 @@ def estimate_for_training(recipe: Recipe, gpu_name: str | None = None,
     return [line1, line2], row.fits
 
 
-def _learned(recipe: Recipe, shape: ModelShape, device: Device) -> dict[str, Any] | None:
-    """The finished run on this machine that calibrates this recipe (same model, precision, quantisation)."""
+def _learned(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens) -> dict[str, Any] | None:
+    """The finished run on this machine that calibrates this recipe (same model, precision, quantisation and
+    checkpointing, as `auto` resolves here)."""
     setup = setup_for(recipe, device)
-    return learned_from_run(shape.name, setup.precision, setup.bits, setup.checkpointing, setup.seq,
+    checkpointing = run_setups(recipe, device, tokens, shape=shape)[0].checkpointing
+    return learned_from_run(shape.name, setup.precision, setup.bits, checkpointing, setup.seq,
                             compiled=recipe.training.compile)
+
+
+def checkpointing_here(recipe: Recipe, conversations: list[Conversation] | None = None) -> bool:
+    """What `gradient_checkpointing: auto` resolves to for this recipe on this machine (finetune.train's choice).
+
+    On a CPU: off (compute-bound, and no GPU memory to save). On CUDA: off where the largest step without it
+    is predicted to fit easily (devices.run_setups), else on.
+    """
+    a = assumptions()
+    shape = model_shape(recipe.base_model, None, recipe.trust_remote_code)
+    device = this_machine(cat.load_gpus(), a)
+    tokens = count_tokens(recipe, None, a, conversations)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    peak, _ = run_setups(recipe, device, tokens, world, recipe.distributed.multi_process_strategy, shape)
+    return peak.checkpointing
 
 
 def _factors(calibration: dict[str, Any] | None) -> tuple[float, float, float]:
