@@ -153,7 +153,8 @@ def choose_precision(requested: str, hw: Hardware) -> str:
 
 
 def choose_checkpointing(requested: str | bool, hw: Hardware) -> bool:
-    """Resolve `gradient_checkpointing: auto`: on for CUDA (memory-bound), off on a CPU (compute-bound)."""
+    """Resolve `gradient_checkpointing: auto` from the device alone: on for CUDA (memory-bound), off on a CPU
+    (compute-bound). finetune.train then turns CUDA's off where the estimate says the run fits easily without it."""
     if requested != "auto":
         return bool(requested)
     return hw.device == "cuda"
