@@ -227,8 +227,9 @@ def memory(shape: ModelShape, setup: Setup, a: Assumptions | None = None) -> Mem
         base = a.cpu_process_baseline_gb * GIB
     unmeasured = 0.0
     if setup.device == "cuda":
-        overhead = base + a.allocator_margin * (acts + logits)
-        unmeasured = a.cuda_context_gb * GIB + a.allocator_margin * (acts + logits)
+        margin = a.allocator_margin * (acts + logits)
+        overhead = base + margin
+        unmeasured = a.cuda_context_gb * GIB + margin  # outside torch's max_memory_allocated
     else:
         # On a CPU the margin grows with the step's tensors but not with LoRA dropout's (its masks and dropped
         # inputs added 0.95-1.07x their counted bytes to measured peaks, 2026-12-03), and a whole run climbs.
