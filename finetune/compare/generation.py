@@ -67,6 +67,19 @@ class ArmModels:
         else:
             yield self.model
 
+    @contextmanager
+    def use_rows(self, arms: list[Arm]) -> Iterator[tuple[Any, list[str] | None]]:
+        """The model for a batch whose rows belong to `arms` (one per row), and each row's PEFT adapter name.
+
+        Rows of one adapter (or none) run as that arm does alone (names None); rows that mix adapters, or
+        adapter and base rows, run as PEFT's mixed-adapter batch (`__base__` marks a row without one).
+        """
+        if len({arm.adapter for arm in arms}) <= 1:
+            with self.use(arms[0]) as model:
+                yield model, None
+        else:
+            yield self.model, [self.peft_names[a.adapter] if a.adapter else "__base__" for a in arms]
+
 
 def with_system(messages: Messages, arm: Arm, system_prompt: str | None) -> Messages:
     """The messages an arm sends: the persona system prompt first for prompt arms."""
@@ -75,24 +88,27 @@ def with_system(messages: Messages, arm: Arm, system_prompt: str | None) -> Mess
     return list(messages)
 
 
-def generate_replies(
+def generate_rows(
     models: ArmModels,
-    arm: Arm,
-    conversations: list[Messages],
+    rows: list[tuple[Arm, Messages]],
     system_prompt: str | None,
     settings: GenSettings,
     max_new_tokens: int,
 ) -> list[dict[str, Any]]:
-    """One reply per conversation: {text, prompt_tokens, completion_tokens, latency_s}, in input order."""
+    """One reply per (arm, conversation) row: {text, prompt_tokens, completion_tokens, latency_s, s_per_token}.
+
+    Rows of different arms share batches (PEFT's mixed-adapter batches), so several arms cost about what
+    one does where a batch is not full. Results come back in input order.
+    """
     from finetune.compare.decoding import processors
     from finetune.inference import generate, stop_ids
 
-    if not conversations:
+    if not rows:
         return []
-    sent = [with_system(c, arm, system_prompt) for c in conversations]
+    sent = [with_system(c, arm, system_prompt) for arm, c in rows]
     # Batch prompts of similar length together: less padding, same results per prompt order.
     order = sorted(range(len(sent)), key=lambda i: len(json.dumps(sent[i], ensure_ascii=False)))
-    with models.use(arm) as model:
+    with models.use_rows([rows[i][0] for i in order]) as (model, adapter_names):
         results = generate(
             model,
             models.tokenizer,
@@ -104,6 +120,7 @@ def generate_replies(
             temperature=settings.temperature,
             # The same repetition control for every arm: decoding must not favour one.
             processors=processors(settings.repetition_penalty, stop_ids(models.tokenizer)),
+            adapter_names=adapter_names,
         )
     out: list[dict[str, Any]] = [{}] * len(sent)
     for i, result in zip(order, results, strict=True):
@@ -117,29 +134,61 @@ def generate_replies(
     return out
 
 
-def generate_conversations(
+def generate_replies(
     models: ArmModels,
     arm: Arm,
+    conversations: list[Messages],
+    system_prompt: str | None,
+    settings: GenSettings,
+    max_new_tokens: int,
+) -> list[dict[str, Any]]:
+    """One arm's reply to each conversation, in batches of that arm alone (so its latency is its own)."""
+    return generate_rows(models, [(arm, c) for c in conversations], system_prompt, settings, max_new_tokens)
+
+
+def generate_for_arms(
+    models: ArmModels,
+    arms: list[Arm],
+    conversations: list[Messages],
+    system_prompt: str | None,
+    settings: GenSettings,
+    max_new_tokens: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every arm's reply to each conversation, the arms sharing batches; by arm name, in input order."""
+    rows = [(arm, c) for arm in arms for c in conversations]
+    out = generate_rows(models, rows, system_prompt, settings, max_new_tokens)
+    n = len(conversations)
+    return {arm.name: out[k * n : (k + 1) * n] for k, arm in enumerate(arms)}
+
+
+def generate_conversations(
+    models: ArmModels,
+    arms: list[Arm],
     conversations: list[MultiTurn],
     system_prompt: str | None,
     settings: GenSettings,
-) -> list[dict[str, Any]]:
-    """Multi-turn runs: each arm's own replies are fed back; all conversations advance one turn per batch.
+) -> dict[str, list[dict[str, Any]]]:
+    """Multi-turn runs: each arm's own replies are fed back; every arm's conversations advance one turn per batch.
 
-    Returns one record per reply: {prompt_id, turn, conversation (without system), text, ...}.
+    Returns, by arm name, one record per reply: {prompt_id, turn, conversation (without system), text, ...}.
     """
-    histories: dict[str, Messages] = {c.id: [] for c in conversations}
-    records: list[dict[str, Any]] = []
+    histories: dict[tuple[str, str], Messages] = {(arm.name, c.id): [] for arm in arms for c in conversations}
+    records: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in arms}
     for turn in range(max((len(c.turns) for c in conversations), default=0)):
-        active = [c for c in conversations if turn < len(c.turns)]
-        for c in active:
-            histories[c.id].append({"role": "user", "content": c.turns[turn]})
-        replies = generate_replies(
-            models, arm, [histories[c.id] for c in active], system_prompt, settings, settings.max_new_tokens
+        active = [(arm, c) for arm in arms for c in conversations if turn < len(c.turns)]
+        for arm, c in active:
+            histories[arm.name, c.id].append({"role": "user", "content": c.turns[turn]})
+        replies = generate_rows(
+            models,
+            [(arm, histories[arm.name, c.id]) for arm, c in active],
+            system_prompt,
+            settings,
+            settings.max_new_tokens,
         )
-        for c, reply in zip(active, replies, strict=True):
-            records.append({"prompt_id": c.id, "turn": turn, "conversation": list(histories[c.id]), **reply})
-            histories[c.id].append({"role": "assistant", "content": reply["text"]})
+        for (arm, c), reply in zip(active, replies, strict=True):
+            history = histories[arm.name, c.id]
+            records[arm.name].append({"prompt_id": c.id, "turn": turn, "conversation": list(history), **reply})
+            history.append({"role": "assistant", "content": reply["text"]})
     return records
 
 

@@ -171,8 +171,11 @@ def test_base_outputs_are_cached_across_runs(pirate_run, compared, tmp_path, one
     folder, again = run_compare(options(pirate_run, tmp_path / "again", cache, arms="base,prompt"),
                                 say=lambda *_: None)
     hits = set(again.settings.cache["hits"])
-    assert {"single/base", "single/prompt", "multi/prompt", "long/base", "classifier-base/base",
-            "perplexity/base", "mc-commonsense_en/prompt"} <= hits
+    assert {"single/base", "single/prompt", "classifier-base/base", "perplexity/base",
+            "mc-commonsense_en/prompt"} <= hits
+    # Conversations and long answers are computed again, every arm in shared batches (never cached), and in
+    # fp32 the base rows that shared PEFT's mixed batches with adapter rows read as the plain model's.
+    assert not {"multi/base", "multi/prompt", "long/base", "long/prompt"} & hits
     old = (first_folder / "samples.jsonl").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in old.splitlines()]
     first_texts = {(x["arm"], x["prompt_id"], x["turn"]): x["text"] for x in rows}
@@ -192,3 +195,22 @@ def test_cli_rejects_a_bad_arm_in_one_line(pirate_run):
         "error: --arms promt: unknown arm (expected base, prompt, adapter, adapter+prompt, adapter:<run> "
         "or adapter:<run>+prompt)"
     )
+
+
+def test_arms_sharing_a_batch_answer_as_each_does_alone(pirate_run, one_thread):
+    """Base, prompt and adapter rows in one mixed batch (PEFT's adapter_names) reply as each arm's own batch."""
+    from finetune.compare.arms import parse_arms
+    from finetune.compare.generation import ArmModels, GenSettings, generate_for_arms, generate_replies
+    from finetune.recipe import load_recipe
+
+    recipe = load_recipe(pirate_run.recipe_path)
+    models = ArmModels(recipe, {"pirate": pirate_run.run_dir / "adapter"}, "fp32")
+    arms = parse_arms("base,prompt,adapter,adapter+prompt", ["pirate"])
+    messages = [[{"role": "user", "content": q}] for q in
+                ("What is the capital of France?", "How do I boil an egg?", "Why is the sky blue?")]
+    settings = GenSettings(max_new_tokens=24, long_max_new_tokens=24, batch_size=16, seed=0, repetition_penalty=1.3)
+    alone = {arm.name: [r["text"] for r in generate_replies(models, arm, messages, recipe.system_prompt,
+                                                            settings, 24)] for arm in arms}
+    together = generate_for_arms(models, arms, messages, recipe.system_prompt, settings, 24)
+    assert {name: [r["text"] for r in rows] for name, rows in together.items()} == alone
+    assert alone["adapter"] != alone["base"]  # the arms answer differently, so a row given the wrong arm would show
