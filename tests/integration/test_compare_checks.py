@@ -93,3 +93,23 @@ def test_cached_multiple_choice_scores_equal_plain_full_sequence_log_probs(tiny_
                 assert count == len(option)
                 want = plain_option_logprob(model, prefix, option)
                 assert total == pytest.approx(want, abs=2e-4), (with_head, option, total, want)
+
+
+def test_generation_hands_the_output_layer_contiguous_rows_under_an_adapter(tmp_path, tiny_llama, pirate_rows):
+    """Under a PEFT adapter (frozen base weights) a strided last-position row made torch copy the output
+    weight once per row in generation's first step (0.87 GB for the bundled model at 16 rows in bf16):
+    load_base's hook must hand the layer contiguous rows, and the replies must not change."""
+    from finetune.inference import attach_adapter, generate, load_base, load_run
+
+    run_dir, recipe = load_run(tiny_run(tmp_path, tiny_llama, pirate_rows, "contiguous"))
+    model, tokenizer = load_base(recipe, "bf16")
+    model = attach_adapter(model, run_dir / "adapter")
+    seen: list[tuple[tuple[int, ...], bool]] = []
+    head = model.get_output_embeddings()
+    head.register_forward_pre_hook(lambda _m, args: seen.append((tuple(args[0].shape), args[0].is_contiguous())))
+    chats = [[{"role": "user", "content": q}] for q in ("Hello there", "Where is the treasure buried, matey?")]
+    replies = [g.text for g in generate(model, tokenizer, chats, max_new_tokens=4, batch_size=2)]
+    assert seen and seen[0][0][:2] == (2, 1)  # the first step projects one position per row
+    assert all(contiguous for _, contiguous in seen)
+    head._forward_pre_hooks.clear()  # without the hook (and the recorder): the same replies
+    assert [g.text for g in generate(model, tokenizer, chats, max_new_tokens=4, batch_size=2)] == replies
