@@ -85,12 +85,16 @@ def generate(
     temperature: float = 0.7,
     processors: Any = None,
     adapter_names: list[str] | None = None,
+    min_new_tokens: int = 0,
+    streamer: Any = None,
 ) -> list[Generation]:
     """Batched generation with left padding and the KV cache; greedy unless `do_sample` (seeded).
 
     `processors`: a factory of logits processors, called once per batch (compare's repetition control).
     `adapter_names`: one PEFT adapter name per conversation (`__base__` for none), for a PEFT model that
-    answers rows of several adapters in one batch (PEFT's mixed-adapter batches).
+    answers rows of several adapters in one batch (PEFT's mixed-adapter batches). `min_new_tokens`: no
+    end-of-turn before that many tokens; `streamer`: transformers' streamer, handed each step's tokens (both
+    for compare's time probe, which times a fixed number of decoding steps).
     """
     import torch
 
@@ -115,6 +119,8 @@ def generate(
                 pad_token_id=tokenizer.pad_token_id,
                 use_cache=True,
                 logits_processor=processors() if processors else None,
+                min_new_tokens=min_new_tokens or None,
+                streamer=streamer,
                 **mixed,
             )
         elapsed = time.perf_counter() - began

@@ -84,12 +84,23 @@ def compare(
     dtype: str = typer.Option(
         "auto", "--dtype", help="Inference dtype: auto (bf16 where measured fast, else fp32), fp32 or bf16."
     ),
+    max_time: str | None = typer.Option(
+        None,
+        "--max-time",
+        help="Finish in about this long ('4m', '1h'): a short probe, then every prompt set cut by one fraction.",
+    ),
 ) -> None:
     """A/B test adapters against a system prompt: style, drift, retained skill, cost, with 95% CIs."""
+    from finetune.compare import CompareError
     from finetune.compare.report import console_table
     from finetune.compare.run import CompareOptions, run_compare
     from finetune.console import console
+    from finetune.recipe import parse_duration
 
+    try:
+        seconds = parse_duration(max_time)
+    except ValueError as exc:
+        raise CompareError(f"--max-time {max_time}: {exc}") from None
     options = CompareOptions(
         recipe_path=recipe,
         adapters=adapter,
@@ -118,6 +129,7 @@ def compare(
         repetition_penalty=repetition_penalty,
         use_cache=not no_cache,
         dtype=dtype,
+        max_time=seconds,
     )
     folder, report = run_compare(options, say=lambda text: console.print(text, highlight=False))
     console.print(console_table(report))

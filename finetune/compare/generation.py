@@ -94,6 +94,8 @@ def generate_rows(
     system_prompt: str | None,
     settings: GenSettings,
     max_new_tokens: int,
+    min_new_tokens: int = 0,
+    streamer: Any = None,
 ) -> list[dict[str, Any]]:
     """One reply per (arm, conversation) row: {text, prompt_tokens, completion_tokens, latency_s, s_per_token}.
 
@@ -121,6 +123,8 @@ def generate_rows(
             # The same repetition control for every arm: decoding must not favour one.
             processors=processors(settings.repetition_penalty, stop_ids(models.tokenizer)),
             adapter_names=adapter_names,
+            min_new_tokens=min_new_tokens,
+            streamer=streamer,
         )
     out: list[dict[str, Any]] = [{}] * len(sent)
     for i, result in zip(order, results, strict=True):
@@ -220,6 +224,14 @@ class OutputCache:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[
             :32
         ]
+
+    def has(
+        self, what: str, arm: Arm, system_prompt: str | None, items_hash: str, settings: dict[str, Any]
+    ) -> bool:
+        """Whether get_or_compute would answer from the cache (the time budget counts such work as free)."""
+        if self.folder is None or arm.uses_adapter:
+            return False
+        return (self.folder / f"{self.key(what, arm, system_prompt, items_hash, settings)}.json").is_file()
 
     def get_or_compute(
         self,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from finetune.compare import CompareError, analysis, breakeven, prompts, quality, stats
+from finetune.compare import CompareError, analysis, breakeven, budget, prompts, quality, stats
 from finetune.compare.arms import Arm, parse_arms
 from finetune.compare.classifier import StyleClassifier, embedder_path
 from finetune.compare.decision import decide
@@ -44,6 +44,7 @@ from finetune.errors import ModelError, RunError
 from finetune.paths import finetune_home, outputs_dir
 from finetune.recipe import Recipe, load_recipe
 from finetune.runs import library_versions, read_summary, resolve_run
+from finetune.telemetry import format_duration
 
 DEFAULT_MC = ("datasets/eval/commonsense_en.jsonl", "datasets/eval/commonsense_ja.jsonl")
 PERPLEXITY = "exp(mean negative log-likelihood per assistant token) of each reference; mean over references"
@@ -81,6 +82,7 @@ class CompareOptions:
     use_cache: bool = True
     cache_dir: Path | None = None  # default $FINETUNE_HOME/compare-cache
     dtype: str = "auto"  # auto: bf16 where the hardware runs it fast (avx512_bf16, AMX, GPUs), else fp32
+    max_time: float | None = None  # seconds: shrink the prompt sets to finish in about this long (budget.py)
 
 
 @dataclass
@@ -165,6 +167,38 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
     cache_dir = (opts.cache_dir or finetune_home() / "compare-cache") if opts.use_cache else None
     cache = OutputCache(cache_dir, model_identity(recipe, dtype, device))
     timings["load_s"] = time.perf_counter() - t0
+
+    # 3b. A time budget: a few seconds of probing, then every prompt set cut to one shared fraction that fits.
+    fitted: dict[str, Any] | None = None
+    if opts.max_time:
+        t0 = time.perf_counter()
+        rates = budget.measure(models, arms, [p.messages for p in singles],
+                               [p.reference for p in singles if p.reference], recipe.dataset.max_length, settings)
+        timings["budget_probe_s"] = time.perf_counter() - t0
+
+        def cached(what: str, arm: Arm, n: int) -> bool:  # work the cache holds costs nothing
+            items = {"single": singles, "classifier-base": pairs}[what][:n]
+            return cache.has(what, arm, system_prompt, prompts.content_hash(items), gen_key)
+
+        work = budget.plan(models.tokenizer, arms, system_prompt, settings, recipe.dataset.max_length, singles,
+                           multi, longs, pairs, [qs for _, qs in mc_sets.values()], cached)
+        requested = budget.Sizes(len(singles), len(multi), len(longs),
+                                 max((len(q) for _, q in mc_sets.values()), default=0), len(pairs))
+        left = opts.max_time - (time.perf_counter() - started)
+        sizes, parts = budget.fit(rates, work, requested, left)
+        singles, multi, longs, pairs = (singles[: sizes.singles], multi[: sizes.conversations],
+                                        longs[: sizes.long], pairs[: sizes.classifier])
+        mc_sets = {name: (path, qs[: sizes.mc]) for name, (path, qs) in mc_sets.items()}
+        fitted = {"max_time_s": opts.max_time, "probe_s": round(timings["budget_probe_s"], 2),
+                  "rates": asdict(rates), "requested": asdict(requested), "fitted": asdict(sizes),
+                  "predicted_s": {k: round(v, 1) for k, v in parts.items()}}
+        say(_budget_line(opts.max_time, requested, sizes, sum(parts.values()), left, timings["budget_probe_s"]))
+        if sizes != requested:
+            warnings.append(f"--max-time {format_duration(opts.max_time)}: prompt sets cut to fit "
+                            f"({_cut_text(requested, sizes)}); intervals are wider than the full sets give")
+        if sum(parts.values()) > left:
+            warnings.append(f"--max-time {format_duration(opts.max_time)}: predicted "
+                            f"{format_duration(sum(parts.values()))} even at the smallest sets")
 
     # 4. Generate. Single prompts one arm at a time (their batches time each arm's latency); base and prompt
     # arms come from the cache when an earlier compare computed them.
@@ -260,6 +294,13 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
         + cost_lines
     )
     timings["total_s"] = time.perf_counter() - started
+    if fitted is not None:
+        fitted["measured_s"] = {
+            "single": round(sum(timings[f"generate_{a.name}_s"] for a in arms), 1),
+            "shared": round(timings["generate_shared_s"], 1),
+            "classifier": round(timings["classifier_s"], 1),
+            "score": round(timings["score_s"], 1),
+        }
 
     def prompt_set(source: str | None, items: list, always_hashed: bool = False) -> PromptSet:
         digest = prompts.content_hash(items) if items or always_hashed else None
@@ -303,6 +344,7 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
             dtype=dtype,
             versions=library_versions(),
             statistics=analysis.statistics_settings(family),
+            budget=fitted,
         ),
         arms=arm_metrics,
         differences=diffs,
@@ -326,6 +368,25 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
 
     write_outputs(out_dir, report, samples)
     return out_dir, report
+
+
+def _cut_text(requested: budget.Sizes, sizes: budget.Sizes) -> str:
+    """'12 of 24 prompts, 2 of 4 conversations, ...' for the sets the budget cut."""
+    names = {"singles": "prompts", "conversations": "conversations", "long": "long prompts",
+             "mc": "multiple-choice questions per file", "classifier": "classifier replies"}
+    return ", ".join(f"{getattr(sizes, k)} of {getattr(requested, k)} {label}" for k, label in names.items()
+                     if getattr(sizes, k) != getattr(requested, k))
+
+
+def _budget_line(
+    max_time: float, requested: budget.Sizes, sizes: budget.Sizes, predicted: float, left: float, probe: float
+) -> str:
+    """The console line saying what the time budget decided."""
+    head = f"  time budget {format_duration(max_time)} (probe {probe:.0f} s): "
+    if sizes == requested:
+        return head + f"every set fits, predicted {format_duration(predicted)} of {format_duration(left)} left"
+    over = "" if predicted <= left else " (over the budget even at the smallest sets)"
+    return head + f"cut to {_cut_text(requested, sizes)}; predicted {format_duration(predicted)}{over}"
 
 
 def _str(path: Path | None) -> str | None:

@@ -240,6 +240,7 @@ class Settings(_Strict):
     dtype: str
     versions: dict[str, str]
     statistics: dict[str, Any] | None = None  # tests, correction and family size (docs/compare.md)
+    budget: dict[str, Any] | None = None  # --max-time: probe rates, requested and fitted sizes, predicted/measured
 
 
 class Report(_Strict):

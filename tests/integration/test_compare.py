@@ -53,7 +53,9 @@ def one_thread():
 def compared(pirate_run, tmp_path_factory, one_thread):
     """One full comparison of the four arms; returns (folder, report as report.json has it, cache folder)."""
     root = tmp_path_factory.mktemp("compare")
-    folder, report = run_compare(options(pirate_run, root / "out", root / "cache"), say=lambda *_: None)
+    # An hour's budget: the probe runs and predicts, and nothing is cut.
+    folder, report = run_compare(options(pirate_run, root / "out", root / "cache", max_time=3600.0),
+                                 say=lambda *_: None)
     return folder, report.model_dump(mode="json", exclude_unset=True), root / "cache"
 
 
@@ -182,6 +184,43 @@ def test_base_outputs_are_cached_across_runs(pirate_run, compared, tmp_path, one
     for x in map(json.loads, (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines()):
         assert first_texts[(x["arm"], x["prompt_id"], x["turn"])] == x["text"]
     assert again.arms["base"].style.mean == pytest.approx(first["arms"]["base"]["style"]["mean"])
+
+
+def test_a_budget_the_sets_fit_in_cuts_nothing(compared):
+    _, report, _ = compared
+    budget = report["settings"]["budget"]
+    asked = {"singles": 16, "conversations": 2, "long": 2, "mc": 20, "classifier": 48}
+    assert budget["requested"] == budget["fitted"] == asked
+    sets = report["settings"]["prompt_sets"]
+    assert sets["single"]["n"] == 16 and sets["classifier"]["n"] == 48 and sets["mc:commonsense_en"]["n"] == 20
+    rates = budget["rates"]
+    assert all(rates[k] > 0 for k in ("prefill_tokens_s", "score_tokens_s", "step_per_row_s"))
+    # Every part predicted and measured; the prediction takes replies at full length, so it is an upper
+    # bound where replies end early, but not a wild one (the same machine, seconds apart).
+    assert set(budget["predicted_s"]) == set(budget["measured_s"]) == {"single", "shared", "classifier", "score"}
+    predicted, measured = sum(budget["predicted_s"].values()), sum(budget["measured_s"].values())
+    assert 0.25 < predicted / measured < 4, (budget["predicted_s"], budget["measured_s"])
+    assert not any("--max-time" in w for w in report["warnings"])
+
+
+def test_a_short_budget_cuts_every_set_to_its_floor_and_says_so(pirate_run, tmp_path, one_thread):
+    said: list[str] = []
+    folder, report = run_compare(options(pirate_run, tmp_path / "out", tmp_path / "cache", max_time=1.0,
+                                         arms="base,adapter"), say=said.append)
+    sets = report.settings.prompt_sets
+    # Every set at its floor where more was asked (12 prompts, 1 conversation, 1 long prompt, 24 classifier
+    # replies); the questions, asked at their floor (20), stay.
+    assert (sets["single"].n, sets["multi"].n, sets["long"].n, sets["mc:commonsense_en"].n,
+            sets["classifier"].n) == (12, 1, 1, 20, 24)
+    assert report.settings.budget["fitted"] == {"singles": 12, "conversations": 1, "long": 1, "mc": 20,
+                                                "classifier": 24}
+    assert report.arms["adapter"].style.n == 12 and report.classifier.n_train + report.classifier.n_test == 48
+    line = next(text for text in said if "time budget" in text)
+    assert ("cut to 12 of 16 prompts, 1 of 2 conversations, 1 of 2 long prompts, 24 of 48 classifier replies"
+            in line and "over the budget" in line)
+    assert [w.split(":")[0] for w in report.warnings if w.startswith("--max-time")] == ["--max-time 1s"] * 2
+    rows = (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len({json.loads(r)["prompt_id"] for r in rows if json.loads(r)["kind"] == "single"}) == 12
 
 
 def test_cli_rejects_a_bad_arm_in_one_line(pirate_run):

@@ -130,3 +130,12 @@ def test_arena_module_goes_through_the_same_funnel(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_compare_rejects_a_budget_that_is_no_duration(tmp_path, monkeypatch, capsys):
+    path = recipe(tmp_path, data_rows=[GOOD_ROW] * 4)
+    code, err = run_cli(monkeypatch, capsys, "compare", str(path), "--max-time", "soon")
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        "error: --max-time soon: expected a duration like '7h', '90m' or '1h30m', got 'soon'"
+    )

@@ -1,0 +1,320 @@
+"""A time budget for compare (`--max-time`): time the loaded model briefly, predict each part, shrink the sets.
+
+Training fits its schedule into `max_time` from its first steps' speed; compare does the same from a probe of
+a few seconds. The probe times generation as compare runs it (batches of the real prompts, the repetition
+control, the adapter switched on, PEFT's mixed-adapter batches) and one batch of perplexity scoring. The
+prediction then walks the work compare is about to do, batch by batch: each generation batch costs its prompt
+tokens at the measured prefill rate plus `max_new_tokens` decoding steps (a step costs a + b x rows, times the
+adapter's or the mixed batch's measured factor); scoring costs its tokens at the measured scoring rate.
+Replies are taken at full length, so the prediction is an upper bound where replies end early.
+
+When the whole plan does not fit, every prompt set shrinks by one shared factor (first N items: the sets
+are prefixes, so a smaller run is a subset of the full one) down to floors below which a verdict means
+little; what is cut is said on the console and recorded in report.json.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from finetune.compare.arms import Arm
+from finetune.compare.prompts import LongPrompt, MCQuestion, Messages, MultiTurn, SinglePrompt, TrainPair
+
+PROBE_STEPS = 10  # decoding steps timed per probe (after the one that comes with the prompt's forward pass)
+PROBE_PROMPTS = 4  # real prompts whose forward pass gives the prompt-token rate
+PROBE_REFERENCES = 2  # perplexity rows timed (scoring costs per token, so a few rows give its rate)
+# Below these a set stops shrinking (or keeps what was asked, when that is less). Under 12 single prompts the
+# verdicts stand on little more than the paired tests' minimum of 5 items; conversations and long answers
+# under 5 items give drift figures without intervals at any size, so one of each still shows the drift.
+FLOORS = {"singles": 12, "conversations": 1, "long": 1, "mc": 20, "classifier": 24}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many items of each prompt set compare uses (`mc` is per multiple-choice file)."""
+
+    singles: int
+    conversations: int
+    long: int
+    mc: int
+    classifier: int
+
+    def scaled(self, factor: float, floors: Sizes) -> Sizes:
+        """Every set at `factor` of its size, never below its floor nor above its size."""
+        return Sizes(**{
+            name: min(full, max(getattr(floors, name), math.ceil(factor * full)))
+            for name, full in asdict(self).items()
+        })
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What the probe measured on the loaded model, in the inference dtype."""
+
+    prefill_tokens_s: float  # prompt tokens per second of a generation batch's first forward pass
+    score_tokens_s: float  # tokens per second of teacher-forced scoring (perplexity, multiple choice)
+    step_s: float  # a: seconds of one decoding step, apart from its rows
+    step_per_row_s: float  # b: seconds each row adds to a decoding step
+    adapter_factor: float = 1.0  # a step with an adapter switched on, over the base model's
+    mixed_factor: float = 1.0  # a step of PEFT's mixed-adapter batch, over one adapter's
+
+    def step(self, rows: int, kind: str) -> float:
+        """Seconds of one decoding step of `rows` rows: kind base, adapter or mixed."""
+        factor = {"base": 1.0, "adapter": self.adapter_factor,
+                  "mixed": self.adapter_factor * self.mixed_factor}[kind]
+        return (self.step_s + self.step_per_row_s * rows) * factor
+
+
+@dataclass
+class Work:
+    """The prompt sets compare is about to run, as token counts (every list in the sets' own order).
+
+    Generation rows are prompt token counts with and without the persona system prompt; conversations give,
+    per conversation, the prompt tokens of each turn (earlier replies counted at full length).
+    """
+
+    arms: list[Arm]
+    batch_size: int
+    max_new_tokens: int
+    long_max_new_tokens: int
+    singles: dict[bool, list[int]]  # with system prompt (True) or without
+    conversations: dict[bool, list[list[int]]]
+    long: dict[bool, list[int]]
+    classifier: list[int]
+    references: dict[bool, list[int]]  # perplexity rows, aligned with singles (0: no reference)
+    mc: dict[bool, list[list[int]]]  # per file, per question: prompt plus every option's tokens
+    cached: Callable[[str, Arm, int], bool] = lambda what, arm, n: False  # noqa: E731 (a default)
+
+
+def prompt_tokens(tokenizer: Any, messages: Messages) -> int:
+    """Tokens of a prompt as generation sends it (chat template with the generation prompt)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def plan(
+    tokenizer: Any,
+    arms: list[Arm],
+    system_prompt: str | None,
+    settings: Any,
+    max_length: int,
+    singles: list[SinglePrompt],
+    multi: list[MultiTurn],
+    longs: list[LongPrompt],
+    pairs: list[TrainPair],
+    mc_sets: list[list[MCQuestion]],
+    cached: Callable[[str, Arm, int], bool],
+) -> Work:
+    """The prompt sets as token counts, with and without the system prompt (`mc_sets`: questions per file).
+
+    `cached(what, arm, n)`: whether the cache holds that arm's `single` replies, or the base model's
+    `classifier-base` replies, for the first n items.
+    """
+    from finetune.compare.likelihood import mc_user_message
+    from finetune.data import end_of_turn_token, tokenize_conversation
+
+    terminator = end_of_turn_token(tokenizer)
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    # An earlier reply in a conversation, counted at full length (an upper bound, as the prediction is).
+    reply = {"role": "assistant", "content": " ".join(["a"] * settings.max_new_tokens)}
+
+    def tokens(messages: list[dict[str, str]], with_system: bool) -> int:
+        return prompt_tokens(tokenizer, (system if with_system else []) + messages)
+
+    def turns(conversation: MultiTurn, with_system: bool) -> list[int]:
+        out, history = [], []
+        for turn in conversation.turns:
+            history.append({"role": "user", "content": turn})
+            out.append(tokens(history, with_system))
+            history.append(reply)
+        return out
+
+    def reference(p: SinglePrompt, with_system: bool) -> int:
+        if not p.reference:
+            return 0
+        rows = (system if with_system else []) + p.reference
+        return len(tokenize_conversation(tokenizer, rows, max_length, terminator)["input_ids"])
+
+    def mc(question: MCQuestion) -> int:
+        options = sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in question.choices)
+        return tokens([{"role": "user", "content": mc_user_message(question)}], False) + options
+
+    def with_or_not(count: Callable[[bool], Any]) -> dict[bool, Any]:
+        return {with_system: count(with_system) for with_system in (False, True)}
+
+    return Work(
+        arms=arms,
+        batch_size=settings.batch_size,
+        max_new_tokens=settings.max_new_tokens,
+        long_max_new_tokens=settings.long_max_new_tokens,
+        singles=with_or_not(lambda s: [tokens(p.messages, s) for p in singles]),
+        conversations=with_or_not(lambda s: [turns(c, s) for c in multi]),
+        long=with_or_not(lambda s: [tokens([{"role": "user", "content": p.prompt}], s) for p in longs]),
+        classifier=[tokens(p.messages, False) for p in pairs],
+        references=with_or_not(lambda s: [reference(p, s) for p in singles]),
+        mc=with_or_not(lambda _: [[mc(q) for q in qs] for qs in mc_sets]),
+        cached=cached,
+    )
+
+
+def _kind(arms: list[Arm]) -> str:
+    """How a batch of these arms' rows runs (generation.ArmModels.use_rows): base, adapter or mixed."""
+    adapters = {arm.adapter for arm in arms}
+    if len(adapters) > 1:
+        return "mixed"
+    return "base" if adapters == {None} else "adapter"
+
+
+def generation_s(rates: Rates, lengths: list[int], new_tokens: int, batch_size: int, kind: str) -> float:
+    """Predicted seconds to answer prompts of these token counts, batched by length as generation does."""
+    total = 0.0
+    ordered = sorted(lengths)
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start : start + batch_size]
+        total += len(chunk) * max(chunk) / rates.prefill_tokens_s + new_tokens * rates.step(len(chunk), kind)
+    return total
+
+
+def predict(rates: Rates, work: Work, sizes: Sizes) -> dict[str, float]:
+    """Predicted seconds of each part of compare (generation, classifier, scoring) at these sizes."""
+    b, arms = work.batch_size, work.arms
+    single_s = sum(
+        generation_s(rates, work.singles[arm.prompt][: sizes.singles], work.max_new_tokens, b, _kind([arm]))
+        for arm in arms
+        if not work.cached("single", arm, sizes.singles)
+    )
+    shared_s = 0.0
+    conversations = {p: rows[: sizes.conversations] for p, rows in work.conversations.items()}
+    for turn in range(max((len(c) for c in conversations[False]), default=0)):
+        rows = [(arm, c[turn]) for arm in arms for c in conversations[arm.prompt] if turn < len(c)]
+        if rows:
+            lengths = [n for _, n in rows]
+            shared_s += generation_s(rates, lengths, work.max_new_tokens, b, _kind([a for a, _ in rows]))
+    longs = [work.long[arm.prompt][i] for arm in arms for i in range(min(sizes.long, len(work.long[False])))]
+    if longs:
+        shared_s += generation_s(rates, longs, work.long_max_new_tokens, b, _kind(arms))
+    base = Arm("base", None, False)
+    classifier_s = 0.0
+    if not work.cached("classifier-base", base, sizes.classifier):
+        classifier_s = generation_s(rates, work.classifier[: sizes.classifier], work.max_new_tokens, b, "base")
+    scored = sum(
+        sum(work.references[arm.prompt][: sizes.singles])
+        + sum(sum(per_file[: sizes.mc]) for per_file in work.mc[arm.prompt])
+        for arm in arms
+    )
+    return {
+        "single": single_s,
+        "shared": shared_s,
+        "classifier": classifier_s,
+        "score": scored / rates.score_tokens_s,
+    }
+
+
+def fit(rates: Rates, work: Work, requested: Sizes, seconds: float) -> tuple[Sizes, dict[str, float]]:
+    """The largest sizes, one shared fraction of each requested set, predicted to finish in `seconds`.
+
+    Returns the sizes and their predicted parts; at the floors the prediction may still exceed `seconds`
+    (the caller says so).
+    """
+    floors = Sizes(**FLOORS)
+    if sum(predict(rates, work, requested).values()) <= seconds:
+        return requested, predict(rates, work, requested)
+    low, high = 0.0, 1.0
+    for _ in range(20):  # bisection on the shared fraction; sizes are whole items, so 20 halvings suffice
+        middle = (low + high) / 2
+        if sum(predict(rates, work, requested.scaled(middle, floors)).values()) <= seconds:
+            low = middle
+        else:
+            high = middle
+    sizes = requested.scaled(low, floors)
+    return sizes, predict(rates, work, sizes)
+
+
+class _StepClock:
+    """A transformers streamer that notes when each decoding step hands over its tokens."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, value: Any) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def measure(
+    models: Any,
+    arms: list[Arm],
+    sample: list[Messages],
+    references: list[Messages],
+    max_length: int,
+    settings: Any,
+) -> Rates:
+    """Time generation and scoring on the loaded model: a few seconds of the batches compare will run.
+
+    `sample`: single prompts (the first few are timed); `references`: perplexity rows (likewise).
+    One generation per kind of batch, its steps timed as they stream: the first interval is the prompt's
+    forward pass, the median of the rest is a decoding step (a median, so one step a neighbour slowed
+    does not become the rate).
+    """
+    import statistics
+
+    from finetune.compare.generation import generate_rows
+    from finetune.compare.likelihood import reference_log_perplexities
+
+    width = settings.batch_size
+    base = Arm("base", None, False)
+    adapter = next((arm for arm in arms if arm.adapter), None)
+    # Decoding steps are timed on a two-word prompt (a step's cost hardly depends on a short context, and a
+    # long prompt's forward pass would cost the probe more than its steps); the prompt rate on real prompts.
+    short: Messages = [{"role": "system", "content": "Hi."}, {"role": "user", "content": "Hi."}]
+    real = [sample[i % len(sample)] for i in range(min(width, PROBE_PROMPTS))]
+
+    def timed(batch: list[tuple[Arm, Messages]], steps: int = 1 + PROBE_STEPS) -> tuple[float, float]:
+        """(seconds of the prompt's forward pass, seconds of one decoding step) of one generation."""
+        clock = _StepClock()
+        generate_rows(models, batch, None, replace(settings, batch_size=len(batch)), steps,
+                      min_new_tokens=steps, streamer=clock)
+        gaps = [later - earlier for earlier, later in zip(clock.times, clock.times[1:])]
+        return gaps[0], max(1e-6, statistics.median(gaps[1:]))
+
+    timed([(base, short)], 2)  # a first call pays one-time set-up
+    _, one = timed([(base, short)])
+    _, full = timed([(base, short)] * width)
+    prefill, _ = timed([(base, r) for r in real], 2)
+    per_row = max(0.0, (full - one) / max(1, width - 1))
+    adapter_factor = mixed_factor = 1.0
+    if adapter is not None:
+        _, with_adapter = timed([(adapter, short)] * width)
+        adapter_factor = with_adapter / full
+        if any(arm.adapter != adapter.adapter for arm in arms):
+            _, mixed = timed([(adapter if i % 2 else base, short) for i in range(width)])
+            mixed_factor = mixed / with_adapter
+    prompt_total = sum(prompt_tokens(models.tokenizer, r) for r in real)
+    prefill_rate = prompt_total / max(1e-6, prefill)
+    # Scoring: a few perplexity rows as compare scores them (every position's log-probabilities).
+    score_rate = prefill_rate
+    refs = references[:PROBE_REFERENCES]
+    if refs:
+        from finetune.data import end_of_turn_token, tokenize_conversation
+
+        terminator = end_of_turn_token(models.tokenizer)
+        tokens = sum(len(tokenize_conversation(models.tokenizer, r, max_length, terminator)["input_ids"])
+                     for r in refs)
+        with models.use(adapter or base) as model:
+            began = time.perf_counter()
+            reference_log_perplexities(model, models.tokenizer, refs, max_length, len(refs))
+            score_rate = tokens / max(1e-6, time.perf_counter() - began)
+    return Rates(
+        prefill_tokens_s=prefill_rate,
+        score_tokens_s=score_rate,
+        step_s=max(0.0, one - per_row),
+        step_per_row_s=per_row,
+        adapter_factor=adapter_factor,
+        mixed_factor=mixed_factor,
+    )

@@ -1,0 +1,90 @@
+"""compare's time budget: predicted seconds from measured rates, and the sizes that fit (finetune/compare/budget.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune.compare.arms import parse_arms
+from finetune.compare.budget import FLOORS, Rates, Sizes, Work, fit, generation_s, predict
+
+RATES = Rates(prefill_tokens_s=1000.0, score_tokens_s=500.0, step_s=0.04, step_per_row_s=0.002,
+              adapter_factor=1.5, mixed_factor=1.25)
+FULL = Sizes(singles=48, conversations=8, long=8, mc=100, classifier=96)
+
+
+def work(**overrides) -> Work:
+    """Four arms over sets of FULL's sizes, prompts 40 tokens (80 with the system prompt)."""
+    fields = dict(
+        arms=parse_arms("base,prompt,adapter,adapter+prompt", ["run"]),
+        batch_size=16,
+        max_new_tokens=64,
+        long_max_new_tokens=192,
+        singles={False: [40] * 48, True: [80] * 48},
+        conversations={False: [[40, 140, 240]] * 8, True: [[80, 180, 280]] * 8},
+        long={False: [50] * 8, True: [90] * 8},
+        classifier=[40] * 96,
+        references={False: [120] * 48, True: [160] * 48},
+        mc={False: [[60] * 100], True: [[60] * 100]},
+    )
+    fields.update(overrides)
+    return Work(**fields)
+
+
+def test_a_batch_costs_its_prompt_tokens_and_its_steps():
+    # 17 rows at batch 16: a batch of 16 and a batch of one, each padded to its own longest prompt.
+    lengths = [10] * 16 + [100]
+    expected = (16 * 10 / 1000 + 5 * (0.04 + 0.002 * 16)) + (1 * 100 / 1000 + 5 * (0.04 + 0.002 * 1))
+    assert generation_s(RATES, lengths, 5, 16, "base") == pytest.approx(expected)
+    # An adapter's steps cost its factor; a mixed batch both factors; prompt tokens cost the same.
+    adapter = generation_s(RATES, [10], 5, 16, "adapter") - 10 / 1000
+    mixed = generation_s(RATES, [10], 5, 16, "mixed") - 10 / 1000
+    assert adapter == pytest.approx(5 * 0.042 * 1.5) and mixed == pytest.approx(5 * 0.042 * 1.5 * 1.25)
+
+
+def test_every_part_grows_with_its_own_set():
+    whole = predict(RATES, work(), FULL)
+    assert all(seconds > 0 for seconds in whole.values())
+    fewer_turns = predict(RATES, work(), Sizes(48, 4, 8, 100, 96))
+    assert fewer_turns["shared"] < whole["shared"] and fewer_turns["single"] == whole["single"]
+    fewer_questions = predict(RATES, work(), Sizes(48, 8, 8, 50, 96))
+    assert fewer_questions["score"] < whole["score"] and fewer_questions["classifier"] == whole["classifier"]
+
+
+def test_a_budget_the_whole_plan_fits_changes_nothing():
+    total = sum(predict(RATES, work(), FULL).values())
+    sizes, parts = fit(RATES, work(), FULL, total + 1)
+    assert sizes == FULL and sum(parts.values()) == pytest.approx(total)
+
+
+def test_a_short_budget_cuts_every_set_by_one_fraction_and_fits():
+    total = sum(predict(RATES, work(), FULL).values())
+    sizes, parts = fit(RATES, work(), FULL, total / 2)
+    assert sum(parts.values()) <= total / 2
+    assert sizes.singles < FULL.singles and sizes.mc < FULL.mc and sizes.classifier < FULL.classifier
+    # One shared fraction: each set near the same share of its size (within the rounding of whole items).
+    shares = [sizes.singles / FULL.singles, sizes.mc / FULL.mc, sizes.classifier / FULL.classifier]
+    assert max(shares) - min(shares) < 0.1, shares
+    # The largest such fraction: one more step up would no longer fit.
+    step_up = Sizes(*(min(full, size + 2) for full, size in zip(
+        (FULL.singles, FULL.conversations, FULL.long, FULL.mc, FULL.classifier),
+        (sizes.singles, sizes.conversations, sizes.long, sizes.mc, sizes.classifier), strict=True)))
+    assert sum(predict(RATES, work(), step_up).values()) > total / 2
+
+
+def test_no_budget_goes_below_the_floors():
+    sizes, parts = fit(RATES, work(), FULL, 1.0)
+    assert sizes == Sizes(**FLOORS)
+    assert sum(parts.values()) > 1.0  # the caller warns: over the budget even at the smallest sets
+    small = Sizes(singles=5, conversations=1, long=0, mc=10, classifier=24)  # asked for less than the floors
+    assert fit(RATES, work(), small, 1.0)[0] == small
+
+
+def test_work_already_cached_is_free():
+    cached = work(cached=lambda what, arm, n: what == "classifier-base" or (what == "single" and not arm.adapter))
+    free = predict(RATES, cached, FULL)
+    paid = predict(RATES, work(), FULL)
+    assert free["classifier"] == 0 and 0 < free["single"] < paid["single"]
+    # What the cache saves is time to spend: a budget the uncached plan overruns fits it whole.
+    budget = sum(free.values()) + 0.01
+    assert budget < sum(paid.values()) and fit(RATES, cached, FULL, budget)[0] == FULL
+    assert fit(RATES, work(), FULL, budget)[0] != FULL
