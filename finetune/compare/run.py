@@ -344,7 +344,8 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
             dtype=dtype,
             versions=library_versions(),
             statistics=analysis.statistics_settings(family),
-            budget=fitted,
+            # Only with --max-time: a report without a budget keeps the keys it always had.
+            **({"budget": fitted} if fitted is not None else {}),
         ),
         arms=arm_metrics,
         differences=diffs,
