@@ -1,12 +1,13 @@
 """A time budget for compare (`--max-time`): time the loaded model briefly, predict each part, shrink the sets.
 
 Training fits its schedule into `max_time` from its first steps' speed; compare does the same from a probe of
-a few seconds. The probe times generation as compare runs it (batches of the real prompts, the repetition
-control, the adapter switched on, PEFT's mixed-adapter batches) and one batch of perplexity scoring. The
-prediction then walks the work compare is about to do, batch by batch: each generation batch costs its prompt
-tokens at the measured prefill rate plus `max_new_tokens` decoding steps (a step costs a + b x rows, times the
-adapter's or the mixed batch's measured factor); scoring costs its tokens at the measured scoring rate.
-Replies are taken at full length, so the prediction is an upper bound where replies end early.
+a few seconds on the loaded model (`measure`): decoding steps at one row and at a full batch, with the adapter
+switched on and in PEFT's mixed-adapter batch, a forward pass over a few real prompts, and a few rows of
+perplexity scoring. The prediction (`predict`) then walks the work compare is about to do, batch by batch: each
+generation batch costs its prompt tokens at the measured prompt rate plus `max_new_tokens` decoding steps (a
+step costs a + b x rows, times the adapter's or the mixed batch's measured factor); scoring costs its tokens at
+the measured scoring rate. Replies are taken at full length, which errs high; the embedding model's time and
+the longer context of late conversation turns are not modelled, which errs low (measured: 5-15% low).
 
 When the whole plan does not fit, every prompt set shrinks by one shared factor (first N items: the sets
 are prefixes, so a smaller run is a subset of the full one) down to floors below which a verdict means
@@ -221,8 +222,9 @@ def fit(rates: Rates, work: Work, requested: Sizes, seconds: float) -> tuple[Siz
     (the caller says so).
     """
     floors = Sizes(**FLOORS)
-    if sum(predict(rates, work, requested).values()) <= seconds:
-        return requested, predict(rates, work, requested)
+    whole = predict(rates, work, requested)
+    if sum(whole.values()) <= seconds:
+        return requested, whole
     low, high = 0.0, 1.0
     for _ in range(20):  # bisection on the shared fraction; sizes are whole items, so 20 halvings suffice
         middle = (low + high) / 2

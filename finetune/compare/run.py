@@ -669,16 +669,9 @@ def _system_prompt_tokens(tokenizer: Any, singles: list, system_prompt: str | No
     """Mean extra input tokens per request that the persona system prompt adds (it replaces any default)."""
     if not system_prompt or not singles:
         return None
-    extra = []
-    for prompt in singles:
-        plain = tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
-        with_sp = tokenizer.apply_chat_template(
-            [{"role": "system", "content": system_prompt}, *prompt.messages],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        count = len(tokenizer(with_sp, add_special_tokens=False)["input_ids"])
-        extra.append(count - len(tokenizer(plain, add_special_tokens=False)["input_ids"]))
+    system = [{"role": "system", "content": system_prompt}]
+    extra = [budget.prompt_tokens(tokenizer, system + p.messages) - budget.prompt_tokens(tokenizer, p.messages)
+             for p in singles]
     return sum(extra) / len(extra)
 
 
