@@ -7,7 +7,11 @@ perplexity scoring. The prediction (`predict`) then walks the work compare is ab
 generation batch costs its prompt tokens at the measured prompt rate plus `max_new_tokens` decoding steps (a
 step costs a + b x rows, times the adapter's or the mixed batch's measured factor); scoring costs its tokens at
 the measured scoring rate. Replies are taken at full length, which errs high; the embedding model's time and
-the longer context of late conversation turns are not modelled, which errs low (measured: 5-15% low).
+the longer context of late conversation turns are not modelled, which errs low (measured: 5-15% low on a
+fast CPU, up to 25% on a slow one). So every compare with a budget stores what each part took against what was
+predicted (`remember`, per machine, model and dtype, in $FINETUNE_HOME/compare_calibration.json), and the next
+one here scales each part by the median of the last few ratios (`learned`): the training estimate's way of
+learning from every run, applied to compare.
 
 When the whole plan does not fit, every prompt set shrinks by one shared factor (first N items: the sets
 are prefixes, so a smaller run is a subset of the full one) down to floors below which a verdict means
@@ -16,7 +20,9 @@ little; what is cut is said on the console and recorded in report.json.
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -32,6 +38,12 @@ PROBE_REFERENCES = 2  # perplexity rows timed (scoring costs per token, so a few
 # verdicts stand on little more than the paired tests' minimum of 5 items; conversations and long answers
 # under 5 items give drift figures without intervals at any size, so one of each still shows the drift.
 FLOORS = {"singles": 12, "conversations": 1, "long": 1, "mc": 20, "classifier": 24}
+PARTS = ("single", "shared", "classifier", "score")
+LEARN_FILE = "compare_calibration.json"
+LEARN_FROM = 3  # the latest compares of the same kind a part's factor is the median of
+LEARN_KEEP = 50  # records kept in the file (the oldest go)
+LEARN_MIN_S = 2.0  # a part predicted shorter than this teaches nothing: its ratio is mostly noise
+FACTOR_RANGE = (0.5, 3.0)  # a ratio outside this says something changed (another load, a cache), not the machine
 
 
 @dataclass(frozen=True)
@@ -180,8 +192,13 @@ def generation_s(rates: Rates, lengths: list[int], new_tokens: int, batch_size: 
     return total
 
 
-def predict(rates: Rates, work: Work, sizes: Sizes) -> dict[str, float]:
-    """Predicted seconds of each part of compare (generation, classifier, scoring) at these sizes."""
+def predict(
+    rates: Rates, work: Work, sizes: Sizes, factors: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Predicted seconds of each part of compare (generation, classifier, scoring) at these sizes.
+
+    `factors`: what earlier compares here measured against their prediction, per part (`learned`).
+    """
     b, arms = work.batch_size, work.arms
     single_s = sum(
         generation_s(rates, work.singles[arm.prompt][: sizes.singles], work.max_new_tokens, b, _kind([arm]))
@@ -207,33 +224,96 @@ def predict(rates: Rates, work: Work, sizes: Sizes) -> dict[str, float]:
         + sum(sum(per_file[: sizes.mc]) for per_file in work.mc[arm.prompt])
         for arm in arms
     )
-    return {
+    parts = {
         "single": single_s,
         "shared": shared_s,
         "classifier": classifier_s,
         "score": scored / rates.score_tokens_s,
     }
+    return {part: seconds * (factors or {}).get(part, 1.0) for part, seconds in parts.items()}
 
 
-def fit(rates: Rates, work: Work, requested: Sizes, seconds: float) -> tuple[Sizes, dict[str, float]]:
+def fit(
+    rates: Rates, work: Work, requested: Sizes, seconds: float, factors: dict[str, float] | None = None
+) -> tuple[Sizes, dict[str, float]]:
     """The largest sizes, one shared fraction of each requested set, predicted to finish in `seconds`.
 
-    Returns the sizes and their predicted parts; at the floors the prediction may still exceed `seconds`
-    (the caller says so).
+    Returns the sizes and their predicted parts (scaled by `factors`, see `predict`); at the floors the
+    prediction may still exceed `seconds` (the caller says so).
     """
     floors = Sizes(**FLOORS)
-    whole = predict(rates, work, requested)
+    whole = predict(rates, work, requested, factors)
     if sum(whole.values()) <= seconds:
         return requested, whole
     low, high = 0.0, 1.0
     for _ in range(20):  # bisection on the shared fraction; sizes are whole items, so 20 halvings suffice
         middle = (low + high) / 2
-        if sum(predict(rates, work, requested.scaled(middle, floors)).values()) <= seconds:
+        if sum(predict(rates, work, requested.scaled(middle, floors), factors).values()) <= seconds:
             low = middle
         else:
             high = middle
     sizes = requested.scaled(low, floors)
-    return sizes, predict(rates, work, sizes)
+    return sizes, predict(rates, work, sizes, factors)
+
+
+# --- learning from earlier compares on this machine -----------------------------------------------------------
+
+
+def learning_key(model: str, dtype: str) -> dict[str, str]:
+    """What a learned factor holds for: this machine (device, torch, usable kernels), the base model, the dtype."""
+    from finetune.estimate.calibration import machine_key
+
+    return {"machine": machine_key(), "model": model, "dtype": dtype}
+
+
+def _learn_path() -> Any:
+    from finetune.paths import finetune_home
+
+    return finetune_home() / LEARN_FILE
+
+
+def _records() -> list[dict[str, Any]]:
+    """The stored compare records (none when the file is missing or unreadable: learning is a bonus)."""
+    try:
+        records = json.loads(_learn_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+
+def learned(key: dict[str, str]) -> tuple[dict[str, float], int]:
+    """Per part, the median of measured/predicted over the latest compares of this kind; and how many were read.
+
+    A part no earlier compare predicted at LEARN_MIN_S or more keeps factor 1.
+    """
+    same = [r for r in _records() if r.get("key") == key][-LEARN_FROM:]
+    factors: dict[str, float] = {}
+    for part in PARTS:
+        ratios = []
+        for record in same:
+            predicted = record.get("predicted_s", {}).get(part)
+            measured = record.get("measured_s", {}).get(part)
+            if isinstance(predicted, (int, float)) and isinstance(measured, (int, float)) \
+                    and predicted >= LEARN_MIN_S and measured > 0:
+                ratios.append(measured / predicted)
+        low, high = FACTOR_RANGE
+        factors[part] = min(high, max(low, statistics.median(ratios))) if ratios else 1.0
+    return factors, len(same)
+
+
+def remember(key: dict[str, str], predicted: dict[str, float], measured: dict[str, float], where: str) -> None:
+    """Store one compare's unscaled prediction and measured seconds per part for the next compare here."""
+    from datetime import datetime
+
+    from finetune import atomic
+
+    record = {"key": key, "predicted_s": {k: round(v, 3) for k, v in predicted.items()},
+              "measured_s": {k: round(v, 3) for k, v in measured.items()}, "report": where,
+              "measured_at": datetime.now().astimezone().isoformat(timespec="seconds")}
+    try:
+        atomic.write_json(_learn_path(), [*_records(), record][-LEARN_KEEP:])
+    except OSError:
+        pass  # a read-only cache costs the next compare its correction, not this one its report
 
 
 class _StepClock:
@@ -264,8 +344,6 @@ def measure(
     forward pass, the median of the rest is a decoding step (a median, so one step a neighbour slowed
     does not become the rate).
     """
-    import statistics
-
     from finetune.compare.generation import generate_rows
     from finetune.compare.likelihood import reference_log_perplexities
 

@@ -185,14 +185,20 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
         requested = budget.Sizes(len(singles), len(multi), len(longs),
                                  max((len(q) for _, q in mc_sets.values()), default=0), len(pairs))
         left = opts.max_time - (time.perf_counter() - started)
-        sizes, parts = budget.fit(rates, work, requested, left)
+        # Earlier compares here measured how far the prediction errs, part by part: scale by that.
+        learn_key = budget.learning_key(recipe.base_model, dtype)
+        factors, learned_from = budget.learned(learn_key)
+        sizes, parts = budget.fit(rates, work, requested, left, factors)
+        unscaled = budget.predict(rates, work, sizes)  # what the next compare here learns from
         singles, multi, longs, pairs = (singles[: sizes.singles], multi[: sizes.conversations],
                                         longs[: sizes.long], pairs[: sizes.classifier])
         mc_sets = {name: (path, qs[: sizes.mc]) for name, (path, qs) in mc_sets.items()}
         fitted = {"max_time_s": opts.max_time, "probe_s": round(timings["budget_probe_s"], 2),
                   "rates": asdict(rates), "requested": asdict(requested), "fitted": asdict(sizes),
-                  "predicted_s": {k: round(v, 1) for k, v in parts.items()}}
-        say(_budget_line(opts.max_time, requested, sizes, sum(parts.values()), left, timings["budget_probe_s"]))
+                  "predicted_s": {k: round(v, 1) for k, v in parts.items()},
+                  "learned": {"from_compares": learned_from, "factors": {k: round(v, 3) for k, v in factors.items()}}}
+        say(_budget_line(opts.max_time, requested, sizes, sum(parts.values()), left, timings["budget_probe_s"],
+                         learned_from))
         if sizes != requested:
             warnings.append(f"--max-time {format_duration(opts.max_time)}: prompt sets cut to fit "
                             f"({_cut_text(requested, sizes)}); intervals are wider than the full sets give")
@@ -295,12 +301,14 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
     )
     timings["total_s"] = time.perf_counter() - started
     if fitted is not None:
-        fitted["measured_s"] = {
-            "single": round(sum(timings[f"generate_{a.name}_s"] for a in arms), 1),
-            "shared": round(timings["generate_shared_s"], 1),
-            "classifier": round(timings["classifier_s"], 1),
-            "score": round(timings["score_s"], 1),
+        measured = {
+            "single": sum(timings[f"generate_{a.name}_s"] for a in arms),
+            "shared": timings["generate_shared_s"],
+            "classifier": timings["classifier_s"],
+            "score": timings["score_s"],
         }
+        fitted["measured_s"] = {k: round(v, 1) for k, v in measured.items()}
+        budget.remember(learn_key, unscaled, measured, str(out_dir / "report.json"))
 
     def prompt_set(source: str | None, items: list, always_hashed: bool = False) -> PromptSet:
         digest = prompts.content_hash(items) if items or always_hashed else None
@@ -380,10 +388,17 @@ def _cut_text(requested: budget.Sizes, sizes: budget.Sizes) -> str:
 
 
 def _budget_line(
-    max_time: float, requested: budget.Sizes, sizes: budget.Sizes, predicted: float, left: float, probe: float
+    max_time: float,
+    requested: budget.Sizes,
+    sizes: budget.Sizes,
+    predicted: float,
+    left: float,
+    probe: float,
+    learned_from: int = 0,
 ) -> str:
     """The console line saying what the time budget decided."""
-    head = f"  time budget {format_duration(max_time)} (probe {probe:.0f} s): "
+    learned = f"; corrected by {learned_from} earlier compare{'s' * (learned_from != 1)} here" if learned_from else ""
+    head = f"  time budget {format_duration(max_time)} (probe {probe:.0f} s{learned}): "
     if sizes == requested:
         return head + f"every set fits, predicted {format_duration(predicted)} of {format_duration(left)} left"
     over = "" if predicted <= left else " (over the budget even at the smallest sets)"

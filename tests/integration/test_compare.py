@@ -203,6 +203,33 @@ def test_a_budget_the_sets_fit_in_cuts_nothing(compared):
     assert not any("--max-time" in w for w in report["warnings"])
 
 
+def test_a_compare_learns_from_the_one_before_it_here(pirate_run, compared, tmp_path, one_thread):
+    from finetune.compare import budget
+
+    _, first, cache = compared
+    before = first["settings"]["budget"]
+    assert before["learned"] == {"from_compares": 0, "factors": dict.fromkeys(budget.PARTS, 1.0)}
+    # The module's compare, as run.py stored it in that compare's FINETUNE_HOME (this test has its own).
+    key = budget.learning_key(first["settings"]["model"], first["settings"]["dtype"])
+    budget.remember(key, before["predicted_s"], before["measured_s"], "the module's compare")
+    said: list[str] = []
+    _, again = run_compare(options(pirate_run, tmp_path / "out", cache, max_time=3600.0, arms="base,adapter"),
+                           say=said.append)
+    low, high = budget.FACTOR_RANGE
+    expected = {part: min(high, max(low, before["measured_s"][part] / before["predicted_s"][part]))
+                if before["predicted_s"][part] >= budget.LEARN_MIN_S else 1.0 for part in budget.PARTS}
+    learned = again.settings.budget["learned"]
+    assert learned["from_compares"] == 1 and learned["factors"] == pytest.approx(expected, abs=1e-3)
+    assert "corrected by 1 earlier compare here" in next(text for text in said if "time budget" in text)
+    # This compare is stored in turn: its unscaled prediction, which its learned factors scaled.
+    records = json.loads((Path(os.environ["FINETUNE_HOME"]) / budget.LEARN_FILE).read_text(encoding="utf-8"))
+    assert len(records) == 2 and records[-1]["key"] == key
+    stored, reported = records[-1], again.settings.budget
+    assert stored["measured_s"] == pytest.approx(reported["measured_s"], abs=0.06)
+    scaled = {part: stored["predicted_s"][part] * learned["factors"][part] for part in budget.PARTS}
+    assert scaled == pytest.approx(reported["predicted_s"], abs=0.06)
+
+
 def test_a_short_budget_cuts_every_set_to_its_floor_and_says_so(pirate_run, tmp_path, one_thread):
     said: list[str] = []
     folder, report = run_compare(options(pirate_run, tmp_path / "out", tmp_path / "cache", max_time=1.0,

@@ -5,7 +5,19 @@ from __future__ import annotations
 import pytest
 
 from finetune.compare.arms import parse_arms
-from finetune.compare.budget import FLOORS, Rates, Sizes, Work, fit, generation_s, predict
+from finetune.compare.budget import (
+    FACTOR_RANGE,
+    FLOORS,
+    LEARN_FILE,
+    Rates,
+    Sizes,
+    Work,
+    fit,
+    generation_s,
+    learned,
+    predict,
+    remember,
+)
 
 RATES = Rates(prefill_tokens_s=1000.0, score_tokens_s=500.0, step_s=0.04, step_per_row_s=0.002,
               adapter_factor=1.5, mixed_factor=1.25)
@@ -88,3 +100,48 @@ def test_work_already_cached_is_free():
     budget = sum(free.values()) + 0.01
     assert budget < sum(paid.values()) and fit(RATES, cached, FULL, budget)[0] == FULL
     assert fit(RATES, work(), FULL, budget)[0] != FULL
+
+
+KEY = {"machine": "cpu|test", "model": "bundled:smollm2-135m-instruct", "dtype": "fp32"}
+PARTS = ("single", "shared", "classifier", "score")
+
+
+def test_learned_factors_are_the_median_of_the_latest_compares_of_the_same_kind():
+    # Four compares here (the oldest falls out of the latest three), one of another model, one of another dtype.
+    for ratio in (9.0, 1.2, 1.6, 1.3):  # median 1.3 (the mean would be 1.37)
+        remember(KEY, dict.fromkeys(PARTS, 10.0), dict.fromkeys(PARTS, 10.0 * ratio), "r.json")
+    remember({**KEY, "model": "other"}, dict.fromkeys(PARTS, 10.0), dict.fromkeys(PARTS, 50.0), "o.json")
+    remember({**KEY, "dtype": "bf16"}, dict.fromkeys(PARTS, 10.0), dict.fromkeys(PARTS, 1.0), "b.json")
+    factors, n = learned(KEY)
+    assert n == 3 and factors == pytest.approx(dict.fromkeys(PARTS, 1.3))
+    assert learned({**KEY, "machine": "cpu|elsewhere"}) == (dict.fromkeys(PARTS, 1.0), 0)
+
+
+def test_a_part_too_short_to_time_teaches_nothing_and_wild_ratios_are_held():
+    remember(KEY, {"single": 0.5, "shared": 10.0, "classifier": 10.0, "score": 10.0},
+             {"single": 5.0, "shared": 100.0, "classifier": 1.0, "score": 12.0}, "r.json")
+    factors, n = learned(KEY)
+    assert n == 1
+    assert factors == pytest.approx({"single": 1.0, "shared": FACTOR_RANGE[1], "classifier": FACTOR_RANGE[0],
+                                     "score": 1.2})
+
+
+def test_an_unreadable_record_file_means_nothing_learned(tmp_path, monkeypatch):
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("FINETUNE_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / LEARN_FILE).write_text("{not json")
+    assert learned(KEY) == (dict.fromkeys(PARTS, 1.0), 0)
+    remember(KEY, dict.fromkeys(PARTS, 10.0), dict.fromkeys(PARTS, 20.0), "r.json")  # and it is written anew
+    assert learned(KEY) == (dict.fromkeys(PARTS, 2.0), 1)
+
+
+def test_learned_factors_scale_the_prediction_and_the_fit():
+    plain = predict(RATES, work(), FULL)
+    factors = {"single": 2.0, "shared": 1.0, "classifier": 0.5, "score": 1.5}
+    scaled = predict(RATES, work(), FULL, factors)
+    assert scaled == pytest.approx({part: plain[part] * factors[part] for part in PARTS})
+    # A machine that measured twice the prediction fits smaller sets into the same seconds.
+    seconds = sum(plain.values()) * 0.6
+    sizes, parts = fit(RATES, work(), FULL, seconds)
+    slower, slower_parts = fit(RATES, work(), FULL, seconds, dict.fromkeys(PARTS, 2.0))
+    assert slower.singles < sizes.singles and sum(slower_parts.values()) <= seconds
