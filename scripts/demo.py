@@ -48,18 +48,19 @@ def side_by_side(samples: Path, count: int = 3) -> None:
 
     columns = {"base": "base SmolLM2-135M-Instruct", "prompt": "base + persona system prompt",
                "adapter": "+ pirate adapter (no system prompt)"}
-    rows: dict[str, dict[str, str]] = {}
+    asked: dict[str, str] = {}  # prompt id -> the user's message
+    answers: dict[tuple[str, str], str] = {}  # (prompt id, arm) -> reply
     for line in samples.read_text(encoding="utf-8").splitlines():
         sample = json.loads(line)
         if sample["kind"] == "single" and sample["arm"] in columns:
-            rows.setdefault(sample["prompt_id"], {"prompt": sample["conversation"][-1]["content"]})
-            rows[sample["prompt_id"]][sample["arm"]] = sample["text"]
+            asked[sample["prompt_id"]] = sample["conversation"][-1]["content"]
+            answers[sample["prompt_id"], sample["arm"]] = sample["text"]
     table = Table(title="Held-out prompts as compare answered them", show_lines=True)
     table.add_column("prompt", ratio=1)
     for title in columns.values():
         table.add_column(title, ratio=2)
-    for prompt_id in sorted(rows)[:count]:
-        table.add_row(rows[prompt_id]["prompt"], *(rows[prompt_id].get(arm, "") for arm in columns))
+    for prompt_id in sorted(asked)[:count]:
+        table.add_row(asked[prompt_id], *(answers.get((prompt_id, arm), "") for arm in columns))
     Console().print(table)
 
 

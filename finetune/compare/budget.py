@@ -124,8 +124,9 @@ def plan(
 ) -> Work:
     """The prompt sets as token counts, with and without the system prompt (`mc_sets`: questions per file).
 
-    `cached(what, arm, n)`: whether the cache holds that arm's `single` replies, or the base model's
-    `classifier-base` replies, for the first n items.
+    `cached(what, arm, n)`: whether the cache holds that arm's work on the first n items of a set: `single`
+    replies, the base model's `classifier-base` replies, `perplexity` of the single prompts' references, or
+    `mc-<i>` scores of the i-th multiple-choice file.
     """
     from finetune.compare.likelihood import mc_user_message
     from finetune.data import end_of_turn_token, tokenize_conversation
@@ -219,11 +220,13 @@ def predict(
     classifier_s = 0.0
     if not work.cached("classifier-base", base, sizes.classifier):
         classifier_s = generation_s(rates, work.classifier[: sizes.classifier], work.max_new_tokens, b, "base")
-    scored = sum(
-        sum(work.references[arm.prompt][: sizes.singles])
-        + sum(sum(per_file[: sizes.mc]) for per_file in work.mc[arm.prompt])
-        for arm in arms
-    )
+    scored = 0
+    for arm in arms:
+        if not work.cached("perplexity", arm, sizes.singles):
+            scored += sum(work.references[arm.prompt][: sizes.singles])
+        for index, per_file in enumerate(work.mc[arm.prompt]):
+            if not work.cached(f"mc-{index}", arm, sizes.mc):
+                scored += sum(per_file[: sizes.mc])
     parts = {
         "single": single_s,
         "shared": shared_s,

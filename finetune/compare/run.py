@@ -164,6 +164,7 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
         "temperature": settings.temperature if settings.do_sample else None,
         "repetition_penalty": settings.repetition_penalty,
     }
+    ppl_key, mc_key = {"max_length": recipe.dataset.max_length}, {"scoring": MC_SCORING}  # scoring's cache settings
     cache_dir = (opts.cache_dir or finetune_home() / "compare-cache") if opts.use_cache else None
     cache = OutputCache(cache_dir, model_identity(recipe, dtype, device))
     timings["load_s"] = time.perf_counter() - t0
@@ -177,6 +178,14 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
         timings["budget_probe_s"] = time.perf_counter() - t0
 
         def cached(what: str, arm: Arm, n: int) -> bool:  # work the cache holds costs nothing
+            # The same keys as the steps below compute: generation settings for replies, scoring settings
+            # for perplexity and multiple choice.
+            if what == "perplexity":
+                refs = [(p.id, p.reference) for p in singles[:n] if p.reference]
+                return cache.has(what, arm, system_prompt, prompts.content_hash(refs), ppl_key)
+            if what.startswith("mc-"):
+                name, (_, questions) = list(mc_sets.items())[int(what.removeprefix("mc-"))]
+                return cache.has(f"mc-{name}", arm, system_prompt, prompts.content_hash(questions[:n]), mc_key)
             items = {"single": singles, "classifier-base": pairs}[what][:n]
             return cache.has(what, arm, system_prompt, prompts.content_hash(items), gen_key)
 
@@ -271,7 +280,7 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
         arm_prompt = system_prompt if arm.prompt else None
         run = partial(cache.get_or_compute, arm=arm, system_prompt=system_prompt)
         with models.use(arm) as model:
-            ppl = run("perplexity", items_hash=ref_hash, settings={"max_length": recipe.dataset.max_length},
+            ppl = run("perplexity", items_hash=ref_hash, settings=ppl_key,
                       compute=partial(reference_log_perplexities, model, tokenizer, sent_refs,
                                       recipe.dataset.max_length, settings.batch_size))
             scores[arm.name]["ppl"] = {rid: value for (rid, _), value in zip(references, ppl, strict=True)}
@@ -279,7 +288,7 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
                 name: run(
                     f"mc-{name}",
                     items_hash=prompts.content_hash(questions),
-                    settings={"scoring": MC_SCORING},
+                    settings=mc_key,
                     compute=partial(mc_results, model, tokenizer, questions, arm_prompt, settings.batch_size),
                 )
                 for name, (_, questions) in mc_sets.items()
@@ -308,7 +317,7 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
             "score": timings["score_s"],
         }
         fitted["measured_s"] = {k: round(v, 1) for k, v in measured.items()}
-        budget.remember(learn_key, unscaled, measured, str(out_dir / "report.json"))
+        budget.remember(learn_key, unscaled, measured, str((out_dir / "report.json").resolve()))
 
     def prompt_set(source: str | None, items: list, always_hashed: bool = False) -> PromptSet:
         digest = prompts.content_hash(items) if items or always_hashed else None

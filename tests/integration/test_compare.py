@@ -228,6 +228,11 @@ def test_a_compare_learns_from_the_one_before_it_here(pirate_run, compared, tmp_
     assert stored["measured_s"] == pytest.approx(reported["measured_s"], abs=0.06)
     scaled = {part: stored["predicted_s"][part] * learned["factors"][part] for part in budget.PARTS}
     assert scaled == pytest.approx(reported["predicted_s"], abs=0.06)
+    # The base arm's perplexity and multiple-choice scores come from the module's cache, so only the adapter's
+    # scored tokens are predicted: fewer than a quarter of the first compare's four arms (two carry the prompt).
+    first_tokens = before["predicted_s"]["score"] * before["rates"]["score_tokens_s"]
+    assert stored["predicted_s"]["score"] * reported["rates"]["score_tokens_s"] < first_tokens / 4
+    assert stored["predicted_s"]["classifier"] == 0  # its base replies are cached too
 
 
 def test_a_short_budget_cuts_every_set_to_its_floor_and_says_so(pirate_run, tmp_path, one_thread):

@@ -102,6 +102,18 @@ def test_work_already_cached_is_free():
     assert fit(RATES, work(), FULL, budget)[0] != FULL
 
 
+
+def test_scores_already_cached_are_free():
+    # The base and prompt arms' perplexity and multiple-choice scores come from the cache on a second compare.
+    base_scores = work(cached=lambda what, arm, n: what in ("perplexity", "mc-0") and not arm.adapter)
+    free, paid = predict(RATES, base_scores, FULL), predict(RATES, work(), FULL)
+    # Four arms: base and prompt (no system prompt / with it) cached, adapter and adapter+prompt still paid.
+    unpaid_tokens = (120 * 48 + 160 * 48) + 2 * 60 * 100
+    assert free["score"] == pytest.approx(unpaid_tokens / RATES.score_tokens_s)
+    assert free["score"] < paid["score"] and free["single"] == paid["single"]
+    only_perplexity = predict(RATES, work(cached=lambda what, arm, n: what == "perplexity"), FULL)
+    assert only_perplexity["score"] == pytest.approx(4 * 60 * 100 / RATES.score_tokens_s)
+
 KEY = {"machine": "cpu|test", "model": "bundled:smollm2-135m-instruct", "dtype": "fp32"}
 PARTS = ("single", "shared", "classifier", "score")
 
