@@ -90,6 +90,18 @@ def speed_cache_key() -> str:
     return f"{cpu_model()}|{torch.__version__}|{torch.backends.cpu.get_cpu_capability()}|{isa}"
 
 
+def machine_key() -> str:
+    """This machine's device, torch version and usable kernels: a measured speed holds only where it was measured.
+
+    The training estimate's calibration and compare's time budget key what they learn by it.
+    """
+    import torch
+
+    hw = detect()
+    # On a CPU, speed_cache_key names the CPU, torch and the instruction sets torch may use (AVX2 only, or more).
+    return f"cuda|{hw.name}|{torch.__version__}" if hw.device == "cuda" else f"cpu|{speed_cache_key()}"
+
+
 def _cpu_speed_cache() -> dict[str, float]:
     """Measure fp32 and bf16 matmul speed once per speed_cache_key() (cached on disk)."""
     key = speed_cache_key()

@@ -264,7 +264,7 @@ def fit(
 
 def learning_key(model: str, dtype: str) -> dict[str, str]:
     """What a learned factor holds for: this machine (device, torch, usable kernels), the base model, the dtype."""
-    from finetune.estimate.calibration import machine_key
+    from finetune.hardware import machine_key
 
     return {"machine": machine_key(), "model": model, "dtype": dtype}
 

@@ -14,6 +14,7 @@ from finetune.estimate.memory import memory
 from finetune.estimate.shape import ModelShape
 from finetune.estimate.speed import seconds_per_micro_batch
 from finetune.estimate.tokens import Tokens
+from finetune.hardware import machine_key
 
 if TYPE_CHECKING:
     from finetune.recipe import Recipe
@@ -68,17 +69,6 @@ def calibrate_utilisation(predicted_seconds: float, measured_seconds: float, ass
 
 
 SPEED_FILE = "speed.json"
-
-
-def machine_key() -> str:
-    """This machine's device, torch version and usable kernels: a measured speed holds only where it was measured."""
-    import torch
-
-    from finetune.hardware import detect, speed_cache_key
-
-    hw = detect()
-    # On a CPU, speed_cache_key names the CPU, torch and the instruction sets torch may use (AVX2 only, or more).
-    return f"cuda|{hw.name}|{torch.__version__}" if hw.device == "cuda" else f"cpu|{speed_cache_key()}"
 
 
 def remember_speed(factor: float, recipe_name: str) -> dict[str, Any]:
