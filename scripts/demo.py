@@ -32,7 +32,7 @@ def finetune(*args: str) -> None:
 
 
 def compare_folders() -> set[Path]:
-    """The compare folders the demo's run has now (each compare writes a new one)."""
+    """The samples.jsonl of every compare the demo's run has now (each compare writes a new folder)."""
     return set((ROOT / "outputs" / RUN / "compare").glob("*/samples.jsonl"))
 
 
