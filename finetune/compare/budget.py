@@ -15,7 +15,9 @@ learning from every run, applied to compare.
 
 When the whole plan does not fit, every prompt set shrinks by one shared factor (first N items: the sets
 are prefixes, so a smaller run is a subset of the full one) down to floors below which a verdict means
-little; what is cut is said on the console and recorded in report.json.
+little; what is cut is said on the console and recorded in report.json. Where even the floors do not fit
+(a slow CPU: every decoding step of a conversation or a long answer waits for the one before), the long answers
+and then the conversations are left out whole: at their floor of one they give a drift figure, never a verdict.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ PROBE_REFERENCES = 2  # perplexity rows timed (scoring costs per token, so a few
 # verdicts stand on little more than the paired tests' minimum of 5 items; conversations and long answers
 # under 5 items give drift figures without intervals at any size, so one of each still shows the drift.
 FLOORS = {"singles": 12, "conversations": 1, "long": 1, "mc": 20, "classifier": 24}
+# When even the floors do not fit: the sets left out, long answers first (192 decoding steps each, one after the
+# other), then conversations (the drift figure users come for, kept longest). One of each gives a drift figure
+# but never a verdict, so leaving them out changes no verdict; it is said on the console and in the report.
+LEAVE_OUT = ("long", "conversations")
 PARTS = ("single", "shared", "classifier", "score")
 LEARN_FILE = "compare_calibration.json"
 LEARN_FROM = 3  # the latest compares of the same kind a part's factor is the median of
@@ -242,8 +248,31 @@ def fit(
     """The largest sizes, one shared fraction of each requested set, predicted to finish in `seconds`.
 
     Returns the sizes and their predicted parts (scaled by `factors`, see `predict`); at the floors the
-    prediction may still exceed `seconds` (the caller says so).
+    prediction may still exceed `seconds` (the caller says so). Where the floors do not fit, the sets in
+    LEAVE_OUT go (see `left_out`) before anything goes below its floor.
     """
+    sizes, parts = _shrink(rates, work, requested, seconds, factors)
+    # Over even at the floors: leave out, one after the other, the sets whose floor gives a figure but no
+    # verdict (a drift interval needs MIN_SIGNIFICANT_N items; their floor is one), and fit the rest again.
+    # Every verdict compare can still reach stays; a slow CPU then spends its minutes where they tell.
+    for count in range(1, len(LEAVE_OUT) + 1):
+        if sum(parts.values()) <= seconds:
+            break
+        asked = replace(requested, **{name: 0 for name in LEAVE_OUT[:count]})
+        if asked != requested:
+            sizes, parts = _shrink(rates, work, asked, seconds, factors)
+    return sizes, parts
+
+
+def left_out(requested: Sizes, sizes: Sizes) -> list[str]:
+    """The sets `fit` left out whole (asked for, none kept), in LEAVE_OUT's order."""
+    return [name for name in LEAVE_OUT if getattr(requested, name) and not getattr(sizes, name)]
+
+
+def _shrink(
+    rates: Rates, work: Work, requested: Sizes, seconds: float, factors: dict[str, float] | None
+) -> tuple[Sizes, dict[str, float]]:
+    """The largest shared fraction of every set (down to the floors) predicted to finish in `seconds`."""
     floors = Sizes(**FLOORS)
     whole = predict(rates, work, requested, factors)
     if sum(whole.values()) <= seconds:

@@ -211,6 +211,11 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
         if sizes != requested:
             warnings.append(f"--max-time {format_duration(opts.max_time)}: prompt sets cut to fit "
                             f"({_cut_text(requested, sizes)}); intervals are wider than the full sets give")
+        gone = budget.left_out(requested, sizes)
+        if gone:
+            names = " and ".join({"long": "long prompts", "conversations": "conversations"}[n] for n in gone)
+            warnings.append(f"--max-time {format_duration(opts.max_time)}: {names} left out: even one would not "
+                            f"fit (one gives a drift figure, never a verdict)")
         if sum(parts.values()) > left:
             warnings.append(f"--max-time {format_duration(opts.max_time)}: predicted "
                             f"{format_duration(sum(parts.values()))} even at the smallest sets")

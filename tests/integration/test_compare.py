@@ -240,19 +240,24 @@ def test_a_short_budget_cuts_every_set_to_its_floor_and_says_so(pirate_run, tmp_
     folder, report = run_compare(options(pirate_run, tmp_path / "out", tmp_path / "cache", max_time=1.0,
                                          arms="base,adapter"), say=said.append)
     sets = report.settings.prompt_sets
-    # Every set at its floor where more was asked (12 prompts, 1 conversation, 1 long prompt, 24 classifier
-    # replies); the questions, asked at their floor (20), stay.
+    # Every set that can reach a verdict at its floor where more was asked (12 prompts, 24 classifier replies);
+    # the questions, asked at their floor (20), stay. Over the budget even so: the conversation and the long
+    # answer, whose floor of one gives no verdict, are left out.
     assert (sets["single"].n, sets["multi"].n, sets["long"].n, sets["mc:commonsense_en"].n,
-            sets["classifier"].n) == (12, 1, 1, 20, 24)
-    assert report.settings.budget["fitted"] == {"singles": 12, "conversations": 1, "long": 1, "mc": 20,
+            sets["classifier"].n) == (12, 0, 0, 20, 24)
+    assert report.settings.budget["fitted"] == {"singles": 12, "conversations": 0, "long": 0, "mc": 20,
                                                 "classifier": 24}
     assert report.arms["adapter"].style.n == 12 and report.classifier.n_train + report.classifier.n_test == 48
     line = next(text for text in said if "time budget" in text)
-    assert ("cut to 12 of 16 prompts, 1 of 2 conversations, 1 of 2 long prompts, 24 of 48 classifier replies"
+    assert ("cut to 12 of 16 prompts, 0 of 2 conversations, 0 of 2 long prompts, 24 of 48 classifier replies"
             in line and "over the budget" in line)
-    assert [w.split(":")[0] for w in report.warnings if w.startswith("--max-time")] == ["--max-time 1s"] * 2
-    rows = (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len({json.loads(r)["prompt_id"] for r in rows if json.loads(r)["kind"] == "single"}) == 12
+    budget_warnings = [w for w in report.warnings if w.startswith("--max-time")]
+    assert [w.split(":")[0] for w in budget_warnings] == ["--max-time 1s"] * 3
+    assert "long prompts and conversations left out" in budget_warnings[1]
+    rows = [json.loads(r) for r in (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len({r["prompt_id"] for r in rows if r["kind"] == "single"}) == 12
+    assert not [r for r in rows if r["kind"] != "single"]  # no conversation turn, no long answer
+    assert (folder / "report.html").is_file()
 
 
 def test_cli_rejects_a_bad_arm_in_one_line(pirate_run):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from finetune.compare.arms import parse_arms
@@ -9,15 +11,18 @@ from finetune.compare.budget import (
     FACTOR_RANGE,
     FLOORS,
     LEARN_FILE,
+    LEAVE_OUT,
     Rates,
     Sizes,
     Work,
     fit,
     generation_s,
     learned,
+    left_out,
     predict,
     remember,
 )
+from finetune.compare.stats import MIN_SIGNIFICANT_N
 
 RATES = Rates(prefill_tokens_s=1000.0, score_tokens_s=500.0, step_s=0.04, step_per_row_s=0.002,
               adapter_factor=1.5, mixed_factor=1.25)
@@ -85,10 +90,28 @@ def test_a_short_budget_cuts_every_set_by_one_fraction_and_fits():
 
 def test_no_budget_goes_below_the_floors():
     sizes, parts = fit(RATES, work(), FULL, 1.0)
-    assert sizes == Sizes(**FLOORS)
+    # Every set that can reach a verdict stays at its floor; the drift sets, whose floor cannot, are left out.
+    assert sizes == replace(Sizes(**FLOORS), long=0, conversations=0)
+    assert left_out(FULL, sizes) == ["long", "conversations"]
     assert sum(parts.values()) > 1.0  # the caller warns: over the budget even at the smallest sets
-    small = Sizes(singles=5, conversations=1, long=0, mc=10, classifier=24)  # asked for less than the floors
+    small = Sizes(singles=5, conversations=0, long=0, mc=10, classifier=24)  # asked for less than the floors
     assert fit(RATES, work(), small, 1.0)[0] == small
+
+
+def test_over_at_the_floors_the_sets_without_a_verdict_go_long_answers_first():
+    # The sets left out are those whose floor is below what a drift interval needs: no verdict is lost.
+    assert all(FLOORS[name] < MIN_SIGNIFICANT_N for name in LEAVE_OUT)
+    floors = Sizes(**FLOORS)
+    at_floors = predict(RATES, work(), floors)
+    without_long = predict(RATES, work(), replace(floors, long=0))
+    # A budget between the two: the long answers go, the conversation stays, nothing goes below its floor.
+    budget = (sum(at_floors.values()) + sum(without_long.values())) / 2
+    sizes, parts = fit(RATES, work(), FULL, budget)
+    assert sizes.long == 0 and sizes.conversations >= floors.conversations and sum(parts.values()) <= budget
+    assert min(sizes.singles - floors.singles, sizes.mc - floors.mc, sizes.classifier - floors.classifier) >= 0
+    assert left_out(FULL, sizes) == ["long"]
+    # A budget the floors fit leaves out nothing.
+    assert left_out(FULL, fit(RATES, work(), FULL, sum(at_floors.values()) + 0.01)[0]) == []
 
 
 def test_work_already_cached_is_free():
