@@ -27,7 +27,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from finetune.compare.arms import Arm
@@ -105,7 +105,10 @@ class Work:
     long: dict[bool, list[int]]
     classifier: list[int]
     references: dict[bool, list[int]]  # perplexity rows, aligned with singles (0: no reference)
-    mc: dict[bool, list[list[int]]]  # per file, per question: prompt plus every option's tokens
+    # Multiple choice, per file: the prompt head every question shares (scored once), then per question its
+    # prompt tokens after that head and each option's tokens (likelihood.mc_results' own split).
+    mc: dict[bool, list[list[tuple[int, list[int]]]]]
+    mc_head: dict[bool, list[int]] = field(default_factory=lambda: {False: [], True: []})
     cached: Callable[[str, Arm, int], bool] = lambda what, arm, n: False  # noqa: E731 (a default)
 
 
@@ -134,7 +137,7 @@ def plan(
     replies, the base model's `classifier-base` replies, `perplexity` of the single prompts' references, or
     `mc-<i>` scores of the i-th multiple-choice file.
     """
-    from finetune.compare.likelihood import mc_user_message
+    from finetune.compare.likelihood import common_length, mc_user_message, split_options
     from finetune.data import end_of_turn_token, tokenize_conversation
 
     terminator = end_of_turn_token(tokenizer)
@@ -159,13 +162,25 @@ def plan(
         rows = (system if with_system else []) + p.reference
         return len(tokenize_conversation(tokenizer, rows, max_length, terminator)["input_ids"])
 
-    def mc(question: MCQuestion) -> int:
-        options = sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in question.choices)
-        return tokens([{"role": "user", "content": mc_user_message(question)}], False) + options
+    def mc(questions: list[MCQuestion], with_system: bool) -> tuple[int, list[tuple[int, list[int]]]]:
+        texts = [tokenizer.apply_chat_template((system if with_system else []) + [
+            {"role": "user", "content": mc_user_message(q)}], tokenize=False, add_generation_prompt=True)
+            for q in questions]
+        split = [split_options(tokenizer, text, q.choices) for text, q in zip(texts, questions, strict=True)]
+        head = common_length([s[0] for s in split if s is not None])
+        out = []
+        for text, q, parts in zip(texts, questions, split, strict=True):
+            if parts is None:  # scored as whole sequences, one row per option (mc_results' fallback)
+                full = [len(tokenizer(text + c, add_special_tokens=False)["input_ids"]) for c in q.choices]
+                out.append((0, full))
+            else:
+                out.append((len(parts[0]) - head, [len(o) for o in parts[1]]))
+        return head, out
 
     def with_or_not(count: Callable[[bool], Any]) -> dict[bool, Any]:
         return {with_system: count(with_system) for with_system in (False, True)}
 
+    mc_files = with_or_not(lambda s: [mc(qs, s) for qs in mc_sets])
     return Work(
         arms=arms,
         batch_size=settings.batch_size,
@@ -176,7 +191,8 @@ def plan(
         long=with_or_not(lambda s: [tokens([{"role": "user", "content": p.prompt}], s) for p in longs]),
         classifier=[tokens(p.messages, False) for p in pairs],
         references=with_or_not(lambda s: [reference(p, s) for p in singles]),
-        mc=with_or_not(lambda _: [[mc(q) for q in qs] for qs in mc_sets]),
+        mc={s: [questions for _, questions in files] for s, files in mc_files.items()},
+        mc_head={s: [head for head, _ in files] for s, files in mc_files.items()},
         cached=cached,
     )
 
@@ -197,6 +213,27 @@ def generation_s(rates: Rates, lengths: list[int], new_tokens: int, batch_size: 
         chunk = ordered[start : start + batch_size]
         total += len(chunk) * max(chunk) / rates.prefill_tokens_s + new_tokens * rates.step(len(chunk), kind)
     return total
+
+
+def scoring_tokens(lengths: list[int], batch_size: int) -> int:
+    """Positions a teacher-forced pass computes over rows of these lengths: sorted by length and each batch
+    padded to its longest row, as likelihood.sequence_logprobs batches them (padding is computed too)."""
+    ordered = sorted(lengths)
+    return sum(len(chunk) * max(chunk) for chunk in _chunks(ordered, batch_size))
+
+
+def mc_tokens(head: int, questions: list[tuple[int, list[int]]], batch_size: int) -> int:
+    """Positions likelihood.mc_results computes for these questions: the shared head once, then per batch of
+    questions (in order) their prompts padded to the longest and every option padded to the longest."""
+    total = head if questions else 0
+    for chunk in _chunks(questions, batch_size):
+        options = [n for _, per_option in chunk for n in per_option]
+        total += len(chunk) * max(prompt for prompt, _ in chunk) + len(options) * max(options, default=0)
+    return total
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def predict(
@@ -229,10 +266,11 @@ def predict(
     scored = 0
     for arm in arms:
         if not work.cached("perplexity", arm, sizes.singles):
-            scored += sum(work.references[arm.prompt][: sizes.singles])
+            scored += scoring_tokens([n for n in work.references[arm.prompt][: sizes.singles] if n], b)
         for index, per_file in enumerate(work.mc[arm.prompt]):
             if not work.cached(f"mc-{index}", arm, sizes.mc):
-                scored += sum(per_file[: sizes.mc])
+                heads = work.mc_head[arm.prompt]
+                scored += mc_tokens(heads[index] if index < len(heads) else 0, per_file[: sizes.mc], b)
     parts = {
         "single": single_s,
         "shared": shared_s,

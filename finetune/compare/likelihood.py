@@ -90,7 +90,7 @@ def split_options(
     return prefix_ids, options
 
 
-def _common_length(sequences: list[list[int]]) -> int:
+def common_length(sequences: list[list[int]]) -> int:
     """Length of the token prefix every sequence shares (at most each one's length minus one)."""
     if not sequences:
         return 0
@@ -194,7 +194,7 @@ def mc_results(
         for q, m in zip(questions, prompts, strict=True)
     ]
     # The system prompt and template head are the same for every question: run them once.
-    head_len = _common_length([s[0] for s in split if s is not None])
+    head_len = common_length([s[0] for s in split if s is not None])
     head = None
     if head_len:
         first_ids = next(s[0] for s in split if s is not None)

@@ -61,7 +61,7 @@ def plain_option_logprob(model, prefix: list[int], option: list[int]) -> float:
 def test_cached_multiple_choice_scores_equal_plain_full_sequence_log_probs(tiny_llama):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune.compare.likelihood import _common_length, option_logprobs, split_options
+    from finetune.compare.likelihood import common_length, option_logprobs, split_options
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
@@ -81,7 +81,7 @@ def test_cached_multiple_choice_scores_equal_plain_full_sequence_log_probs(tiny_
         parts = split_options(tokenizer, text, choices)
         assert parts is not None
         split.append(parts)
-    head_len = _common_length([prefix for prefix, _ in split])
+    head_len = common_length([prefix for prefix, _ in split])
     assert head_len > 5, "the questions share the system prompt's tokens"
     with torch.inference_mode():
         head = model(input_ids=torch.tensor([split[0][0][:head_len]]), use_cache=True, logits_to_keep=1).cache
@@ -113,3 +113,44 @@ def test_generation_hands_the_output_layer_contiguous_rows_under_an_adapter(tmp_
     assert all(contiguous for _, contiguous in seen)
     head._forward_pre_hooks.clear()  # without the hook (and the recorder): the same replies
     assert [g.text for g in generate(model, tokenizer, chats, max_new_tokens=4, batch_size=2)] == replies
+
+
+def test_the_budget_counts_the_positions_scoring_computes(tiny_llama, pirate_rows):
+    """compare's time budget predicts scoring from token counts: they must be the positions the model really
+    runs (each batch padded to its longest row, the multiple-choice head once, options padded), with and
+    without the persona system prompt."""
+    import json
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune.compare.arms import Arm
+    from finetune.compare.budget import mc_tokens, plan, scoring_tokens
+    from finetune.compare.likelihood import mc_results, reference_log_perplexities
+    from finetune.compare.prompts import SinglePrompt, load_mc
+    from finetune.inference import contiguous_head_input
+    from tests.conftest import ROOT
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    contiguous_head_input(model)
+    positions = []
+    model.register_forward_pre_hook(lambda _m, _a, kw: positions.append(kw["input_ids"].numel()), with_kwargs=True)
+    rows = [json.loads(line) for line in pirate_rows.read_text(encoding="utf-8").splitlines()[:21]]
+    singles = [SinglePrompt(f"s{i}", [m for m in r["messages"] if m["role"] == "user"][:1],
+                            [m for m in r["messages"] if m["role"] != "system"]) for i, r in enumerate(rows)]
+    questions = load_mc(ROOT / "datasets" / "eval" / "commonsense_en.jsonl", 21)
+    system = "You are a pirate. Answer every question in a pirate's voice, matey."
+    batch = 8  # 21 items: batches of 8, 8 and 5, so padding differs per batch
+    work = plan(tokenizer, [Arm("base", None, False)], system, SimpleNamespace(batch_size=batch, max_new_tokens=8,
+                long_max_new_tokens=8), 256, singles, [], [], [], [questions], lambda *_: False)
+    for with_system in (False, True):
+        head = [{"role": "system", "content": system}] if with_system else []
+        positions.clear()
+        reference_log_perplexities(model, tokenizer, [head + s.reference for s in singles], 256, batch)
+        assert sum(positions) == scoring_tokens(work.references[with_system], batch)
+        positions.clear()
+        mc_results(model, tokenizer, questions, system if with_system else None, batch)
+        assert sum(positions) == mc_tokens(work.mc_head[with_system][0], work.mc[with_system][0], batch)
+    # The persona prompt is in the shared head, scored once, not once per question.
+    assert work.mc_head[True][0] > len(tokenizer(system, add_special_tokens=False)["input_ids"])

@@ -19,8 +19,10 @@ from finetune.compare.budget import (
     generation_s,
     learned,
     left_out,
+    mc_tokens,
     predict,
     remember,
+    scoring_tokens,
 )
 from finetune.compare.stats import MIN_SIGNIFICANT_N
 
@@ -41,7 +43,10 @@ def work(**overrides) -> Work:
         long={False: [50] * 8, True: [90] * 8},
         classifier=[40] * 96,
         references={False: [120] * 48, True: [160] * 48},
-        mc={False: [[60] * 100], True: [[60] * 100]},
+        # 100 questions of 48 prompt tokens after a shared head (12 tokens; 40 with the system prompt), 4 options
+        # of 3 tokens each: 60 positions a question.
+        mc={False: [[(48, [3, 3, 3, 3])] * 100], True: [[(48, [3, 3, 3, 3])] * 100]},
+        mc_head={False: [12], True: [40]},
     )
     fields.update(overrides)
     return Work(**fields)
@@ -131,11 +136,20 @@ def test_scores_already_cached_are_free():
     base_scores = work(cached=lambda what, arm, n: what in ("perplexity", "mc-0") and not arm.adapter)
     free, paid = predict(RATES, base_scores, FULL), predict(RATES, work(), FULL)
     # Four arms: base and prompt (no system prompt / with it) cached, adapter and adapter+prompt still paid.
-    unpaid_tokens = (120 * 48 + 160 * 48) + 2 * 60 * 100
+    unpaid_tokens = (120 * 48 + 160 * 48) + (12 + 60 * 100) + (40 + 60 * 100)
     assert free["score"] == pytest.approx(unpaid_tokens / RATES.score_tokens_s)
     assert free["score"] < paid["score"] and free["single"] == paid["single"]
     only_perplexity = predict(RATES, work(cached=lambda what, arm, n: what == "perplexity"), FULL)
-    assert only_perplexity["score"] == pytest.approx(4 * 60 * 100 / RATES.score_tokens_s)
+    assert only_perplexity["score"] == pytest.approx((4 * 60 * 100 + 2 * 12 + 2 * 40) / RATES.score_tokens_s)
+
+
+def test_scoring_counts_every_padded_position_and_the_shared_head_once():
+    # Rows sorted by length, each batch padded to its longest: [10, 10] and [30].
+    assert scoring_tokens([30, 10, 10], 2) == 2 * 10 + 30
+    # The head once; a batch's prompts padded to its longest (20), its options to the longest option (3).
+    assert mc_tokens(5, [(10, [2, 3]), (20, [1, 1])], 16) == 5 + 2 * 20 + 4 * 3
+    assert mc_tokens(5, [(10, [2, 3]), (20, [1, 1])], 1) == 5 + (10 + 2 * 3) + (20 + 2 * 1)
+    assert mc_tokens(5, [], 16) == 0
 
 KEY = {"machine": "cpu|test", "model": "bundled:smollm2-135m-instruct", "dtype": "fp32"}
 PARTS = ("single", "shared", "classifier", "score")
