@@ -27,7 +27,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from finetune.compare.arms import Arm
@@ -108,7 +108,7 @@ class Work:
     # Multiple choice, per file: the prompt head every question shares (scored once), then per question its
     # prompt tokens after that head and each option's tokens (likelihood.mc_results' own split).
     mc: dict[bool, list[list[tuple[int, list[int]]]]]
-    mc_head: dict[bool, list[int]] = field(default_factory=lambda: {False: [], True: []})
+    mc_head: dict[bool, list[int]]
     cached: Callable[[str, Arm, int], bool] = lambda what, arm, n: False  # noqa: E731 (a default)
 
 
@@ -269,8 +269,7 @@ def predict(
             scored += scoring_tokens([n for n in work.references[arm.prompt][: sizes.singles] if n], b)
         for index, per_file in enumerate(work.mc[arm.prompt]):
             if not work.cached(f"mc-{index}", arm, sizes.mc):
-                heads = work.mc_head[arm.prompt]
-                scored += mc_tokens(heads[index] if index < len(heads) else 0, per_file[: sizes.mc], b)
+                scored += mc_tokens(work.mc_head[arm.prompt][index], per_file[: sizes.mc], b)
     parts = {
         "single": single_s,
         "shared": shared_s,
