@@ -115,6 +115,12 @@ def test_over_at_the_floors_the_sets_without_a_verdict_go_long_answers_first():
     assert sizes.long == 0 and sizes.conversations >= floors.conversations and sum(parts.values()) <= budget
     assert min(sizes.singles - floors.singles, sizes.mc - floors.mc, sizes.classifier - floors.classifier) >= 0
     assert left_out(FULL, sizes) == ["long"]
+    # What leaving them out frees goes to the other sets, fitted again (one conversation asked: it cannot grow).
+    one = replace(FULL, conversations=1)
+    floors_one = predict(RATES, work(), replace(floors, long=0))
+    roomy = sum(floors_one.values()) + 0.9 * (sum(at_floors.values()) - sum(floors_one.values()))
+    sizes, parts = fit(RATES, work(), one, roomy)
+    assert sizes.long == 0 and sizes.singles > floors.singles and sum(parts.values()) <= roomy
     # A budget the floors fit leaves out nothing.
     assert left_out(FULL, fit(RATES, work(), FULL, sum(at_floors.values()) + 0.01)[0]) == []
 
@@ -144,8 +150,8 @@ def test_scores_already_cached_are_free():
 
 
 def test_scoring_counts_every_padded_position_and_the_shared_head_once():
-    # Rows sorted by length, each batch padded to its longest: [10, 10] and [30].
-    assert scoring_tokens([30, 10, 10], 2) == 2 * 10 + 30
+    # Rows sorted by length, each batch padded to its longest: [10, 20] and [30].
+    assert scoring_tokens([30, 10, 20], 2) == 2 * 20 + 30
     # The head once; a batch's prompts padded to its longest (20), its options to the longest option (3).
     assert mc_tokens(5, [(10, [2, 3]), (20, [1, 1])], 16) == 5 + 2 * 20 + 4 * 3
     assert mc_tokens(5, [(10, [2, 3]), (20, [1, 1])], 1) == 5 + (10 + 2 * 3) + (20 + 2 * 1)
