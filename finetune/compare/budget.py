@@ -2,13 +2,14 @@
 
 Training fits its schedule into `max_time` from its first steps' speed; compare does the same from a probe of
 a few seconds on the loaded model (`measure`): decoding steps at one row and at a full batch, with the adapter
-switched on and in PEFT's mixed-adapter batch, a forward pass over a few real prompts, and a few rows of
-perplexity scoring. The prediction (`predict`) then walks the work compare is about to do, batch by batch: each
-generation batch costs its prompt tokens at the measured prompt rate plus `max_new_tokens` decoding steps (a
-step costs a + b x rows, times the adapter's or the mixed batch's measured factor); scoring costs its tokens at
-the measured scoring rate. Replies are taken at full length, which errs high; the embedding model's time and
-the longer context of late conversation turns are not modelled, which errs low (measured: 5-15% low on a
-fast CPU, up to 25% on a slow one). So every compare with a budget stores what each part took against what was
+switched on and in PEFT's mixed-adapter batch, a forward pass over a few real prompts, a few rows of
+perplexity scoring, and a few replies through the sentence embedder. The prediction (`predict`) then walks the
+work compare is about to do, batch by batch: each generation batch costs its prompt tokens at the measured
+prompt rate plus `max_new_tokens` decoding steps (a step costs a + b x rows, times the adapter's or the mixed
+batch's measured factor); scoring costs the positions it computes (padding included) at the measured scoring
+rate; embedding costs its texts at the measured rate per text. Replies are taken at full length, which errs
+high; the longer context of late conversation turns is not modelled, which errs low. So every compare with a
+budget stores what each part took against what was
 predicted (`remember`, per machine, model and dtype, in $FINETUNE_HOME/compare_calibration.json), and the next
 one here scales each part by the median of the last few ratios (`learned`): the training estimate's way of
 learning from every run, applied to compare.
@@ -44,7 +45,8 @@ FLOORS = {"singles": 12, "conversations": 1, "long": 1, "mc": 20, "classifier": 
 # other), then conversations (the drift figure users come for, kept longest). One of each gives a drift figure
 # but never a verdict, so leaving them out changes no verdict; it is said on the console and in the report.
 LEAVE_OUT = ("long", "conversations")
-PARTS = ("single", "shared", "classifier", "score")
+PARTS = ("single", "shared", "classifier", "score", "embed")
+PROBE_TEXTS = 8  # reference replies embedded by the probe: two to load the embedding model, the rest timed
 LEARN_FILE = "compare_calibration.json"
 LEARN_FROM = 3  # the latest compares of the same kind a part's factor is the median of
 LEARN_KEEP = 50  # records kept in the file (the oldest go)
@@ -80,6 +82,7 @@ class Rates:
     step_per_row_s: float  # b: seconds each row adds to a decoding step
     adapter_factor: float = 1.0  # a step with an adapter switched on, over the base model's
     mixed_factor: float = 1.0  # a step of PEFT's mixed-adapter batch, over one adapter's
+    embed_text_s: float = 0.0  # seconds the sentence-embedding model takes per reply-length text
 
     def step(self, rows: int, kind: str) -> float:
         """Seconds of one decoding step of `rows` rows: kind base, adapter or mixed."""
@@ -239,7 +242,7 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 def predict(
     rates: Rates, work: Work, sizes: Sizes, factors: dict[str, float] | None = None
 ) -> dict[str, float]:
-    """Predicted seconds of each part of compare (generation, classifier, scoring) at these sizes.
+    """Predicted seconds of each part of compare (generation, classifier, scoring, embedding) at these sizes.
 
     `factors`: what earlier compares here measured against their prediction, per part (`learned`).
     """
@@ -275,8 +278,24 @@ def predict(
         "shared": shared_s,
         "classifier": classifier_s,
         "score": scored / rates.score_tokens_s,
+        "embed": embedded_texts(work, sizes) * rates.embed_text_s,
     }
     return {part: seconds * (factors or {}).get(part, 1.0) for part, seconds in parts.items()}
+
+
+def embedded_texts(work: Work, sizes: Sizes) -> int:
+    """Reply-length texts the embedding model encodes at these sizes (an upper bound; a cache keeps repeats).
+
+    The classifier's training replies (persona and base); per arm, each single reply for its style and again
+    with the persona's markers removed for the content scores, each conversation turn likewise, each long answer
+    (three replies long) with its first and last thirds and its unmarked copy; the references once.
+    Unlike generation and scoring, none of it is cached across compares: a second compare pays it again.
+    """
+    singles = min(sizes.singles, len(work.singles[False]))
+    turns = sum(len(turns) for turns in work.conversations[False][: sizes.conversations])
+    longs = min(sizes.long, len(work.long[False]))
+    per_arm = 2 * singles + 2 * turns + (3 + 2 + 3) * longs
+    return 2 * min(sizes.classifier, len(work.classifier)) + len(work.arms) * per_arm + singles
 
 
 def fit(
@@ -405,10 +424,12 @@ def measure(
     references: list[Messages],
     max_length: int,
     settings: Any,
+    embed: Callable[[list[str]], Any] | None = None,
 ) -> Rates:
     """Time generation and scoring on the loaded model: a few seconds of the batches compare will run.
 
-    `sample`: single prompts (the first few are timed); `references`: perplexity rows (likewise).
+    `sample`: single prompts (the first few are timed); `references`: perplexity rows (likewise), whose replies
+    also time `embed` (the style classifier's sentence embedder: the first two load it, the rest are timed).
     One generation per kind of batch, its steps timed as they stream: the first interval is the prompt's
     forward pass, the median of the rest is a decoding step (a median, so one step a neighbour slowed
     does not become the rate).
@@ -459,6 +480,13 @@ def measure(
             began = time.perf_counter()
             reference_log_perplexities(model, models.tokenizer, refs, max_length, len(refs))
             score_rate = tokens / max(1e-6, time.perf_counter() - began)
+    embed_rate = 0.0
+    replies = list(dict.fromkeys(m["content"] for r in references for m in r if m["role"] == "assistant"))
+    if embed is not None and len(replies) > 2:
+        embed(replies[:2])
+        began = time.perf_counter()
+        embed(replies[2:PROBE_TEXTS])
+        embed_rate = (time.perf_counter() - began) / len(replies[2:PROBE_TEXTS])
     return Rates(
         prefill_tokens_s=prefill_rate,
         score_tokens_s=score_rate,
@@ -466,4 +494,5 @@ def measure(
         step_per_row_s=per_row,
         adapter_factor=adapter_factor,
         mixed_factor=mixed_factor,
+        embed_text_s=embed_rate,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,17 @@ class StyleClassifier:
         self._cache: dict[str, Any] = {}
         self.model: Any = None
         self.info: dict[str, Any] = {}
+        self.embed_seconds = 0.0  # time spent in embed(), loading included: compare's time budget learns from it
 
     def embed(self, texts: list[str]) -> Any:
         """Normalised sentence embeddings, computed once per distinct text."""
+        began = time.perf_counter()
+        try:
+            return self._embed(texts)
+        finally:
+            self.embed_seconds += time.perf_counter() - began
+
+    def _embed(self, texts: list[str]) -> Any:
         import numpy as np
 
         if self._embedder is None:

@@ -194,10 +194,13 @@ def test_a_budget_the_sets_fit_in_cuts_nothing(compared):
     sets = report["settings"]["prompt_sets"]
     assert sets["single"]["n"] == 16 and sets["classifier"]["n"] == 48 and sets["mc:commonsense_en"]["n"] == 20
     rates = budget["rates"]
-    assert all(rates[k] > 0 for k in ("prefill_tokens_s", "score_tokens_s", "step_per_row_s"))
+    assert all(rates[k] > 0 for k in ("prefill_tokens_s", "score_tokens_s", "step_per_row_s", "embed_text_s"))
     # Every part predicted and measured; the prediction takes replies at full length, so it is an upper
     # bound where replies end early, but not a wild one (the same machine, seconds apart).
-    assert set(budget["predicted_s"]) == set(budget["measured_s"]) == {"single", "shared", "classifier", "score"}
+    assert set(budget["predicted_s"]) == set(budget["measured_s"]) == {"single", "shared", "classifier", "score",
+                                                                      "embed"}
+    # Embedding is timed apart from the steps it runs in: each part is what its own rate predicts.
+    assert 0 < budget["measured_s"]["embed"] < report["timings"]["classifier_s"] + report["timings"]["score_s"]
     predicted, measured = sum(budget["predicted_s"].values()), sum(budget["measured_s"].values())
     assert 0.25 < predicted / measured < 4, (budget["predicted_s"], budget["measured_s"])
     assert not any("--max-time" in w for w in report["warnings"])

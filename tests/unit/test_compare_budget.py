@@ -12,6 +12,7 @@ from finetune.compare.budget import (
     FLOORS,
     LEARN_FILE,
     LEAVE_OUT,
+    PARTS,
     Rates,
     Sizes,
     Work,
@@ -27,7 +28,7 @@ from finetune.compare.budget import (
 from finetune.compare.stats import MIN_SIGNIFICANT_N
 
 RATES = Rates(prefill_tokens_s=1000.0, score_tokens_s=500.0, step_s=0.04, step_per_row_s=0.002,
-              adapter_factor=1.5, mixed_factor=1.25)
+              adapter_factor=1.5, mixed_factor=1.25, embed_text_s=0.01)
 FULL = Sizes(singles=48, conversations=8, long=8, mc=100, classifier=96)
 
 
@@ -157,8 +158,19 @@ def test_scoring_counts_every_padded_position_and_the_shared_head_once():
     assert mc_tokens(5, [(10, [2, 3]), (20, [1, 1])], 1) == 5 + (10 + 2 * 3) + (20 + 2 * 1)
     assert mc_tokens(5, [], 16) == 0
 
+def test_embedding_is_a_part_of_its_own_counted_per_text():
+    # 96 classifier replies twice (persona, base); per arm each single reply twice (its style; unmarked, for
+    # content), each of 8 x 3 conversation turns twice, each long answer 8 reply-lengths; the 48 references once.
+    texts = 2 * 96 + 4 * (2 * 48 + 2 * 8 * 3 + 8 * 8) + 48
+    assert predict(RATES, work(), FULL)["embed"] == pytest.approx(texts * RATES.embed_text_s)
+    # Not cached across compares: a compare whose replies and scores all come from the cache still embeds them.
+    everything_cached = work(cached=lambda what, arm, n: True)
+    assert predict(RATES, everything_cached, FULL)["embed"] == pytest.approx(texts * RATES.embed_text_s)
+    half = predict(RATES, work(), Sizes(24, 8, 8, 100, 96))["embed"]
+    assert half == pytest.approx((texts - 4 * 2 * 24 - 24) * RATES.embed_text_s)
+
+
 KEY = {"machine": "cpu|test", "model": "bundled:smollm2-135m-instruct", "dtype": "fp32"}
-PARTS = ("single", "shared", "classifier", "score")
 
 
 def test_learned_factors_are_the_median_of_the_latest_compares_of_the_same_kind():
@@ -178,7 +190,7 @@ def test_a_part_too_short_to_time_teaches_nothing_and_wild_ratios_are_held():
     factors, n = learned(KEY)
     assert n == 1
     assert factors == pytest.approx({"single": 1.0, "shared": FACTOR_RANGE[1], "classifier": FACTOR_RANGE[0],
-                                     "score": 1.2})
+                                     "score": 1.2, "embed": 1.0})  # embed: no record has it
 
 
 def test_an_unreadable_record_file_means_nothing_learned(tmp_path, monkeypatch):
@@ -192,7 +204,7 @@ def test_an_unreadable_record_file_means_nothing_learned(tmp_path, monkeypatch):
 
 def test_learned_factors_scale_the_prediction_and_the_fit():
     plain = predict(RATES, work(), FULL)
-    factors = {"single": 2.0, "shared": 1.0, "classifier": 0.5, "score": 1.5}
+    factors = {"single": 2.0, "shared": 1.0, "classifier": 0.5, "score": 1.5, "embed": 1.0}
     scaled = predict(RATES, work(), FULL, factors)
     assert scaled == pytest.approx({part: plain[part] * factors[part] for part in PARTS})
     # A machine that measured twice the prediction fits smaller sets into the same seconds.
