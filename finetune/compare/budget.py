@@ -480,13 +480,13 @@ def measure(
             began = time.perf_counter()
             reference_log_perplexities(model, models.tokenizer, refs, max_length, len(refs))
             score_rate = tokens / max(1e-6, time.perf_counter() - began)
-    embed_rate = 0.0
+    per_text = 0.0
     replies = list(dict.fromkeys(m["content"] for r in references for m in r if m["role"] == "assistant"))
     if embed is not None and len(replies) > 2:
         embed(replies[:2])
         began = time.perf_counter()
         embed(replies[2:PROBE_TEXTS])
-        embed_rate = (time.perf_counter() - began) / len(replies[2:PROBE_TEXTS])
+        per_text = (time.perf_counter() - began) / len(replies[2:PROBE_TEXTS])
     return Rates(
         prefill_tokens_s=prefill_rate,
         score_tokens_s=score_rate,
@@ -494,5 +494,5 @@ def measure(
         step_per_row_s=per_row,
         adapter_factor=adapter_factor,
         mixed_factor=mixed_factor,
-        embed_text_s=embed_rate,
+        embed_text_s=per_text,
     )
