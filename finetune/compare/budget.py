@@ -140,7 +140,7 @@ def plan(
     replies, the base model's `classifier-base` replies, `perplexity` of the single prompts' references, or
     `mc-<i>` scores of the i-th multiple-choice file.
     """
-    from finetune.compare.likelihood import common_length, mc_user_message, split_options
+    from finetune.compare.likelihood import mc_prompts
     from finetune.data import end_of_turn_token, tokenize_conversation
 
     terminator = end_of_turn_token(tokenizer)
@@ -166,16 +166,12 @@ def plan(
         return len(tokenize_conversation(tokenizer, rows, max_length, terminator)["input_ids"])
 
     def mc(questions: list[MCQuestion], with_system: bool) -> tuple[int, list[tuple[int, list[int]]]]:
-        texts = [tokenizer.apply_chat_template((system if with_system else []) + [
-            {"role": "user", "content": mc_user_message(q)}], tokenize=False, add_generation_prompt=True)
-            for q in questions]
-        split = [split_options(tokenizer, text, q.choices) for text, q in zip(texts, questions, strict=True)]
-        head = common_length([s[0] for s in split if s is not None])
+        messages, split, head = mc_prompts(tokenizer, questions, system_prompt if with_system else None)
         out = []
-        for text, q, parts in zip(texts, questions, split, strict=True):
+        for sent, q, parts in zip(messages, questions, split, strict=True):
             if parts is None:  # scored as whole sequences, one row per option (mc_results' fallback)
-                full = [len(tokenizer(text + c, add_special_tokens=False)["input_ids"]) for c in q.choices]
-                out.append((0, full))
+                out.append((0, [tokens(sent, False) + len(tokenizer(c, add_special_tokens=False)["input_ids"])
+                                for c in q.choices]))
             else:
                 out.append((len(parts[0]) - head, [len(o) for o in parts[1]]))
         return head, out

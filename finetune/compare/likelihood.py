@@ -175,6 +175,22 @@ def option_logprobs(
     return scores
 
 
+def mc_prompts(
+    tokenizer: Any, questions: list[MCQuestion], system_prompt: str | None
+) -> tuple[list[Messages], list[tuple[list[int], list[list[int]]] | None], int]:
+    """Each question's messages, its prompt and options as token ids (`split_options`; None where they merge),
+    and the length of the head every split prompt shares (template and system prompt: scored once)."""
+    head_messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    prompts = [[*head_messages, {"role": "user", "content": mc_user_message(q)}] for q in questions]
+    split = [
+        split_options(
+            tokenizer, tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True), q.choices
+        )
+        for q, m in zip(questions, prompts, strict=True)
+    ]
+    return prompts, split, common_length([s[0] for s in split if s is not None])
+
+
 def mc_results(
     model: Any,
     tokenizer: Any,
@@ -185,16 +201,7 @@ def mc_results(
     """Per question: the option chosen by mean and by summed log-probability, and whether each is right."""
     import torch
 
-    head_messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    prompts = [[*head_messages, {"role": "user", "content": mc_user_message(q)}] for q in questions]
-    split = [
-        split_options(
-            tokenizer, tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True), q.choices
-        )
-        for q, m in zip(questions, prompts, strict=True)
-    ]
-    # The system prompt and template head are the same for every question: run them once.
-    head_len = common_length([s[0] for s in split if s is not None])
+    prompts, split, head_len = mc_prompts(tokenizer, questions, system_prompt)
     head = None
     if head_len:
         first_ids = next(s[0] for s in split if s is not None)
