@@ -39,13 +39,18 @@ def _load_folder(
     path: str, tokenizer_from: str | None = None, gguf_file: str | None = None
 ) -> tuple[Any, Any]:
     """A transformers model and tokenizer from a folder, hub id or GGUF file, in fp32."""
+    from contextlib import nullcontext
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from finetune.models import gguf_read_once
+
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from or path, **({} if tokenizer_from else extra))
+        with gguf_read_once() if gguf_file else nullcontext():  # one parse of the file, not three
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra)
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_from or path, **({} if tokenizer_from else extra))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot load: {str(exc).strip().splitlines()[0]}") from None
     if tokenizer.pad_token is None:
