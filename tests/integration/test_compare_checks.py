@@ -95,6 +95,58 @@ def test_cached_multiple_choice_scores_equal_plain_full_sequence_log_probs(tiny_
                 assert total == pytest.approx(want, abs=2e-4), (with_head, option, total, want)
 
 
+class OpensEveryReplyTheSameWay(torch.nn.Module):
+    """The model, but wherever the input token is `after` its next token is almost surely `opening`: a persona
+    that opens every reply with its own word ("Arr") where the chat template's generation prompt ends."""
+
+    def __init__(self, model, after: int, opening: int) -> None:
+        super().__init__()
+        self.model, self.after, self.opening = model, after, opening
+
+    def forward(self, input_ids, logits_to_keep=0, **kwargs):
+        out = self.model(input_ids=input_ids, logits_to_keep=0, **kwargs)
+        logits = out.logits.clone()
+        logits[..., self.opening] += 30.0 * (input_ids == self.after)
+        if isinstance(logits_to_keep, torch.Tensor):
+            logits = logits[:, logits_to_keep.to(logits.device)]
+        elif logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        out.logits = logits
+        return out
+
+
+def test_how_an_arm_opens_its_reply_does_not_enter_the_option_scores(tiny_llama):
+    """Options scored as the reply's first words competed with the arm's own opening: a persona adapter's
+    "Arr" took the probability every option's first token needed, and its length-normalised scores favoured
+    longer options (the demo's adapter fell to 0.14 accuracy, base 0.33). Scored after the reply's fixed
+    opening (likelihood.MC_LEAD), an arm's way of opening a reply changes no option's score."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune.compare.likelihood import MC_LEAD, mc_prompts, option_logprobs
+    from finetune.compare.prompts import MCQuestion
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    questions = [
+        MCQuestion(id="q1", question="Where is milk kept?", choices=["refrigerator", "oven", "garden shed"], label=0),
+        MCQuestion(id="q2", question="What cuts paper?", choices=["scissors", "a soft sponge", "pillow"], label=0),
+    ]
+    _, split, _ = mc_prompts(tokenizer, questions, "You are a pirate.")
+    assert all(parts is not None for parts in split)
+    opened = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                           add_generation_prompt=True)
+    for (prefix, options), question in zip(split, questions, strict=True):  # the lead opens, the option follows
+        assert tokenizer.decode(prefix).endswith(opened[opened.rindex("x") + 1:] + MC_LEAD)
+        assert [tokenizer.decode(option) for option in options] == [f" {c}" for c in question.choices]
+    after = tokenizer(opened, add_special_tokens=False)["input_ids"][-1]  # the generation prompt's last token
+    arr = tokenizer(" Arr", add_special_tokens=False)["input_ids"][0]
+    plain = option_logprobs(model, split, tokenizer.pad_token_id)
+    styled = option_logprobs(OpensEveryReplyTheSameWay(model, after, arr), split, tokenizer.pad_token_id)
+    for mine, theirs in zip(plain, styled, strict=True):
+        assert [count for _, count in mine] == [count for _, count in theirs]
+        assert [total for total, _ in mine] == pytest.approx([total for total, _ in theirs], abs=1e-5)
+
+
 def test_generation_hands_the_output_layer_contiguous_rows_under_an_adapter(tmp_path, tiny_llama, pirate_rows):
     """Under a PEFT adapter (frozen base weights) a strided last-position row made torch copy the output
     weight once per row in generation's first step (0.87 GB for the bundled model at 16 rows in bf16):
