@@ -10,10 +10,10 @@ from finetune.data import end_of_turn_token, tokenize_conversation
 
 # Every arm's reply is scored from one opening, the bullet the options are listed with, and each option follows
 # it after a space. Scored as the reply's very first words, an option competed with the arm's own way of opening
-# a reply ("Arr, matey..."): the demo's pirate adapter fell from 0.25 to 0.14 multiple-choice accuracy the longer
-# it trained (base 0.33, five options) while its generated answers named the right option as often as the
-# base's and a wrong one less often (18 right, 2 wrong of 64 against 18 and 13), and compare reported "ability
-# lost". From this opening the same adapters scored 0.36 and 0.41, the base 0.34 (docs/compare.md).
+# a reply ("Arr, matey..."): the demo's pirate adapter scored 0.25 after 15 steps and 0.14 after 39 (base 0.33,
+# five options) while its generated answers named the right option as often as the base's and a wrong one less
+# often (18 right, 2 wrong of 64 against 18 and 13), and compare reported "ability lost". From this opening the
+# same adapters scored 0.36 and 0.41, the base 0.34 (docs/compare.md).
 MC_LEAD = "-"
 MC_SCORING = (f"mean log-probability per option token (length-normalised), each option after the reply's opening "
               f"{MC_LEAD!r}; sum also reported as accuracy_sum")
@@ -238,7 +238,8 @@ def mc_results(
             continue
         for choice in question.choices:  # a choice whose tokens merge with the prompt: score whole sequences
             full = [*messages, {"role": "assistant", "content": f"{MC_LEAD} {choice}"}]
-            # No end-of-turn token in the labels: score the option's own words only.
+            # No end-of-turn token in the labels: the opening and the option's words are scored (the opening's
+            # tokens count in the mean here, unlike on the split path; only for options whose tokens merge).
             fallback_rows.append(tokenize_conversation(tokenizer, full, 4096, terminator=None))
             fallback_owner.append(qi)
     if fallback_rows:
