@@ -140,7 +140,7 @@ def plan(
     replies, the base model's `classifier-base` replies, `perplexity` of the single prompts' references, or
     `mc-<i>` scores of the i-th multiple-choice file.
     """
-    from finetune.compare.likelihood import mc_prompts
+    from finetune.compare.likelihood import mc_fallback_rows, mc_prompts
     from finetune.data import end_of_turn_token, tokenize_conversation
 
     terminator = end_of_turn_token(tokenizer)
@@ -170,8 +170,7 @@ def plan(
         out = []
         for sent, q, parts in zip(messages, questions, split, strict=True):
             if parts is None:  # scored as whole sequences, one row per option (mc_results' fallback)
-                out.append((0, [tokens(sent, False) + len(tokenizer(c, add_special_tokens=False)["input_ids"])
-                                for c in q.choices]))
+                out.append((0, [len(row["input_ids"]) for row in mc_fallback_rows(tokenizer, sent, q)]))
             else:
                 out.append((len(parts[0]) - head, [len(o) for o in parts[1]]))
         return head, out

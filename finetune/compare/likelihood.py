@@ -204,6 +204,19 @@ def mc_prompts(
     return prompts, split, common_length([s[0] for s in split if s is not None])
 
 
+def mc_fallback_rows(tokenizer: Any, messages: Messages, question: MCQuestion) -> list[dict[str, Any]]:
+    """One tokenised row per option, for a question whose options merge with its prompt: scored whole.
+
+    No end-of-turn token in the labels: the opening and the option's words are scored (the opening's tokens
+    count in the mean here, unlike on the split path).
+    """
+    return [
+        tokenize_conversation(tokenizer, [*messages, {"role": "assistant", "content": f"{MC_LEAD} {choice}"}], 4096,
+                              terminator=None)
+        for choice in question.choices
+    ]
+
+
 def mc_results(
     model: Any,
     tokenizer: Any,
@@ -236,12 +249,9 @@ def mc_results(
     for qi, (question, messages, parts) in enumerate(zip(questions, prompts, split, strict=True)):
         if parts is not None:
             continue
-        for choice in question.choices:  # a choice whose tokens merge with the prompt: score whole sequences
-            full = [*messages, {"role": "assistant", "content": f"{MC_LEAD} {choice}"}]
-            # No end-of-turn token in the labels: the opening and the option's words are scored (the opening's
-            # tokens count in the mean here, unlike on the split path; only for options whose tokens merge).
-            fallback_rows.append(tokenize_conversation(tokenizer, full, 4096, terminator=None))
-            fallback_owner.append(qi)
+        rows = mc_fallback_rows(tokenizer, messages, question)  # its options merge with the prompt
+        fallback_rows.extend(rows)
+        fallback_owner.extend([qi] * len(rows))
     if fallback_rows:
         scored = sequence_logprobs(model, fallback_rows, tokenizer.pad_token_id, batch_size)
         for qi, score in zip(fallback_owner, scored, strict=True):
