@@ -99,6 +99,7 @@ def generate(
     import torch
 
     tokenizer.padding_side = "left"
+    stops = stop_ids(tokenizer)
     results: list[Generation] = []
     for start in range(0, len(conversations), batch_size):
         chunk = conversations[start : start + batch_size]
@@ -127,7 +128,7 @@ def generate(
         width = encoded["input_ids"].shape[1]
         for row, mask in zip(output, encoded["attention_mask"]):
             new = row[width:]
-            stop = [i for i, t in enumerate(new.tolist()) if t in stop_ids(tokenizer)]
+            stop = [i for i, t in enumerate(new.tolist()) if t in stops]
             new = new[: stop[0]] if stop else new
             results.append(
                 Generation(

@@ -44,8 +44,9 @@ def side_by_side(samples: Path, count: int = 3) -> None:
     """
     import json
 
-    from rich.console import Console
     from rich.table import Table
+
+    from finetune.console import console
 
     columns = {"base": "base SmolLM2-135M-Instruct", "prompt": "base + persona system prompt",
                "adapter": "+ pirate adapter (no system prompt)"}
@@ -62,7 +63,8 @@ def side_by_side(samples: Path, count: int = 3) -> None:
         table.add_column(title, ratio=2)
     for prompt_id in sorted(asked)[:count]:
         table.add_row(asked[prompt_id], *(answers.get((prompt_id, arm), "") for arm in columns))
-    Console().print(table)
+    # finetune's console: 120 columns when not a terminal (a log, `make demo | tee`), where rich alone takes 80.
+    console.print(table)
 
 
 def main() -> None:
