@@ -60,6 +60,20 @@ def _diff_text(d: Difference | None) -> str:
     return text
 
 
+def _unmerged_note(arm: _Arm, base: ArmMetrics | None) -> str:
+    """For an adapter arm: its decoding speed unmerged against the base's, which a merged adapter decodes at.
+
+    compare runs adapters as PEFT runs them, unmerged: every decoding step adds each LoRA layer's two small
+    products (~40% a token for the bundled 135M model on a CPU). Merged into the weights the adapter costs nothing
+    a token, so its latency as deployed is the base's at its own (shorter) input, not the figure beside it.
+    """
+    ours, theirs = arm.metrics.s_per_token, base.s_per_token if base else None
+    if not arm.name.startswith("adapter") or not ours or not theirs or ours.mean is None or theirs.mean is None:
+        return ""
+    return (f" ({1000 * ours.mean:.0f} ms a token with the adapter unmerged, the base {1000 * theirs.mean:.0f}: "
+            "merged into the weights, `finetune export --merge`, it decodes as the base does)")
+
+
 class _Arm:
     """What the decision needs to know about one candidate arm (adapter, prompt or both)."""
 
@@ -164,10 +178,12 @@ def _reasons(report: Report, adapter: _Arm, prompt: _Arm | None, both: _Arm | No
     else:
         reasons.append(Reason(topic="arena", text="no arena votes yet (`finetune arena` collects them)"))
     latency = []
+    base = report.arms.get("base")
     for x in arms:
         m = x.metrics
         if m.latency_s and m.latency_s.mean is not None and m.prompt_tokens and m.prompt_tokens.mean is not None:
-            latency.append(f"{x.name} {m.prompt_tokens.mean:.0f} input tokens, {m.latency_s.mean:.2f} s per request")
+            text = f"{x.name} {m.prompt_tokens.mean:.0f} input tokens, {m.latency_s.mean:.2f} s per request"
+            latency.append(text + _unmerged_note(x, base))
     reasons.append(Reason(topic="latency", text="; ".join(latency) or "not measured"))
     cost = report.cost.adapters.get(adapter.name)
     reasons.append(Reason(topic="cost", text=cost.text if cost and cost.text else "break-even not computed"))
