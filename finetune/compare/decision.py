@@ -60,18 +60,23 @@ def _diff_text(d: Difference | None) -> str:
     return text
 
 
-def _unmerged_note(arm: _Arm, base: ArmMetrics | None) -> str:
-    """For an adapter arm: its decoding speed unmerged against the base's, which a merged adapter decodes at.
+def _unmerged_note(arm: _Arm, report: Report) -> str:
+    """For an adapter arm: its decoding speed unmerged beside that of the arm a merged adapter would decode as.
 
     compare runs adapters as PEFT runs them, unmerged: every decoding step adds each LoRA layer's two small
-    products (~40% a token for the bundled 135M model on a CPU). Merged into the weights the adapter costs nothing
-    a token, so its latency as deployed is the base's at its own (shorter) input, not the figure beside it.
+    products (~40% a token for the bundled 135M model on a CPU, docs/compare.md). Merged into the weights the
+    adapter costs nothing a token: `adapter` then decodes as `base` does (the same input), `adapter+prompt` as
+    `prompt` does, so their latency as deployed is that arm's, not the figure beside it.
     """
-    ours, theirs = arm.metrics.s_per_token, base.s_per_token if base else None
-    if not arm.name.startswith("adapter") or not ours or not theirs or ours.mean is None or theirs.mean is None:
+    if not arm.name.startswith("adapter"):
         return ""
-    return (f" ({1000 * ours.mean:.0f} ms a token with the adapter unmerged, the base {1000 * theirs.mean:.0f}: "
-            "merged into the weights, `finetune export --merge`, it decodes as the base does)")
+    like = "prompt" if arm.name.endswith("+prompt") else "base"
+    ours = arm.metrics.s_per_token
+    theirs = report.arms[like].s_per_token if like in report.arms else None
+    if not ours or not theirs or ours.mean is None or theirs.mean is None:
+        return ""
+    return (f" ({1000 * ours.mean:.0f} ms a token with the adapter unmerged, the {like} arm {1000 * theirs.mean:.0f}: "
+            f"merged into the weights, `finetune export --merge`, it decodes as the {like} arm does)")
 
 
 class _Arm:
@@ -178,12 +183,11 @@ def _reasons(report: Report, adapter: _Arm, prompt: _Arm | None, both: _Arm | No
     else:
         reasons.append(Reason(topic="arena", text="no arena votes yet (`finetune arena` collects them)"))
     latency = []
-    base = report.arms.get("base")
     for x in arms:
         m = x.metrics
         if m.latency_s and m.latency_s.mean is not None and m.prompt_tokens and m.prompt_tokens.mean is not None:
             text = f"{x.name} {m.prompt_tokens.mean:.0f} input tokens, {m.latency_s.mean:.2f} s per request"
-            latency.append(text + _unmerged_note(x, base))
+            latency.append(text + _unmerged_note(x, report))
     reasons.append(Reason(topic="latency", text="; ".join(latency) or "not measured"))
     cost = report.cost.adapters.get(adapter.name)
     reasons.append(Reason(topic="cost", text=cost.text if cost and cost.text else "break-even not computed"))

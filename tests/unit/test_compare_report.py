@@ -138,3 +138,19 @@ def test_every_verdict_test_has_a_holm_p_value_and_no_other_does():
     assert "p_holm" not in data["drift"]["multi"]["base"]["change"]
     assert data["drift"]["multi"]["adapter"]["change"]["p_holm"] is not None
     assert "arena" not in data
+
+
+def test_an_adapter_arms_latency_names_the_arm_it_decodes_as_once_merged():
+    from types import SimpleNamespace
+
+    from finetune.compare.decision import _unmerged_note
+
+    report = typed_report()
+    report.arms["prompt"].s_per_token.mean = 0.020  # apart from the base's, so the line shows which it took
+    adapter = report.arms["adapter"]
+    plain = _unmerged_note(SimpleNamespace(name="adapter", metrics=adapter), report)
+    with_prompt = _unmerged_note(SimpleNamespace(name="adapter+prompt", metrics=adapter), report)
+    base_ms = round(1000 * report.arms["base"].s_per_token.mean)
+    assert f"the base arm {base_ms}:" in plain and plain.endswith("decodes as the base arm does)")
+    assert "the prompt arm 20:" in with_prompt and with_prompt.endswith("decodes as the prompt arm does)")
+    assert _unmerged_note(SimpleNamespace(name="prompt", metrics=report.arms["prompt"]), report) == ""
