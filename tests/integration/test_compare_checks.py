@@ -147,6 +147,43 @@ def test_how_an_arm_opens_its_reply_does_not_enter_the_option_scores(tiny_llama)
         assert [total for total, _ in mine] == pytest.approx([total for total, _ in theirs], abs=1e-5)
 
 
+def test_options_that_merge_with_their_prompt_are_scored_whole_after_the_same_opening(tiny_llama, monkeypatch):
+    """A question whose options' tokens would merge with the prompt is scored as whole sequences
+    (likelihood.mc_fallback_rows): the same options after the same opening, so each option's summed score is
+    the split path's plus the opening's own log-probability, one constant per question, and the pick by sum
+    is the split path's. No shipped question takes this path on the bundled tokenizer, so it is forced here."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune.compare import likelihood
+    from finetune.compare.prompts import MCQuestion
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    questions = [
+        MCQuestion(id="q1", question="Where is milk kept?", choices=["refrigerator", "oven", "garden shed"], label=0),
+        MCQuestion(id="q2", question="What cuts paper?", choices=["scissors", "a soft sponge", "pillow", "rain"],
+                   label=0),
+        MCQuestion(id="q3", question="空の色は？", choices=["青", "緑色です", "赤"], label=0),
+    ]
+    system = "Answer with one option."
+    prompts, split, _ = likelihood.mc_prompts(tokenizer, questions, system)
+    assert all(parts is not None for parts in split)
+    lead_tokens = len(tokenizer(likelihood.MC_LEAD, add_special_tokens=False)["input_ids"])
+    for messages, question, parts in zip(prompts, questions, split, strict=True):
+        whole = likelihood.sequence_logprobs(
+            model, likelihood.mc_fallback_rows(tokenizer, messages, question), tokenizer.pad_token_id, 8)
+        (alone,) = likelihood.option_logprobs(model, [parts], tokenizer.pad_token_id)
+        assert [count for _, count in whole] == [count + lead_tokens for _, count in alone]
+        offsets = [w - a for (w, _), (a, _) in zip(whole, alone, strict=True)]
+        assert offsets[0] < 0 and offsets == pytest.approx([offsets[0]] * len(offsets), abs=2e-4)
+
+    split_results = likelihood.mc_results(model, tokenizer, questions, system, batch_size=8)
+    monkeypatch.setattr(likelihood, "split_options", lambda *args, **kwargs: None)  # every question merges
+    whole_results = likelihood.mc_results(model, tokenizer, questions, system, batch_size=8)
+    assert [r["id"] for r in whole_results] == [q.id for q in questions]
+    assert [r["pred_sum"] for r in whole_results] == [r["pred_sum"] for r in split_results]
+
+
 def test_generation_hands_the_output_layer_contiguous_rows_under_an_adapter(tmp_path, tiny_llama, pirate_rows):
     """Under a PEFT adapter (frozen base weights) a strided last-position row made torch copy the output
     weight once per row in generation's first step (0.87 GB for the bundled model at 16 rows in bf16):
