@@ -64,7 +64,7 @@ def _unmerged_note(arm: _Arm, report: Report) -> str:
     """For an adapter arm: its decoding speed unmerged beside that of the arm a merged adapter would decode as.
 
     compare runs adapters as PEFT runs them, unmerged: every decoding step adds each LoRA layer's two small
-    products (~40% a token for the bundled 135M model on a CPU, docs/compare.md). Merged into the weights the
+    products (40-50% a token for the bundled 135M model on a CPU, docs/compare.md). Merged into the weights the
     adapter costs nothing a token: `adapter` then decodes as `base` does (the same input), `adapter+prompt` as
     `prompt` does, so their latency as deployed is that arm's, not the figure beside it.
     """
