@@ -58,6 +58,36 @@ def _load_folder(
     return model.eval(), tokenizer
 
 
+# llama.cpp pre-tokenizers (GGUF `tokenizer.ggml.pre`) that split digits one by one before the byte-level step:
+# transformers' GGUF loader rebuilds only the byte-level step (finetune/models.py says more).
+DIGIT_SPLITTING_PRE = ("smollm",)
+
+
+def _check_model_gguf(path: Path) -> str | None:
+    """Refuse a LoRA adapter GGUF (transformers would build a full-size model from default sizes around it,
+    tens of GB); return the file's llama.cpp pre-tokenizer name."""
+    import gguf
+
+    fields = gguf.GGUFReader(str(path)).fields
+    kind = fields["general.type"].contents() if "general.type" in fields else None
+    if kind == "adapter":
+        raise RunError(f"{path}: a LoRA adapter GGUF, not a model; chat with the run itself, or export it merged "
+                       "(finetune export RUN --merge --format gguf), or run it in llama.cpp over its base GGUF "
+                       "(--lora)")
+    pre = fields["tokenizer.ggml.pre"].contents() if "tokenizer.ggml.pre" in fields else None
+    return pre if isinstance(pre, str) else None
+
+
+def _split_digits(tokenizer: Any) -> None:
+    """Put the digit-by-digit split back in front of a GGUF tokenizer's byte-level pre-tokenizer, as the model
+    was trained with and llama.cpp runs it."""
+    from tokenizers import pre_tokenizers
+
+    backend = tokenizer.backend_tokenizer
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     backend.pre_tokenizer])
+
+
 def load_target(target: str, adapter: bool = True) -> tuple[Any, Any, str]:
     """Model, tokenizer and label for a run name/folder, an exported folder, a .gguf file or a base model."""
     from finetune.inference import attach_adapter, load_run_model
@@ -70,7 +100,10 @@ def load_target(target: str, adapter: bool = True) -> tuple[Any, Any, str]:
         pass
     path = Path(target)
     if path.is_file() and path.suffix == ".gguf":
+        pre = _check_model_gguf(path)
         model, tokenizer = _load_folder(str(path.parent), gguf_file=path.name)
+        if pre in DIGIT_SPLITTING_PRE:
+            _split_digits(tokenizer)
         return _to_device(model), tokenizer, path.name
     if (path / "adapter_config.json").is_file():
         # The adapter folder's tokenizer carries the chat template the adapter was trained with.

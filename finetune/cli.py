@@ -148,10 +148,12 @@ def data_check_command(
     recipe: Path | None = typer.Option(None, "--recipe", help="Use this recipe's tokenizer and max_length."),
 ) -> None:
     """Validate a dataset and show token-length statistics."""
-    from finetune.data import MAX_REPORTED, read_dataset
+    from finetune.data import MAX_REPORTED, dropped_text, read_dataset
     from finetune.data_stats import token_stats
+    from finetune.recipe import load_recipe
 
-    report = read_dataset(file)
+    # Read as training reads it: in the recipe's dataset.format where it names one.
+    report = read_dataset(file, load_recipe(recipe).dataset.format if recipe is not None else "auto")
     if report.problems:
         for line in report.problems[:MAX_REPORTED]:
             say(line)
@@ -170,6 +172,9 @@ def data_check_command(
         f"{stats['max_length']}",
         highlight=False,
     )
+    if stats["dropped_lines"]:
+        console.print(dropped_text(stats["dropped_lines"], len(report.conversations), stats["max_length"],
+                                   "rows would be dropped in training"), highlight=False)
     if recipe is not None and stats.get("first_row"):
         console.print("first row as trained (loss on the text between ⟦ ⟧):", highlight=False)
         console.print(stats["first_row"], highlight=False, markup=False)

@@ -157,6 +157,17 @@ class DataReport:
     format: str | None
     conversations: Conversations | list[Conversation] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    given: str | None = None  # the recipe's dataset.format, where it is not auto
+
+    @property
+    def detected(self) -> bool:
+        """Whether the format was read from the file's first row (`format: auto`), not given by a recipe."""
+        return self.given is None
+
+
+def _article(word: str) -> str:
+    """'an' before a vowel ('an alpaca row'), else 'a'."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def detect_format(row: dict[str, Any]) -> str | None:
@@ -217,7 +228,7 @@ def read_dataset(path: str | Path, fmt: str = "auto") -> DataReport:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: dataset file not found")
-    report = DataReport(path=path, format=None if fmt == "auto" else fmt)
+    report = DataReport(path=path, format=None if fmt == "auto" else fmt, given=None if fmt == "auto" else fmt)
     rows = _arrow_rows(path, fmt, report)
     if rows is not None:
         report.conversations = rows
@@ -291,7 +302,9 @@ def _parse(path: Path, number: int, line_bytes: bytes, report: DataReport) -> li
     if report.format is None:
         report.format = row_fmt
     elif row_fmt != report.format:
-        report.problems.append(f"{path}:{number}: a {row_fmt} row in a {report.format} file (mixed formats)")
+        where = (f"in {_article(report.format)} {report.format} file (mixed formats)" if report.detected
+                 else f"but dataset.format is {report.format}")
+        report.problems.append(f"{path}:{number}: {_article(row_fmt)} {row_fmt} row {where}")
         return None
     try:
         return _messages_from(row, row_fmt)
@@ -351,10 +364,17 @@ def split_train_eval(
     return [conversations[i] for i in train], [conversations[i] for i in held]
 
 
-def _assistant_spans(text: str, messages: list[dict[str, Any]], terminator: str | None) -> list[tuple[int, int]]:
-    """Character spans of the trained assistant replies (content plus the end-of-turn marker) in `text`."""
+def _assistant_spans(text: str, messages: list[dict[str, Any]], terminator: str | None,
+                     reply_starts: dict[int, int] | None = None) -> list[tuple[int, int]]:
+    """Character spans of the trained assistant replies (content plus the end-of-turn marker) in `text`.
+
+    Each message's content is searched for after the previous one's; `reply_starts` (message index -> the
+    earliest character its reply can start at) keeps a short reply from being found inside the template's
+    own text before it: "a" in "<|im_start|>assistant", or "assistant" itself.
+    """
     spans, cursor = [], 0
-    for message in messages:
+    for index, message in enumerate(messages):
+        cursor = max(cursor, (reply_starts or {}).get(index, 0))
         start = text.find(message["content"], cursor)
         if start < 0:
             hint = (" (Mistral Nemo's and v0.3's templates render it only before the last user turn, so a row "
@@ -370,6 +390,26 @@ def _assistant_spans(text: str, messages: list[dict[str, Any]], terminator: str 
             end += len(terminator)
         spans.append((start, end))
     return spans
+
+
+def _reply_starts(tokenizer: PreTrainedTokenizerBase, text: str, messages: list[dict[str, Any]]) -> dict[int, int]:
+    """Where each assistant reply begins at the earliest: after the template's text for the turns before it and
+    its generation prompt (the assistant header), where that text is how the whole row begins.
+
+    A template whose earlier turns render differently once a later turn follows (Qwen3 drops old reasoning)
+    gives no such prefix; its replies are searched for from the previous message's end, as before.
+    """
+    starts = {}
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant" or index == 0:
+            continue
+        try:
+            head = tokenizer.apply_chat_template(_plain(messages[:index]), tokenize=False, add_generation_prompt=True)
+        except Exception:  # a template that refuses a partial conversation: no lower bound for this reply
+            continue
+        if isinstance(head, str) and text.startswith(head):
+            starts[index] = len(head)
+    return starts
 
 
 # How a system text enters a template without a system role (Gemma): before the first user text, this apart.
@@ -461,7 +501,7 @@ def _render(
     """The row's text as the chat template renders it, and the character spans the loss learns."""
     messages = chat_messages(tokenizer, messages)
     text = tokenizer.apply_chat_template(_plain(messages), tokenize=False)
-    return text, _assistant_spans(text, messages, terminator)
+    return text, _assistant_spans(text, messages, terminator, _reply_starts(tokenizer, text, messages))
 
 
 def _labels_by_offsets(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
@@ -587,7 +627,29 @@ def tokenize_conversations(
     tokenizer: PreTrainedTokenizerBase, conversations: Conversations | list[Conversation], max_length: int
 ) -> Any:
     """Tokenise rows into a `datasets.Dataset` (columns in the module docstring), dropping rows cut to no labels."""
-    return trainable(tokenize_rows(tokenizer, conversations, max_length))
+    return tokenize_with_drops(tokenizer, conversations, max_length)[0]
+
+
+def tokenize_with_drops(
+    tokenizer: PreTrainedTokenizerBase, conversations: Conversations | list[Conversation], max_length: int
+) -> tuple[Any, list[int]]:
+    """The rows training keeps (as tokenize_conversations) and the file lines of those it drops: rows whose
+    every reply max_length cuts off, so that a run can say which rows it never trains on."""
+    import numpy as np
+
+    tokens = tokenize_rows(tokenizer, conversations, max_length)
+    kept = trainable(tokens)
+    if len(kept) == len(tokens):
+        return kept, []
+    dropped = np.flatnonzero(column(tokens, "loss_tokens") == 0).tolist()
+    return kept, [conversations[i].line for i in dropped]
+
+
+def dropped_text(lines: list[int], total: int, max_length: int, what: str = "training rows dropped") -> str:
+    """'3 of 16 training rows dropped: dataset.max_length=64 cuts off every reply (lines 2, 5, 9); ...'."""
+    shown = ", ".join(str(line) for line in lines[:10]) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
+    return (f"{len(lines)} of {total} {what}: dataset.max_length={max_length} cuts off every reply "
+            f"(line{'s' if len(lines) > 1 else ''} {shown}); raise max_length to keep them")
 
 
 def length_stats(lengths: list[int]) -> dict[str, int]:

@@ -23,7 +23,10 @@ def token_stats(report: DataReport, recipe_path: Path | None) -> dict[str, Any]:
     # the statistics are of the uncut rows.
     tokens = tokenize_rows(tokenizer, report.conversations, max_length)
     lengths = column(tokens, "full_length").tolist()
+    no_reply = (column(tokens, "loss_tokens") == 0).tolist()
     return {
+        # rows max_length cuts to no reply: training drops them
+        "dropped_lines": [c.line for c, cut in zip(report.conversations, no_reply, strict=True) if cut],
         **length_stats(lengths),
         "total": sum(lengths),
         "truncated": sum(1 for n in lengths if n > max_length),

@@ -37,9 +37,10 @@ def default_dtype(merge: bool) -> str:
     return "fp16" if merge else "fp32"
 
 
-def default_out_dir(run_dir: Path, merge: bool) -> Path:
-    """outputs/<run>/export or outputs/<run>/export-merged."""
-    return run_dir / ("export-merged" if merge else "export")
+def default_out_dir(run_dir: Path, merge: bool, fmt: str = "safetensors") -> Path:
+    """outputs/<run>/export, export-merged, export-gguf or export-merged-gguf: one folder per kind of export,
+    so exporting the adapter and then its GGUF (docs/export.md) needs no --force and replaces nothing."""
+    return run_dir / ("export" + ("-merged" if merge else "") + ("-gguf" if fmt == "gguf" else ""))
 
 
 def base_hub_id(spec: str) -> str:
@@ -59,15 +60,23 @@ def max_abs_diff(left: list[Any], right: list[Any]) -> float:
 # --- folders ---------------------------------------------------------------------------------------------
 
 
+# What an earlier export (verification.json) or merge-adapters (merge.json) leaves: only such a folder is replaced.
+EXPORT_MARKS = ("verification.json", "merge.json")
+
+
 def check_target(out_dir: Path, force: bool) -> None:
-    """Refuse a non-empty export folder without --force, and never let --force delete a run folder."""
+    """Refuse a non-empty export folder without --force; --force replaces only an earlier export, never a run
+    folder or a folder of other things (`--out outputs --force` would have emptied every run in it)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"{out_dir}: exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not force:
-            raise RunError(f"{out_dir}: folder is not empty; use --force to replace it")
         if (out_dir / "recipe.yaml").is_file() or (out_dir / "summary.json").is_file():
             raise RunError(f"{out_dir}: is a run folder; --force will not replace it (choose another --out)")
+        if not any((out_dir / mark).is_file() for mark in EXPORT_MARKS):
+            raise RunError(f"{out_dir}: not empty and not an earlier export (no verification.json or merge.json); "
+                           "--force replaces only exports (choose a new or empty --out)")
+        if not force:
+            raise RunError(f"{out_dir}: holds an earlier export; use --force to replace it")
 
 
 # --- models and logits -------------------------------------------------------------------------------------
@@ -188,7 +197,7 @@ class Exporter:
         self.adapter_dir = self.run_dir / "adapter"
         self.lora_config = adapter_config(self.adapter_dir)
         self.merge, self.fmt, self.ollama, self.say = merge, fmt, ollama, say
-        self.out_dir = Path(out) if out else default_out_dir(self.run_dir, merge)
+        self.out_dir = Path(out) if out else default_out_dir(self.run_dir, merge, fmt)
         check_target(self.out_dir, force)
         self.hub_id = base_hub_id(self.recipe.base_model)
         self.spm_model = sentencepiece_model(self.recipe.base_model)

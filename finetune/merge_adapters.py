@@ -144,6 +144,15 @@ def merge_adapters(
     out_dir = Path(out)
     check_target(out_dir, force)
     sources = [_source(run) for run in runs]
+    folders = [src["dir"].resolve() for src in sources]
+    for i, folder in enumerate(folders):  # a run named once by name and once by path is still listed twice
+        if folder in folders[:i]:
+            raise RunError(f"merge-adapters: a run is listed twice ({runs[folders.index(folder)]} and {runs[i]} "
+                           f"are both {sources[i]['dir']})")
+    # Each source by its run folder's name (two runs of one recipe differ only there), else by its path.
+    labels = [src["dir"].name for src in sources]
+    for src, label in zip(sources, labels, strict=True):
+        src["run"] = label if labels.count(label) == 1 else str(src["dir"])
     check_compatible(sources, method)
     recipe = sources[0]["recipe"]
     names = [f"source{i}" for i in range(len(sources))]

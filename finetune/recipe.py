@@ -28,6 +28,8 @@ def parse_duration(value: str | int | float | None) -> float | None:
     """Turn '7h', '90m', '1h30m', '45s' or a number of seconds into seconds."""
     if value is None:
         return None
+    if isinstance(value, bool):  # YAML's yes/true: not a number of seconds
+        raise ValueError(f"expected a duration like '7h', '90m' or '1h30m', got {value!r}")
     if isinstance(value, (int, float)):
         if value <= 0:
             raise ValueError("expected a positive duration")
@@ -250,14 +252,24 @@ class Recipe(_Section):
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _key_lines(text: str) -> dict[tuple[str, ...], int]:
-    """Map each key path in a YAML mapping to its 1-based line, for error messages."""
+def _key_lines(text: str, source: str = "<recipe>") -> dict[tuple[str, ...], int]:
+    """Map each key path in a YAML mapping to its 1-based line, for error messages.
+
+    A key given twice in one mapping is an error: YAML keeps the last silently, and a second `training:`
+    block would drop the first one's settings without a word.
+    """
     lines: dict[tuple[str, ...], int] = {}
 
     def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
         if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
             for key, value in node.value:
-                sub = (*path, str(key.value))
+                name = str(key.value)
+                sub = (*path, name)
+                if name in seen and name != "<<":
+                    raise RecipeError(f"{source}: line {key.start_mark.line + 1}: {'.'.join(sub)}: duplicate key "
+                                      f"(first at line {lines[sub]}); YAML would keep only the last")
+                seen.add(name)
                 lines[sub] = key.start_mark.line + 1
                 walk(value, sub)
 
@@ -298,7 +310,8 @@ def explain_error(error: dict[str, Any], schema: type[BaseModel]) -> str:
         return f"{key}: required key is missing"
     message = str(error["msg"]).removeprefix("Value error, ")
     value = error.get("input")
-    shown = "" if isinstance(value, (dict, list)) else f", got {value!r}"
+    # A message of our own validators already names the value ("..., got '90 min'").
+    shown = "" if isinstance(value, (dict, list)) or ", got " in message else f", got {value!r}"
     return f"{key}: {message}{shown}"
 
 
@@ -310,8 +323,8 @@ def _location(path: Path | str, lines: dict[tuple[str, ...], int], loc: tuple[An
     return f"{path}: line {lines[keys]}" if keys else f"{path}"
 
 
-def set_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one `--set a.b.c=value` to raw recipe data (value parsed as YAML)."""
+def set_override(data: dict[str, Any], assignment: str) -> tuple[str, ...]:
+    """Apply one `--set a.b.c=value` to raw recipe data (value parsed as YAML); return the key path it set."""
     if "=" not in assignment:
         raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE, e.g. training.max_steps=20")
     dotted, raw = assignment.split("=", 1)
@@ -330,17 +343,24 @@ def set_override(data: dict[str, Any], assignment: str) -> None:
             node[part] = child
         node = child
     node[parts[-1]] = value
+    return tuple(parts)
 
 
-def parse_recipe(data: Any, source: str = "<recipe>", lines: dict[tuple[str, ...], int] | None = None) -> Recipe:
-    """Validate raw recipe data; raise RecipeError with file, line and key on the first problem."""
+def parse_recipe(data: Any, source: str = "<recipe>", lines: dict[tuple[str, ...], int] | None = None,
+                 set_by: dict[tuple[str, ...], str] | None = None) -> Recipe:
+    """Validate raw recipe data; raise RecipeError with file, line and key on the first problem.
+
+    `set_by`: key paths that a `--set KEY=VALUE` gave (their errors name the --set, not a line of the file).
+    """
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: expected a mapping of recipe keys at the top level")
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = _location(source, lines or {}, tuple(first["loc"]))
+        keys = tuple(str(p) for p in first["loc"] if isinstance(p, str))
+        given = next((set_by[keys[:n]] for n in range(len(keys), 0, -1) if keys[:n] in (set_by or {})), None)
+        where = f"--set {given}" if given else _location(source, lines or {}, tuple(first["loc"]))
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise RecipeError(f"{where}: {explain_error(dict(first), Recipe)}{more}") from None
 
@@ -369,6 +389,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{path}: the recipe is empty")
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: expected a mapping of recipe keys at the top level")
+    lines = _key_lines(text, str(path))
+    set_by: dict[tuple[str, ...], str] = {}
     for assignment in overrides or []:
-        set_override(data, assignment)
-    return parse_recipe(data, str(path), _key_lines(text))
+        set_by[set_override(data, assignment)] = assignment
+    return parse_recipe(data, str(path), lines, set_by)

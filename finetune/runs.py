@@ -29,6 +29,10 @@ def run_dir_for(recipe: Recipe, output_dir: str | Path | None = None) -> Path:
     return Path(output_dir) if output_dir else outputs_dir() / recipe.name
 
 
+# What a run writes first (recipe.yaml at once): a folder with none of these is not a run's.
+RUN_MARKS = ("recipe.yaml", "summary.json", "metrics.jsonl", CHECKPOINTS)
+
+
 def prepare_run_dir(
     recipe: Recipe, output_dir: str | Path | None, *, force: bool, resume: bool, is_main: bool = True
 ) -> Path:
@@ -39,10 +43,14 @@ def prepare_run_dir(
             raise RunError(f"{run_dir}: no such run to resume")
         return run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
+        if not any((run_dir / mark).exists() for mark in RUN_MARKS):
+            # --force empties a run folder; a folder of other files (a mistyped --output-dir) is never emptied.
+            raise RunError(f"{run_dir}: not empty and not a run folder (no recipe.yaml, summary.json or "
+                           f"{CHECKPOINTS}/); choose a new or empty --output-dir")
         if not force:
             summary = read_summary(run_dir)
             what = f"a {summary['status']} run" if summary else "an earlier run"
-            hint = "--resume to continue it, or " if (run_dir / CHECKPOINTS).is_dir() else ""
+            hint = "--resume to continue it, or " if latest_checkpoint(run_dir / CHECKPOINTS) else ""
             raise RunError(f"{run_dir}: holds {what}; use {hint}--force to overwrite it")
         if is_main:  # empty it, but keep the folder itself: it carries the run lock (finetune.runlock)
             for child in run_dir.iterdir():
@@ -120,7 +128,7 @@ class _Fixed(BaseModel):
 
 
 class Examples(_Fixed):
-    """Rows in each split."""
+    """Rows trained on and evaluated: each split less the rows max_length cuts to no reply."""
 
     train: int
     eval: int

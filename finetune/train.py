@@ -13,8 +13,8 @@ from typing import Any
 
 from finetune import atomic, hardware
 from finetune.allocator import keep_freed_memory
-from finetune.data import load_conversations, split_train_eval, tokenize_conversations
-from finetune.errors import RecipeError, RunError
+from finetune.data import dropped_text, load_conversations, split_train_eval, tokenize_with_drops
+from finetune.errors import DataError, RecipeError, RunError
 from finetune.models import load_config, load_model, load_tokenizer
 from finetune.packing import check_recipe as check_packing
 from finetune.rank import save_sharded_adapter
@@ -165,6 +165,8 @@ def _train(
             raise RecipeError(f"training.compile: {blocker}; set training.compile: false")
     budget_s = time_budget_s(recipe.training.max_time, until)
     if is_main and not resume:
+        # A folder it may not use is refused before the estimate is printed (this only checks; nothing written).
+        prepare_run_dir(recipe, output_dir, force=force, resume=False, is_main=False)
         _check_it_fits(_with_max_steps(recipe, max_steps), force, say, conversations)
     if is_main:
         lock.acquire(create=not resume)  # a second train on this folder stops here, before touching it
@@ -216,8 +218,15 @@ def _train(
     # 2. Data: validated rows, the deterministic held-out split, chat-template tokenisation with masks.
     tokenizer = load_tokenizer(recipe)
     train_rows, eval_rows = split_train_eval(conversations, recipe.dataset.eval_fraction, recipe.training.seed)
-    train_ds = tokenize_conversations(tokenizer, train_rows, recipe.dataset.max_length)
-    eval_ds = tokenize_conversations(tokenizer, eval_rows, recipe.dataset.max_length) if eval_rows else None
+    max_length = recipe.dataset.max_length
+    train_ds, train_dropped = tokenize_with_drops(tokenizer, train_rows, max_length)
+    eval_ds, eval_dropped = tokenize_with_drops(tokenizer, eval_rows, max_length) if eval_rows else (None, [])
+    if len(train_ds) == 0:  # the estimate refuses this before anything is written; a resumed run meets it here
+        raise DataError(f"{recipe.dataset.path}: {dropped_text(train_dropped, len(train_rows), max_length)}")
+    if is_main:
+        for lines, rows, what in ((train_dropped, train_rows, "training"), (eval_dropped, eval_rows, "held-out")):
+            if lines:
+                say(f"data: {dropped_text(lines, len(rows), max_length, f'{what} rows dropped')}")
     if eval_ds is not None and len(eval_ds) == 0:
         eval_ds = None  # every held-out row was truncated to no labels: nothing to evaluate
 
@@ -294,7 +303,7 @@ def _train(
                 trainer_state=trainer.state, hw=hw, precision=precision, checkpointing=checkpointing,
                 num_processes=num_processes, strategy=recipe.distributed.effective_strategy(num_processes),
                 eval_loss=eval_loss, started=started, dataset_sha256=dataset_sha256,
-                train_rows=len(train_rows), eval_rows=len(eval_rows),
+                train_rows=len(train_ds), eval_rows=len(eval_ds) if eval_ds is not None else 0,
             )
             _write_summary(run_dir, summary)
             _plot_curves(run_dir)

@@ -133,7 +133,7 @@ def load_assumptions(path: str | Path = ASSUMPTIONS_FILE) -> Assumptions:
         errors = exc.errors()
         # A misspelt key is also a missing one: name the misspelling, whose did-you-mean says it all.
         first = dict(next((e for e in errors if e["type"] == "extra_forbidden"), errors[0]))
-        where = _location(path, _key_lines(text), tuple(first["loc"]))
+        where = _location(path, _key_lines(text, str(path)), tuple(first["loc"]))
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise CatalogError(f"{where}: {explain_error(first, Assumptions)}{more}") from None
 

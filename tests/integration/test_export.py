@@ -362,7 +362,7 @@ def test_merge_adapters_gives_a_loadable_adapter_unlike_either_input(runs, refer
         assert (logits - reference[name]["adapter"]).abs().max() > 1e-2, name
     assert (logits - reference["exp-lora"]["base"]).abs().max() > 1e-2
 
-    with pytest.raises(RunError, match="folder is not empty"):
+    with pytest.raises(RunError, match="holds an earlier export; use --force"):
         merge_adapters([str(runs["exp-lora"]), str(runs["exp-qlora"])], [0.5, 0.5], "cat", out)
 
 

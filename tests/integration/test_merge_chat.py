@@ -6,6 +6,7 @@ References are computed inside each test with plain peft/transformers calls, nev
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def adapters(tmp_path_factory, tiny_llama, pirate_rows) -> dict[str, Path]:
     for name, seed, r in (("one", 1, 8), ("two", 2, 8), ("four", 3, 4)):
         spec = recipe_dict(str(tiny_llama), pirate_rows, max_steps=8, learning_rate=1e-2, seed=seed,
                            lr_scheduler="constant", warmup_ratio=0.0)
-        spec["name"] = name
+        spec["name"] = "pirate"  # one recipe trained three times into three folders, as with --output-dir
         spec["lora"]["r"] = r
         spec["dataset"]["eval_fraction"] = 0.0
         summary = train(parse_recipe(spec), output_dir=root / name, say=lambda *_: None)
@@ -128,6 +129,14 @@ def test_merge_argument_checks_and_overwrite(adapters, tmp_path):
     assert (out / "adapter_model.safetensors").read_bytes() == before, "refused: the earlier merge is intact"
     merge_adapters([one, two], [0.9, 0.1], "linear", out, force=True, say=lambda *_: None)
     assert (out / "adapter_model.safetensors").read_bytes() != before
+    # The same run named two ways is still one run
+    with pytest.raises(RunError, match="listed twice"):
+        merge_adapters([one, f"{one}/../{Path(one).name}"], [0.5, 0.5], "linear", tmp_path / "m2",
+                       say=lambda *_: None)
+    # Each source is recorded by its run folder, with a figure of its own (the recipes here share one name)
+    report = json.loads((out / "merge.json").read_text())
+    assert [s["run"] for s in report["sources"]] == ["one", "two"]
+    assert sorted(report["max_abs_logit_diff_vs_sources"]) == ["one", "two"]
 
 
 def peft_greedy(tiny_llama: Path, adapter: Path | None, messages: list[dict], max_new_tokens: int) -> str:

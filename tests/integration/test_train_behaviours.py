@@ -245,3 +245,32 @@ def test_exit_codes_per_status(tiny_llama, pirate_rows, tmp_path, monkeypatch, c
     assert summary["status"] == "failed" and "injected failure" in summary["message"]
     assert train_module.STATUS_EXIT == {"completed": 0, "time_budget": 0, "interrupted": 130, "diverged": 3,
                                         "failed": 1}
+
+
+def test_rows_max_length_cuts_to_no_reply_are_named_and_not_counted(tiny_llama, tmp_path):
+    """A row whose user turn fills max_length has no label left: training drops it, says which line it was,
+    and summary.json's examples count the rows trained on, not the rows read."""
+    rows = [{"messages": [{"role": "user", "content": ("word " * 120) if i % 4 == 0 else f"Question {i}?"},
+                          {"role": "assistant", "content": f"Arr, answer {i}."}]} for i in range(12)]
+    data = tmp_path / "cut.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    spec = recipe_dict(str(tiny_llama), data, max_steps=1)
+    spec["dataset"]["eval_fraction"] = 0.0
+    said: list[str] = []
+    summary = train(parse_recipe(spec), output_dir=tmp_path / "run", say=said.append)
+    dropped = [line for line in said if "rows dropped" in line]
+    assert dropped == ["data: 3 of 12 training rows dropped: dataset.max_length=64 cuts off every reply "
+                       "(lines 1, 5, 9); raise max_length to keep them"], said
+    assert summary["examples"] == {"train": 9, "eval": 0}, summary["examples"]
+
+
+def test_a_dataset_with_no_reply_left_is_refused_before_training(tiny_llama, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "word " * 120}, {"role": "assistant", "content": "Arr."}]}] * 4
+    data = tmp_path / "cut.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    spec = recipe_dict(str(tiny_llama), data, max_steps=1)
+    from finetune.errors import DataError
+
+    with pytest.raises(DataError, match="max_length"):
+        train(parse_recipe(spec), output_dir=tmp_path / "run", say=lambda *_: None)
+    assert not (tmp_path / "run" / "summary.json").exists()

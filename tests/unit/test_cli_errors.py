@@ -38,6 +38,14 @@ CASES = {
     "out of range": dict(body="lora:\n  dropout: 1.5\n", expect=["lora.dropout"]),
     "yaml tag": dict(body="x: !!python/object/apply:os.system ['true']\n", expect=["recipe.yaml"]),
     "path in name": dict(name="'../escape'", expect=["name", "path separators"]),
+    "duplicate key": dict(body="training:\n  max_steps: 3\nlora: {r: 8}\ntraining:\n  batch_size: 2\n",
+                          expect=["recipe.yaml: line 8: training: duplicate key (first at line 5)"]),
+    "yes as a duration": dict(body="training:\n  max_time: yes\n",
+                              expect=["line 6", "training.max_time: expected a duration like '7h', '90m' or "
+                                      "'1h30m', got True"]),
+    "value named once": dict(body="training:\n  max_time: 90 min\n",
+                             expect=["training.max_time: expected a duration like '7h', '90m' or '1h30m', got "
+                                     "'90 min'"], once="got"),
     "missing dataset": dict(rows=None, expect=["data.jsonl", "not found"]),
     "empty dataset": dict(raw=b"\n\n", expect=["data.jsonl", "empty"]),
     "invalid json": dict(rows=[GOOD_ROW, "{oops"], expect=["data.jsonl:2:", "invalid JSON"]),
@@ -68,6 +76,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, monkeypatc
     assert "Traceback" not in err
     for fragment in spec["expect"]:
         assert fragment in lines[0], (fragment, lines[0])
+    if "once" in spec:
+        assert lines[0].count(spec["once"]) == 1, lines[0]
     assert not outputs.exists() or not any(outputs.iterdir()), "nothing may be written on bad input"
 
 
@@ -91,6 +101,44 @@ def test_data_check_lists_bad_lines_and_exits_2(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert err.splitlines() == [f"{data}:2: invalid JSON: Expecting property name enclosed in double quotes "
                                 f"(column 2)", f"{data}:3: 'messages' must be a non-empty list"]
+
+
+def test_data_check_reads_the_file_as_the_recipes_format_says(tmp_path, monkeypatch, capsys):
+    """`data check --recipe` finds what `train` would: a chat file under `format: alpaca` is wrong at line 1."""
+    path = recipe(tmp_path, "", [GOOD_ROW, GOOD_ROW])
+    path.write_text(path.read_text().replace("  path:", "  format: alpaca\n  path:"), encoding="utf-8")
+    code, err = run_cli(monkeypatch, capsys, "data", "check", str(tmp_path / "data.jsonl"), "--recipe", str(path))
+    assert code == 2
+    assert err.splitlines()[0] == f"{tmp_path / 'data.jsonl'}:1: a messages row but dataset.format is alpaca"
+
+
+def test_data_check_names_the_rows_max_length_cuts_to_no_reply(tmp_path, monkeypatch, capsys):
+    long_row = {"messages": [{"role": "user", "content": "word " * 80}, {"role": "assistant", "content": "Arr!"}]}
+    path = recipe(tmp_path, "", [GOOD_ROW, long_row, GOOD_ROW, long_row])
+    path.write_text(path.read_text().replace("  path:", "  max_length: 32\n  path:"), encoding="utf-8")
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.setattr(sys, "argv", ["finetune", "data", "check", str(tmp_path / "data.jsonl"), "--recipe", str(path)])
+    try:
+        main()
+    except SystemExit as exc:  # typer may end with SystemExit(0)
+        assert not exc.code, capsys.readouterr()
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("2 of 4 rows would be dropped in training: dataset.max_length=32 cuts off every reply (lines 2, 4)"
+            in out), out
+
+
+def test_a_set_override_is_blamed_not_a_line_of_the_file(tmp_path, monkeypatch, capsys):
+    path = recipe(tmp_path, "training:\n  max_steps: 3\n", [GOOD_ROW])
+    monkeypatch.setenv("FINETUNE_OUTPUTS", str(tmp_path / "outputs"))
+    code, err = run_cli(monkeypatch, capsys, "recipe", "show", str(path), "--set", "training.max_step=3")
+    assert code == 2 and err == ("error: --set training.max_step=3: training.max_step: unknown key "
+                                 "(did you mean 'max_steps'?)"), err
+    code, err = run_cli(monkeypatch, capsys, "recipe", "show", str(path), "--set", "training.max_steps=abc")
+    assert code == 2 and err.startswith("error: --set training.max_steps=abc: training.max_steps: "), err
+    # the file's own mistakes still name their line
+    path.write_text(path.read_text().replace("max_steps: 3", "max_steps: x"), encoding="utf-8")
+    code, err = run_cli(monkeypatch, capsys, "recipe", "show", str(path), "--set", "lora.r=4")
+    assert code == 2 and err.startswith(f"error: {path}: line 6: training.max_steps: "), err
 
 
 def test_real_process_prints_no_traceback(tmp_path):

@@ -66,7 +66,12 @@ def test_non_utf8_and_mixed_formats(tmp_path):
     raw = json.dumps(CHAT).encode() + b"\n" + b'{"prompt": "\xff\xfe", "completion": "c"}\n'
     assert "not valid UTF-8" in read_dataset(write(tmp_path, None, raw)).problems[0]
     mixed = read_dataset(write(tmp_path, [CHAT, {"prompt": "p", "completion": "c"}]))
-    assert "mixed formats" in mixed.problems[0]
+    assert mixed.problems[0].endswith(":2: a prompt_completion row in a messages file (mixed formats)"), mixed.problems
+    alpaca = {"instruction": "i", "output": "o"}
+    assert read_dataset(write(tmp_path, [CHAT, alpaca])).problems[0].endswith(
+        ":2: an alpaca row in a messages file (mixed formats)")
+    given = read_dataset(write(tmp_path, [CHAT]), "alpaca")
+    assert given.problems[0].endswith(":1: a messages row but dataset.format is alpaca"), given.problems
 
 
 def test_missing_and_empty_files(tmp_path):
@@ -114,6 +119,31 @@ def test_label_mask_covers_exactly_assistant_content_in_multi_turn(bundled_dir):
     for i, tok in enumerate(row["labels"]):
         if tok != IGNORE_INDEX:
             assert row["input_ids"][i] == tok
+
+
+@pytest.mark.parametrize("reply", ["a", "t", "assistant", "im_end", "<|im_start|>"])
+def test_a_reply_found_in_the_templates_own_text_is_learned_where_the_reply_is(bundled_dir, reply):
+    """A short reply ("a" of "a or b?") also occurs in the assistant header before it; the mask must not
+    land there (it learned the header, or nothing, and the row was dropped)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_dir)
+    messages = [{"role": "user", "content": "user"}, {"role": "assistant", "content": reply},
+                {"role": "user", "content": "assistant"}, {"role": "assistant", "content": "a"}]
+    row = tokenize_conversation(tokenizer, messages, 512, end_of_turn_token(tokenizer))
+    labelled = [tok for tok in row["labels"] if tok != IGNORE_INDEX]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    expected = []
+    for text in (reply, "a"):
+        expected += tokenizer(text, add_special_tokens=False)["input_ids"] + [end]
+    assert labelled == expected
+    # and at the replies' own positions: each learned run starts right after an assistant header
+    header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    starts = [i for i, label in enumerate(row["labels"]) if label != IGNORE_INDEX
+              and (i == 0 or row["labels"][i - 1] == IGNORE_INDEX)]
+    assert len(starts) == 2
+    for i in starts:
+        assert row["input_ids"][i - len(header):i] == header
 
 
 def test_truncation_reports_and_keeps_labels_aligned(bundled_dir):

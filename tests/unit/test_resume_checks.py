@@ -119,3 +119,39 @@ def test_the_run_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
     again.release()
     RunLock(tmp_path / "absent").acquire(create=False)  # --resume of a missing folder: prepare_run_dir says so
     assert not (tmp_path / "absent").exists()
+
+
+def test_force_empties_run_folders_only(tmp_path):
+    """A mistyped --output-dir that names a folder of the user's own files is refused, --force or not."""
+    from finetune.runs import prepare_run_dir
+
+    theirs = tmp_path / "theirs"
+    (theirs / "sub").mkdir(parents=True)
+    (theirs / "important.txt").write_text("keep")
+    for force in (False, True):
+        with pytest.raises(RunError, match="not empty and not a run folder"):
+            prepare_run_dir(recipe(), theirs, force=force, resume=False)
+    assert (theirs / "important.txt").read_text() == "keep" and (theirs / "sub").is_dir()
+    # A run folder is emptied with --force (and only then)
+    run = tmp_path / "run"
+    prepare_run_dir(recipe(), run, force=False, resume=False)
+    (run / "adapter").mkdir()
+    with pytest.raises(RunError, match="holds an earlier run; use --force"):
+        prepare_run_dir(recipe(), run, force=False, resume=False)
+    prepare_run_dir(recipe(), run, force=True, resume=False)
+    assert sorted(p.name for p in run.iterdir()) == ["recipe.yaml"]
+
+
+def test_resume_is_offered_only_where_a_checkpoint_is(tmp_path):
+    """A run killed before its first checkpoint has an empty checkpoints/: --resume would be refused there."""
+    from finetune.runs import CHECKPOINTS, prepare_run_dir
+
+    run = tmp_path / "run"
+    prepare_run_dir(recipe(), run, force=False, resume=False)
+    (run / CHECKPOINTS).mkdir()
+    with pytest.raises(RunError) as info:
+        prepare_run_dir(recipe(), run, force=False, resume=False)
+    assert "--resume" not in str(info.value) and "--force" in str(info.value)
+    (run / CHECKPOINTS / "checkpoint-2").mkdir()
+    with pytest.raises(RunError, match="use --resume to continue it, or --force"):
+        prepare_run_dir(recipe(), run, force=False, resume=False)
