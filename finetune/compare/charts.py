@@ -93,8 +93,9 @@ def drift_chart(report: Report) -> str | None:
         for i, (arm, conv) in enumerate(multi.items()):
             turns = [t.turn + 1 for t in conv.by_turn]
             means = [t.style.mean for t in conv.by_turn]
-            lows = [t.style.ci_low for t in conv.by_turn]
-            highs = [t.style.ci_high for t in conv.by_turn]
+            # a turn of one conversation has no interval: its band is its mean
+            lows = [t.style.mean if t.style.ci_low is None else t.style.ci_low for t in conv.by_turn]
+            highs = [t.style.mean if t.style.ci_high is None else t.style.ci_high for t in conv.by_turn]
             ax.plot(turns, means, "o-", color=f"C{i}", label=arm)
             ax.fill_between(turns, lows, highs, color=f"C{i}", alpha=0.15)
         ax.set_xticks(sorted({t.turn + 1 for c in multi.values() for t in c.by_turn}))

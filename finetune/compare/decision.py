@@ -95,9 +95,11 @@ class _Arm:
         base = report.arms.get("base")
         self.content = self.metrics.content_ref or self.metrics.content_base
         base_content = base.content_ref if base and self.metrics.content_ref else None
+        # On fewer prompts than any comparison needs, a gap in content kept is a reply or two: not a fault yet.
         self.content_lost = (
             self.content is not None
             and base_content is not None
+            and self.content.n >= MIN_SIGNIFICANT_N
             and self.content.mean is not None
             and base_content.mean is not None
             and self.content.mean < base_content.mean - CONTENT_MARGIN
@@ -232,6 +234,13 @@ def decide(report: Report) -> Decision | None:
         # arm nothing qualifies, and reading the missing comparisons as failures would misreport both arms.
         choice = "not enough evidence"
         why = "the voice and retained ability are judged against the base model: add base to --arms"
+    elif few := [x.style_vs_base.n for x in (adapter, prompt, both)
+                 if x and x.style_vs_base is not None and x.style_vs_base.n < MIN_SIGNIFICANT_N]:
+        # Fewer paired prompts than any test needs: no arm can be voiced, and none can be faulted either.
+        more = MIN_SIGNIFICANT_N - min(few)
+        choice = "not enough evidence"
+        why = (f"{min(few)} paired prompt{'s' if min(few) != 1 else ''}, and every comparison needs at least "
+               f"{MIN_SIGNIFICANT_N} (--samples, --eval)")
     else:
         # Nothing qualifies. Unsure about the voice (no significant gap yet) -> more prompts; else neither.
         unsure = [x for x in (adapter, prompt, both) if x and x.voiced is False and not x.loops and not x.content_lost]

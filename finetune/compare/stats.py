@@ -24,7 +24,8 @@ def bootstrap_mean_ci(
 ) -> dict[str, Any]:
     """Mean of `values` with a percentile-bootstrap confidence interval: {mean, ci_low, ci_high, n}.
 
-    With one value the interval is that value (no spread can be estimated); with none, all are None.
+    With one value there is no interval (no spread can be estimated: the report reads "n=1: not enough data
+    for a CI", not [x, x]); with none, all are None.
     """
     data = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     n = int(data.size)
@@ -32,7 +33,7 @@ def bootstrap_mean_ci(
         return _none_estimate()
     mean = float(data.mean())
     if n == 1:
-        return {"mean": mean, "ci_low": mean, "ci_high": mean, "n": 1}
+        return {"mean": mean, "ci_low": None, "ci_high": None, "n": 1}
     rng = np.random.default_rng(seed)
     # Draw all resamples at once: n_boot x n indices (fine for the few hundred items compare sees).
     idx = rng.integers(0, n, size=(n_boot, n))

@@ -24,7 +24,12 @@ def test_bootstrap_mean_and_interval_bracket_the_sample_mean():
     assert est["ci_low"] < est["mean"] < est["ci_high"]
     assert est == stats.bootstrap_mean_ci(values, seed=1)  # reproducible
     assert stats.bootstrap_mean_ci([], seed=1) == {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
-    assert stats.bootstrap_mean_ci([0.7]) == {"mean": 0.7, "ci_low": 0.7, "ci_high": 0.7, "n": 1}
+    # one item: no interval (the report then reads "n=1: not enough data for a CI", never [0.70, 0.70])
+    assert stats.bootstrap_mean_ci([0.7]) == {"mean": 0.7, "ci_low": None, "ci_high": None, "n": 1}
+    from finetune.compare.report import fmt_estimate
+    from finetune.compare.schema import Estimate
+
+    assert fmt_estimate(Estimate(**stats.bootstrap_mean_ci([0.7]))) == "0.70 (n=1: not enough data for a CI)"
     assert stats.bootstrap_mean_ci([1.0, None, float("nan"), 0.0])["n"] == 2  # missing scores are skipped
 
 
@@ -504,6 +509,26 @@ def test_not_enough_evidence_asks_for_more_prompts():
     assert decision.recommendation == "not enough evidence", decision
     assert decision.more_prompts and decision.more_prompts >= 8
     assert f"{decision.more_prompts} more prompts" in decision.headline
+
+
+@pytest.mark.parametrize("prompts", [1, 3])
+def test_too_few_prompts_is_not_enough_evidence_not_a_fault(prompts):
+    """One or three prompts where the adapter's single reply lost the content: no test runs on so few, so the
+    decision neither voices nor faults any arm (it had read "Neither: adapter loses the answers' content")."""
+    arms = ["base", "prompt", "adapter"]
+    scores = _fixture()
+    for arm in arms:
+        scores[arm]["single"] = scores[arm]["single"][:prompts]
+        scores[arm]["ppl"] = dict(list(scores[arm]["ppl"].items())[:prompts])
+        _with_quality(scores[arm], set(), 0.05 if arm == "adapter" else 0.8)
+    report, decision = _typed_report(scores, arms, [])
+    assert decision.recommendation == "not enough evidence", decision.headline
+    assert f"{prompts} paired prompt" in decision.headline and "at least 5" in decision.headline
+    assert decision.more_prompts == 5 - prompts
+    assert "loses content" not in next(r.text for r in decision.reasons if r.topic == "quality")
+    if prompts == 1:
+        cell = report.arms["adapter"].content_ref
+        assert cell.n == 1 and cell.ci_low is None and cell.ci_high is None
 
 
 def test_an_arm_with_no_replies_or_identical_replies_gives_stated_cells_not_nan():
