@@ -269,8 +269,13 @@ def method(rounds: int, seed: int, anchor: str | None) -> dict:
         "ties": "half a win for each side",
         "both_bad": "counted as a tie",
         "prior": f"{VIRTUAL_TIES:g} virtual tie between every pair of arms",
-        "ci": f"95% percentile bootstrap over votes, {rounds} rounds, seed {seed}",
+        "ci": f"95% percentile bootstrap over votes, {rounds} rounds, seed {seed}; none for an arm with fewer "
+              f"than {MIN_VOTES_FOR_CI} votes, or when every vote is the same outcome",
     }
+
+
+# An arm's rating gets an interval from this many votes on (compare asks 5 paired items for an interval too).
+MIN_VOTES_FOR_CI = 5
 
 
 def leaderboard(
@@ -288,11 +293,14 @@ def leaderboard(
     ratings = bradley_terry(votes, anchor=anchor)
     cis = bootstrap_ci(votes, rounds=rounds, seed=seed, anchor=anchor)
     stats = arm_stats(votes)
+    # Resampling cannot show spread that the votes do not have: one vote, or votes that all say the same thing,
+    # resample to themselves and gave a zero-width "95% CI" (1095-1095 after one vote). Such arms get none.
+    shown = {arm: ci for arm, ci in cis.items() if stats[arm]["votes"] >= MIN_VOTES_FOR_CI and ci[1] - ci[0] > 1e-6}
     rows = [
         {
             "arm": arm,
             "rating": round(ratings[arm], 1),
-            "ci95": [round(cis[arm][0], 1), round(cis[arm][1], 1)] if arm in cis else None,
+            "ci95": [round(shown[arm][0], 1), round(shown[arm][1], 1)] if arm in shown else None,
             **stats[arm],
         }
         for arm in sorted(arms, key=lambda a: -ratings[a])

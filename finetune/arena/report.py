@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -25,6 +26,24 @@ def arena_section(results: dict, source: str, database: str) -> dict | None:
             **{k: v for k, v in board.items() if k not in ("source", "name", "criterion")},
         }
     return {"generated_at": now(), "database": database, "method": results["method"], "criteria": criteria}
+
+
+NO_VOTES = "no arena votes yet (`finetune arena` collects them)"
+
+
+def arena_reason(arena: dict | None) -> str:
+    """The decision's arena line: each criterion's ratings and votes, or that there are none yet.
+
+    compare's decision writes it when it decides; update_reports rewrites it when votes arrive later, so that
+    report.json, report.md and report.html never say "no arena votes yet" above an arena section.
+    """
+    if not arena:
+        return NO_VOTES
+    boards = []
+    for criterion, board in (arena.get("criteria") or {}).items():
+        rows = ", ".join(f"{r['arm']} {r['rating']:.0f}" for r in board.get("arms", []))
+        boards.append(f"{criterion}: {rows} ({board.get('votes', 0)} votes)")
+    return "blind arena ratings: " + "; ".join(boards)
 
 
 def _cell(text: object) -> str:
@@ -83,7 +102,8 @@ def replace_section(markdown: str, section: str) -> str:
 
 
 def update_reports(results: dict, database: str) -> list[Path]:
-    """Write the arena results into the report.json / report.md that exist in each voted compare folder.
+    """Write the arena results into the report.json / report.md / report.html of each voted compare folder
+    (the arena key, the markdown section, and the decision's arena line, which said no votes yet).
 
     Missing folders and files are skipped (never created); a model card elsewhere is never touched.
     """
@@ -94,6 +114,7 @@ def update_reports(results: dict, database: str) -> list[Path]:
         if arena is None or not folder.is_dir():
             continue
         report_json = folder / "report.json"
+        old_reasons: list[str] = []
         if report_json.is_file():
             try:
                 report = json.loads(report_json.read_text(encoding="utf-8"))
@@ -102,11 +123,26 @@ def update_reports(results: dict, database: str) -> list[Path]:
             if not isinstance(report, dict):
                 raise DataError(f"{report_json}: expected a JSON object at the top level")
             report["arena"] = arena
+            reasons = (report.get("decision") or {}).get("reasons") or []
+            for reason in reasons:
+                if reason.get("topic") == "arena":  # the decision's own line, as compare words it
+                    old_reasons.append(reason.get("text") or "")
+                    reason["text"] = arena_reason(arena)
             atomic.write_text(report_json, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
             written.append(report_json)
+        new_reason = arena_reason(arena)
         report_md = folder / "report.md"
         if report_md.is_file():
             text = report_md.read_text(encoding="utf-8")
+            for old in old_reasons:
+                text = text.replace(f"- arena: {old}\n", f"- arena: {new_reason}\n")
             atomic.write_text(report_md, replace_section(text, markdown_section(arena)))
             written.append(report_md)
+        report_html = folder / "report.html"
+        if report_html.is_file() and old_reasons:
+            text = report_html.read_text(encoding="utf-8")
+            for old in old_reasons:
+                text = text.replace(f"<li>arena: {html.escape(old)}</li>", f"<li>arena: {html.escape(new_reason)}</li>")
+            atomic.write_text(report_html, text)
+            written.append(report_html)
     return written

@@ -176,14 +176,9 @@ def _reasons(report: Report, adapter: _Arm, prompt: _Arm | None, both: _Arm | No
                 ability.append(f"{x.name} vs base on {name} {_diff_text(d)}{lost}")
     missing = "no base arm" if "base" not in report.arms else "no multiple-choice set"
     reasons.append(Reason(topic="ability", text="; ".join(ability) or f"not measured ({missing})"))
-    if report.arena:
-        boards = []
-        for criterion, board in (report.arena.get("criteria") or {}).items():
-            rows = ", ".join(f"{r['arm']} {r['rating']:.0f}" for r in board.get("arms", []))
-            boards.append(f"{criterion}: {rows} ({board.get('votes', 0)} votes)")
-        reasons.append(Reason(topic="arena", text="blind arena ratings: " + "; ".join(boards)))
-    else:
-        reasons.append(Reason(topic="arena", text="no arena votes yet (`finetune arena` collects them)"))
+    from finetune.arena.report import arena_reason  # the arena's words, also when its votes arrive later
+
+    reasons.append(Reason(topic="arena", text=arena_reason(report.arena)))
     latency = []
     for x in arms:
         m = x.metrics

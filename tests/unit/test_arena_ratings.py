@@ -181,3 +181,26 @@ def test_leaderboard_and_grouping_by_folder_and_criterion() -> None:
         assert (b["votes"], b["raters"], b["name"]) == (50, 3, Path(b["source"]).name)
     assert {row["arm"]: row["rating"] for row in results["boards"][0]["arms"]}["w"] == 1000.0
     assert results["method"]["both_bad"] == "counted as a tie"
+
+
+@pytest.mark.parametrize(
+    "votes",
+    [
+        [Vote("adapter", "base", "a")],  # one vote
+        [Vote("adapter", "base", "tie")],  # one tie
+        [Vote("adapter", "base", "a"), Vote("base", "adapter", "b")] * 3,  # six votes, all the same outcome
+        [Vote("adapter", "base", "a"), Vote("adapter", "base", "b"), Vote("prompt", "base", "a")],  # < 5 each
+    ],
+)
+def test_too_few_or_identical_votes_give_no_interval_not_a_zero_width_one(votes) -> None:
+    """Resampling one vote (or votes that all agree) returns it every time: the bootstrap interval has zero
+    width, which reads as certainty. The leaderboard says n/a instead."""
+    board = leaderboard(votes, criterion="quality", rounds=200)
+    assert [row["ci95"] for row in board["arms"]] == [None] * len(board["arms"]), board["arms"]
+
+
+def test_an_interval_appears_once_votes_disagree_and_each_arm_has_five() -> None:
+    votes = [Vote("adapter", "base", "a")] * 4 + [Vote("adapter", "base", "b")] * 2
+    for row in leaderboard(votes, criterion="quality", rounds=200)["arms"]:
+        low, high = row["ci95"]
+        assert low < row["rating"] < high
