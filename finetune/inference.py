@@ -130,9 +130,12 @@ def generate(
             new = row[width:]
             stop = [i for i, t in enumerate(new.tolist()) if t in stops]
             new = new[: stop[0]] if stop else new
+            text = tokenizer.decode(new, skip_special_tokens=True).strip()
+            if not stop:  # cut by max_new_tokens, perhaps inside a character's bytes: no half character at the end
+                text = text.rstrip("\ufffd").rstrip()
             results.append(
                 Generation(
-                    text=tokenizer.decode(new, skip_special_tokens=True).strip(),
+                    text=text,
                     prompt_tokens=int(mask.sum()),
                     completion_tokens=len(new),
                     latency_s=elapsed,  # one batch's wall time: every request in it waited this long

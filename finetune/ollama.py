@@ -90,8 +90,14 @@ def modelfile_text(tokenizer: Any, model_file: str, adapter_file: str | None, sy
         lines.append(f"ADAPTER ./{adapter_file}")
     lines.append(f"# chat format: {name} (renders the same prompts as the model's Hugging Face chat template)")
     lines.append(f"TEMPLATE {_quoted(template)}")
-    system = system_prompt or fallback
-    if system:
-        lines.append(f"SYSTEM {_quoted(system)}")
+    # What training rendered: a row without a system turn gets the template's own default (Ollama sends SYSTEM
+    # when a request has none). The recipe's persona prompt is compare's `adapter+prompt` arm, not the adapter
+    # as trained: sending it by default made Ollama answer unlike llama.cpp, transformers and `finetune chat`.
+    if fallback:
+        lines.append(f"SYSTEM {_quoted(fallback)}")
+    if system_prompt:
+        lines.append("# The recipe's persona prompt (compare's adapter+prompt arm). To send it with every request")
+        lines.append("# that has no system message of its own, put this in place of the SYSTEM line above:")
+        lines += [f"# {line}" if line else "#" for line in f"SYSTEM {_quoted(system_prompt)}".splitlines()]
     lines += [f"PARAMETER stop {_quoted(s) if chr(10) in s or chr(34) in s else chr(34) + s + chr(34)}" for s in stops]
     return "\n".join(lines) + "\n"

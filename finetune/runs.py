@@ -288,6 +288,12 @@ def resolve_run(name_or_path: str) -> Path:
     for candidate in (path, outputs_dir() / name_or_path):
         if candidate.is_dir() and ((candidate / "recipe.yaml").is_file() or (candidate / "adapter").is_dir()):
             return candidate
+    for candidate in (path, outputs_dir() / name_or_path):
+        if candidate.is_dir():  # there, but not a run: say what it is instead of "no such run"
+            what = ("an adapter folder (a merge-adapters output or an export), not a run; `finetune chat` and "
+                    "`finetune generate` take it as it is" if (candidate / "adapter_config.json").is_file()
+                    else "a folder, but not a run (no recipe.yaml or adapter/)")
+            raise RunError(f"{candidate}: {what}")
     raise RunError(f"{name_or_path}: no such run (looked in . and {outputs_dir()})")
 
 

@@ -97,6 +97,11 @@ def _evidence(diff: dict[str, Any], ratio: bool, digits: int = 2) -> str:
     text = ""
     if diff.get("p_holm") is not None:
         text += f", p={diff['p_holm']:.2g} (Holm)"
+        raw = diff.get("p_value")
+        if raw is not None and raw < ALPHA <= diff["p_holm"]:
+            # The interval (and the detectable effect) are the test's own, before the correction: an interval
+            # that excludes 0 beside "no significant difference" is this, not a contradiction.
+            text += f"; uncorrected p={raw:.2g}, which the interval reflects"
     elif diff.get("p_value") is not None:
         text += f", p={diff['p_value']:.2g}"
     return text

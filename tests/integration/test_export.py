@@ -332,7 +332,10 @@ def test_lora_gguf_matches_the_merged_weights_in_llama_cpp_layout(
     modelfile = (out / "Modelfile").read_text()
     assert modelfile.startswith(f"FROM ./{base_path.name}\nADAPTER ./{lora_path.name}\n")
     assert 'TEMPLATE """{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n' in modelfile
-    assert f'SYSTEM """{SYSTEM}"""' in modelfile
+    # what training rendered (SmolLM2's default system text), not the persona prompt: that one only as a comment
+    default = 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""'
+    assert f"\n{default}\n" in modelfile and f'\n# SYSTEM """{SYSTEM}"""\n' in modelfile
+    assert [line for line in modelfile.splitlines() if line.startswith("SYSTEM")] == [default]
     assert 'PARAMETER stop "<|im_end|>"' in modelfile
     assert (
         "llama-cli -m SmolLM2-135M-Instruct-f16.gguf --lora exp-lora-lora-f32.gguf"

@@ -81,6 +81,13 @@ def test_show_finds_a_run_by_name_or_folder_and_refuses_others(tmp_path, monkeyp
     assert code == 0 and "no summary.json yet" in out
     code, _, err = run_cli(monkeypatch, capsys, "show", "no-such-run")
     assert code == 2 and err.startswith("error: no-such-run: no such run") and "\n" not in err
+    # a folder that is there but is not a run is named for what it is, not "no such run"
+    blend = outputs / "blend"
+    blend.mkdir()
+    (blend / "adapter_config.json").write_text("{}")
+    code, _, err = run_cli(monkeypatch, capsys, "export", "blend")
+    assert code == 2 and err == f"error: {blend}: an adapter folder (a merge-adapters output or an export), not a " \
+        "run; `finetune chat` and `finetune generate` take it as it is", err
 
 
 def test_recipe_show_prints_every_default_and_the_overrides(tmp_path, monkeypatch, capsys):
