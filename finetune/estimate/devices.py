@@ -79,6 +79,9 @@ def this_machine(gpus: list[cat.GPU], a: Assumptions) -> Device:
     )
 
 
+_REMEASURED: dict[str, float] | None = None  # a disturbed cache's re-measurement, kept for the process
+
+
 def _plausible_cpu_gflops(cached: dict[str, float], a: Assumptions) -> dict[str, float]:
     """The CPU's matmul speed: finetune.hardware's cached figures, re-measured if they look disturbed.
 
@@ -88,10 +91,13 @@ def _plausible_cpu_gflops(cached: dict[str, float], a: Assumptions) -> dict[str,
     floor = (os.cpu_count() or 1) * a.cpu_min_gflops_per_core
     if cached.get("fp32", 0.0) >= floor:
         return {"fp32": cached["fp32"], "bf16": cached.get("bf16", cached["fp32"])}
-    from finetune.hardware import measure_matmul_gflops
+    global _REMEASURED
+    if _REMEASURED is None:  # once a process: every estimate in it then sees the same machine
+        from finetune.hardware import measure_matmul_gflops
 
-    fresh = {name: measure_matmul_gflops(name) for name in ("fp32", "bf16")}
-    return {name: max(fresh[name], cached.get(name, 0.0)) for name in fresh}
+        _REMEASURED = {name: measure_matmul_gflops(name) for name in ("fp32", "bf16")}
+    return {name: max(_REMEASURED[name], cached.get(name, 0.0)) for name in _REMEASURED}
+
 
 
 def setup_for(recipe: Recipe, device: Device, num_gpus: int = 1, strategy: str = "ddp",

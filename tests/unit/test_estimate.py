@@ -802,3 +802,19 @@ def test_lora_dropouts_tensors_are_counted_once_on_a_cpu(a):
     assert extra > 0.3  # its masks and dropped inputs: ~0.8 GiB at 8 x 256 here
     # Measured: dropout adds its counted bytes to the peak, not its bytes times the allocator margin.
     assert with_dropout.total_gb - without.total_gb == pytest.approx(extra)
+
+
+def test_a_disturbed_matmul_cache_is_measured_again_once_a_process(monkeypatch):
+    """A cached CPU speed under the plausible floor (measured while the machine was busy) is measured again,
+    once: two estimates in one process must see the same machine (they differed under load)."""
+    import finetune.estimate.devices as devices
+    import finetune.hardware as hardware
+
+    calls = []
+    monkeypatch.setattr(devices, "_REMEASURED", None)
+    monkeypatch.setattr(hardware, "measure_matmul_gflops", lambda name: calls.append(name) or 100.0 + len(calls))
+    a = E.assumptions()
+    disturbed = {"fp32": 0.001, "bf16": 0.001}
+    first = devices._plausible_cpu_gflops(disturbed, a)
+    second = devices._plausible_cpu_gflops(disturbed, a)
+    assert first == second == {"fp32": 101.0, "bf16": 102.0} and calls == ["fp32", "bf16"]
