@@ -38,19 +38,15 @@ def _adapter_base(adapter_dir: Path) -> str:
 def _load_folder(
     path: str, tokenizer_from: str | None = None, gguf_file: str | None = None
 ) -> tuple[Any, Any]:
-    """A transformers model and tokenizer from a folder, hub id or GGUF file, in fp32."""
-    from contextlib import nullcontext
-
+    """A transformers model and tokenizer from a folder, hub id or GGUF file, in fp32 (a GGUF inside the caller's
+    `gguf_read_once`, so that the file is parsed once, not three times)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune.models import gguf_read_once
-
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        with gguf_read_once() if gguf_file else nullcontext():  # one parse of the file, not three
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra)
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_from or path, **({} if tokenizer_from else extra))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from or path, **({} if tokenizer_from else extra))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot load: {str(exc).strip().splitlines()[0]}") from None
     if tokenizer.pad_token is None:
@@ -100,8 +96,11 @@ def load_target(target: str, adapter: bool = True) -> tuple[Any, Any, str]:
         pass
     path = Path(target)
     if path.is_file() and path.suffix == ".gguf":
-        pre = _check_model_gguf(path)
-        model, tokenizer = _load_folder(str(path.parent), gguf_file=path.name)
+        from finetune.models import gguf_read_once
+
+        with gguf_read_once():  # one parse of the file for the check, the tokenizer, the config and the weights
+            pre = _check_model_gguf(path)
+            model, tokenizer = _load_folder(str(path.parent), gguf_file=path.name)
         if pre in DIGIT_SPLITTING_PRE:
             _split_digits(tokenizer)
         return _to_device(model), tokenizer, path.name

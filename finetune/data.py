@@ -635,14 +635,16 @@ def tokenize_with_drops(
 ) -> tuple[Any, list[int]]:
     """The rows training keeps (as tokenize_conversations) and the file lines of those it drops: rows whose
     every reply max_length cuts off, so that a run can say which rows it never trains on."""
-    import numpy as np
-
     tokens = tokenize_rows(tokenizer, conversations, max_length)
     kept = trainable(tokens)
-    if len(kept) == len(tokens):
-        return kept, []
-    dropped = np.flatnonzero(column(tokens, "loss_tokens") == 0).tolist()
-    return kept, [conversations[i].line for i in dropped]
+    return kept, ([] if len(kept) == len(tokens) else dropped_lines(tokens, conversations))
+
+
+def dropped_lines(tokens: Any, conversations: Conversations | list[Conversation]) -> list[int]:
+    """The file lines of the tokenised rows left with no label (max_length cut every reply): training drops them."""
+    import numpy as np
+
+    return [conversations[i].line for i in np.flatnonzero(column(tokens, "loss_tokens") == 0).tolist()]
 
 
 def dropped_text(lines: list[int], total: int, max_length: int, what: str = "training rows dropped") -> str:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from finetune.data import DataReport, column, length_stats, mark_trained, tokenize_rows, trained_segments
+from finetune.data import (
+    DataReport,
+    column,
+    dropped_lines,
+    length_stats,
+    mark_trained,
+    tokenize_rows,
+    trained_segments,
+)
 from finetune.recipe import BUNDLED_DEFAULT, Recipe, load_recipe
 
 
@@ -23,10 +31,8 @@ def token_stats(report: DataReport, recipe_path: Path | None) -> dict[str, Any]:
     # the statistics are of the uncut rows.
     tokens = tokenize_rows(tokenizer, report.conversations, max_length)
     lengths = column(tokens, "full_length").tolist()
-    no_reply = (column(tokens, "loss_tokens") == 0).tolist()
     return {
-        # rows max_length cuts to no reply: training drops them
-        "dropped_lines": [c.line for c, cut in zip(report.conversations, no_reply, strict=True) if cut],
+        "dropped_lines": dropped_lines(tokens, report.conversations),
         **length_stats(lengths),
         "total": sum(lengths),
         "truncated": sum(1 for n in lengths if n > max_length),

@@ -285,15 +285,15 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 def resolve_run(name_or_path: str) -> Path:
     """A run folder from a name in outputs/ or a path."""
     path = Path(name_or_path)
-    for candidate in (path, outputs_dir() / name_or_path):
-        if candidate.is_dir() and ((candidate / "recipe.yaml").is_file() or (candidate / "adapter").is_dir()):
+    folders = [c for c in (path, outputs_dir() / name_or_path) if c.is_dir()]
+    for candidate in folders:
+        if (candidate / "recipe.yaml").is_file() or (candidate / "adapter").is_dir():
             return candidate
-    for candidate in (path, outputs_dir() / name_or_path):
-        if candidate.is_dir():  # there, but not a run: say what it is instead of "no such run"
-            what = ("an adapter folder (a merge-adapters output or an export), not a run; `finetune chat` and "
-                    "`finetune generate` take it as it is" if (candidate / "adapter_config.json").is_file()
-                    else "a folder, but not a run (no recipe.yaml or adapter/)")
-            raise RunError(f"{candidate}: {what}")
+    if folders:  # there, but not a run: say what it is instead of "no such run"
+        what = ("an adapter folder (a merge-adapters output or an export), not a run; `finetune chat` and "
+                "`finetune generate` take it as it is" if (folders[0] / "adapter_config.json").is_file()
+                else "a folder, but not a run (no recipe.yaml or adapter/)")
+        raise RunError(f"{folders[0]}: {what}")
     raise RunError(f"{name_or_path}: no such run (looked in . and {outputs_dir()})")
 
 

@@ -114,6 +114,7 @@ def update_reports(results: dict, database: str) -> list[Path]:
         if arena is None or not folder.is_dir():
             continue
         report_json = folder / "report.json"
+        new_reason = arena_reason(arena)
         old_reasons: list[str] = []
         if report_json.is_file():
             try:
@@ -127,10 +128,9 @@ def update_reports(results: dict, database: str) -> list[Path]:
             for reason in reasons:
                 if reason.get("topic") == "arena":  # the decision's own line, as compare words it
                     old_reasons.append(reason.get("text") or "")
-                    reason["text"] = arena_reason(arena)
+                    reason["text"] = new_reason
             atomic.write_text(report_json, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
             written.append(report_json)
-        new_reason = arena_reason(arena)
         report_md = folder / "report.md"
         if report_md.is_file():
             text = report_md.read_text(encoding="utf-8")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from finetune.arena.report import arena_reason  # the arena's words, also when its votes arrive later
 from finetune.compare.analysis import CONTENT_MARGIN, LOOP_ALERT, find_difference
 from finetune.compare.schema import ArmMetrics, Decision, Difference, Estimate, Reason, Report
 from finetune.compare.stats import MIN_SIGNIFICANT_N
@@ -176,8 +177,6 @@ def _reasons(report: Report, adapter: _Arm, prompt: _Arm | None, both: _Arm | No
                 ability.append(f"{x.name} vs base on {name} {_diff_text(d)}{lost}")
     missing = "no base arm" if "base" not in report.arms else "no multiple-choice set"
     reasons.append(Reason(topic="ability", text="; ".join(ability) or f"not measured ({missing})"))
-    from finetune.arena.report import arena_reason  # the arena's words, also when its votes arrive later
-
     reasons.append(Reason(topic="arena", text=arena_reason(report.arena)))
     latency = []
     for x in arms:

@@ -79,7 +79,12 @@ def this_machine(gpus: list[cat.GPU], a: Assumptions) -> Device:
     )
 
 
-_REMEASURED: dict[str, float] | None = None  # a disturbed cache's re-measurement, kept for the process
+@lru_cache(maxsize=1)
+def _remeasured() -> dict[str, float]:
+    """The CPU's matmul speed measured again, once a process: every estimate in it then sees the same machine."""
+    from finetune.hardware import measure_matmul_gflops
+
+    return {name: measure_matmul_gflops(name) for name in ("fp32", "bf16")}
 
 
 def _plausible_cpu_gflops(cached: dict[str, float], a: Assumptions) -> dict[str, float]:
@@ -91,12 +96,8 @@ def _plausible_cpu_gflops(cached: dict[str, float], a: Assumptions) -> dict[str,
     floor = (os.cpu_count() or 1) * a.cpu_min_gflops_per_core
     if cached.get("fp32", 0.0) >= floor:
         return {"fp32": cached["fp32"], "bf16": cached.get("bf16", cached["fp32"])}
-    global _REMEASURED
-    if _REMEASURED is None:  # once a process: every estimate in it then sees the same machine
-        from finetune.hardware import measure_matmul_gflops
-
-        _REMEASURED = {name: measure_matmul_gflops(name) for name in ("fp32", "bf16")}
-    return {name: max(_REMEASURED[name], cached.get(name, 0.0)) for name in _REMEASURED}
+    fresh = _remeasured()
+    return {name: max(fresh[name], cached.get(name, 0.0)) for name in fresh}
 
 
 

@@ -811,10 +811,11 @@ def test_a_disturbed_matmul_cache_is_measured_again_once_a_process(monkeypatch):
     import finetune.hardware as hardware
 
     calls = []
-    monkeypatch.setattr(devices, "_REMEASURED", None)
+    devices._remeasured.cache_clear()
     monkeypatch.setattr(hardware, "measure_matmul_gflops", lambda name: calls.append(name) or 100.0 + len(calls))
     a = E.assumptions()
     disturbed = {"fp32": 0.001, "bf16": 0.001}
     first = devices._plausible_cpu_gflops(disturbed, a)
     second = devices._plausible_cpu_gflops(disturbed, a)
+    devices._remeasured.cache_clear()  # the stand-in figures must not outlive this test
     assert first == second == {"fp32": 101.0, "bf16": 102.0} and calls == ["fp32", "bf16"]
