@@ -15,6 +15,7 @@ import yaml
 
 from finetune import atomic
 from finetune.allocator import map_large_blocks, slide_back
+from finetune.console import say
 from finetune.errors import ModelError
 from finetune.paths import finetune_home
 
@@ -156,6 +157,9 @@ def bundled_model_path(name: str) -> Path:
         raise ModelError(f"bundled:{name}: {info['file']} is missing from the {info['package']} package")
     with _file_lock(target.with_name(f"{name}.lock")):
         if not (target / "config.json").is_file():  # another process may have finished meanwhile
+            # Said because any first command (data check, estimate, train) pays it, under transformers' bar.
+            say(f"bundled:{name}: converting the bundled GGUF into a model folder, once for this machine "
+                f"({target})")
             _convert_gguf(package_dir, info["file"], target)
         if info.get("split_digits"):
             _restore_digit_split(target)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -58,7 +59,8 @@ def _check_port(host: str, port: int) -> None:
         with socket.create_server((host.strip("[]"), port), family=family):
             pass
     except OSError as exc:
-        reason = exc.strerror or exc
+        # create_server's own message repeats the address ("... (while attempting to bind on address ...)").
+        reason = os.strerror(exc.errno) if exc.errno else exc
         raise RunError(f"cannot listen on {host}:{port} ({reason}); pick another --port") from None
 
 

@@ -32,7 +32,7 @@ def _adapter_arm_name(label: str, adapters: list[str], prompt: bool) -> str:
 
 def parse_arms(spec: str | None, adapters: list[str]) -> list[Arm]:
     """Parse a comma-separated --arms value; `adapter` means every adapter when there are several."""
-    spec = spec or DEFAULT_ARMS
+    spec = DEFAULT_ARMS if spec is None else spec  # `--arms ''` names no arm: refused below, not the defaults
     arms: list[Arm] = []
     for raw in (part.strip() for part in spec.split(",")):
         if not raw:

@@ -33,10 +33,11 @@ def estimate_command(
     from finetune.recipe import load_recipe
 
     loaded = load_recipe(recipe, set_)
-    check_options(loaded, strategy, gpus)  # bad options fail before the probe's minutes, not after
-    measured = _probe(loaded) if probe else None
-    result = estimate(loaded, gpu=gpu, num_gpus=gpus, strategy=strategy, probe=measured, catalog_file=catalog,
-                  recipe_dir=recipe.parent)
+    check_options(loaded, strategy, gpus, gpu)  # bad options fail before the probe's minutes, not after
+    # The probe runs inside the planner, after the checks that need the rows and devices (e.g. --gpus).
+    measure = (lambda: _probe(loaded)) if probe else None
+    result = estimate(loaded, gpu=gpu, num_gpus=gpus, strategy=strategy, probe=measure, catalog_file=catalog,
+                      recipe_dir=recipe.parent)
     if json_out:
         echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
         return

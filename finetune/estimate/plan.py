@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -245,26 +246,47 @@ def _sort_key(row: GpuRow) -> tuple[int, int, float, float]:
     return (0 if row.fits else 1, 0 if amount is not None else 1, amount or 0.0, row.hours)
 
 
-def check_options(recipe: Recipe, strategy: str | None, num_gpus: int) -> str:
+def check_options(recipe: Recipe, strategy: str | None, num_gpus: int, gpu: str | None = None) -> str:
     """The multi-GPU strategy to plan for (the recipe's unless given); RecipeError for bad options."""
     strategy = strategy or recipe.distributed.multi_process_strategy
     if strategy not in STRATEGIES:
         raise RecipeError(f"--strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     if num_gpus < 1:
         raise RecipeError("--gpus: expected 1 or more")
+    if gpu is not None and not gpu.strip():
+        # An empty name would otherwise fall through to this machine, as if --gpu had not been given.
+        raise RecipeError(f"--gpu {gpu!r}: expected a catalogue GPU (e.g. 4090, 'A100 80GB') or 'all'")
     return strategy
 
 
+def _check_gpu_count(num_gpus: int, devices: list[Device], recipe: Recipe, tokens: Tokens) -> None:
+    """RecipeError where `--gpus N` cannot mean what it says: no GPU to multiply, or more than the rows feed."""
+    if num_gpus == 1:
+        return
+    if not any(d.kind == "cuda" for d in devices):
+        # A CPU row is planned as one process whatever N is: say so rather than print a row that ignored it.
+        raise RecipeError(f"--gpus {num_gpus}: this machine has no GPU to multiply; name one with --gpu "
+                          f"(e.g. --gpu 4090 --gpus {num_gpus})")
+    batch = recipe.training.batch_size
+    batches = max(1, math.ceil(tokens.rows_train / batch))
+    if num_gpus > batches:
+        # Each GPU takes its own batch every step: past this count the extra GPUs have no rows of their own.
+        raise RecipeError(f"--gpus {num_gpus}: {tokens.rows_train} training rows make {batches} batches of "
+                          f"{batch} (training.batch_size); more GPUs than that have nothing to train on "
+                          f"(at most {batches})")
+
+
 def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy: str | None = None,
-             probe: dict[str, Any] | None = None, catalog_file: str | Path | None = None,
-             recipe_dir: Path | None = None) -> Estimate:
+             probe: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+             catalog_file: str | Path | None = None, recipe_dir: Path | None = None) -> Estimate:
     """Plan a recipe: memory by component, verdict per GPU (or all), hours, cost and hosted-API reference.
 
-    `probe`: steps measured on this machine (finetune.train.run_probe's dict, run by the caller): compared
-    with the prediction, and its speed factor stored for later estimates here.
+    `probe`: steps measured on this machine (finetune.train.run_probe's dict), or the function that measures
+    them, called once the options are known to be sound (a probe takes minutes; a bad --gpus should not wait
+    for it): compared with the prediction, and its speed factor stored for later estimates here.
     """
     a = assumptions()
-    strategy = check_options(recipe, strategy, num_gpus)
+    strategy = check_options(recipe, strategy, num_gpus, gpu)
     shape = model_shape(recipe.base_model, catalog_file, recipe.trust_remote_code)
     gpus = cat.load_gpus(catalog_file)
     rates = cat.load_rates()
@@ -281,12 +303,15 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
             devices = [device_for_gpu(cat.find_gpu(recipe.cost.gpu, gpus), a)]
         except cat.CatalogError:
             devices = []  # a label for the user's own machine (e.g. "cpu-2core"): priced as this machine
+    machine = this_machine(gpus, a) if not gpu or probe is not None or gpu.lower() == "all" else None
+    _check_gpu_count(num_gpus, [*devices, *([machine] if machine else [])], recipe, tokens)
     probe_info = calibration = None
+    if callable(probe):
+        probe = probe()
     if probe is not None:
-        probe_info = compare_probe(recipe, shape, this_machine(gpus, a), probe, tokens, a)
+        probe_info = compare_probe(recipe, shape, machine, probe, tokens, a)
         calibration = remember_speed(probe_info["speed_factor"], recipe.name)
-    if not gpu or probe is not None or gpu.lower() == "all":
-        machine = this_machine(gpus, a)
+    if machine is not None:
         devices.append(machine)
         # Only this machine's row is scaled: by this probe, else a finished run like this one, else a probe.
         calibration = calibration or _learned(recipe, shape, machine, tokens) or remembered_speed()

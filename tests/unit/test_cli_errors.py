@@ -187,3 +187,49 @@ def test_compare_rejects_a_budget_that_is_no_duration(tmp_path, monkeypatch, cap
     assert err.splitlines()[-1] == (
         "error: --max-time soon: expected a duration like '7h', '90m' or '1h30m', got 'soon'"
     )
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--gpu", ""], "--gpu '': expected a catalogue GPU"),
+    (["--gpu", "4090", "--gpus", "100000"], "--gpus 100000: 3 training rows make 2 batches of 2 "
+                                             "(training.batch_size); more GPUs than that have nothing to train on "
+                                             "(at most 2)"),
+])
+def test_estimate_refuses_gpu_options_it_would_ignore(args, fragment, tmp_path, monkeypatch, capsys):
+    # An empty --gpu fell through to this machine; 100000 GPUs shared 2 batches and printed 0.1 min.
+    path = recipe(tmp_path, "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\ntraining: {batch_size: 2}\n",
+                  [GOOD_ROW] * 3)
+    code, err = run_cli(monkeypatch, capsys, "estimate", str(path), *args)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert fragment in err, err
+
+
+def test_estimate_gpus_without_a_gpu_is_refused_before_the_probe(tmp_path, monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU to multiply")
+    import finetune.estimate.cli as estimate_cli
+
+    probed = []
+    monkeypatch.setattr(estimate_cli, "_probe", lambda r: probed.append(r))  # a probe's minutes, not waited for
+    path = recipe(tmp_path, "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\n", [GOOD_ROW] * 3)
+    code, err = run_cli(monkeypatch, capsys, "estimate", str(path), "--gpus", "4", "--probe")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "--gpus 4: this machine has no GPU to multiply; name one with --gpu (e.g. --gpu 4090 --gpus 4)" in err
+    assert probed == []
+
+
+def test_arena_names_a_busy_port_once(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from finetune.arena.fixture import write_compare_dir
+
+    folder = write_compare_dir(tmp_path / "cmp")
+    monkeypatch.setenv("FINETUNE_OUTPUTS", str(tmp_path / "outputs"))
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        code, err = run_cli(monkeypatch, capsys, "arena", "serve", str(folder), "--port", str(port))
+    assert code == 2 and len(err.splitlines()) == 1, err
+    # The socket module's own text repeated the address in a second pair of brackets.
+    assert err == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); pick another --port", err

@@ -233,6 +233,9 @@ def test_arms_parse_single_and_several_adapters():
         parse_arms("adapter", [])
     with pytest.raises(FinetuneError, match="no adapter named 'c'"):
         parse_arms("adapter:c", ["a", "b"])
+    for empty in ("", " , "):  # `--arms ''` (an unset shell variable) ran the default four arms
+        with pytest.raises(FinetuneError, match="no arms given"):
+            parse_arms(empty, ["a"])
 
 
 # --- analysis: from per-item scores to report sections --------------------------------------------

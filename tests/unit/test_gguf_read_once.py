@@ -8,7 +8,7 @@ import gguf
 import numpy as np
 import pytest
 
-from finetune.models import BUNDLED, _convert_gguf, _package_dir, gguf_read_once
+from finetune.models import bundled_model_path, gguf_read_once
 
 
 def _tiny_gguf(path: Path) -> Path:
@@ -59,13 +59,16 @@ def test_gguf_is_restored_when_loading_fails(tmp_path) -> None:
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
 
 
-def test_the_bundled_conversion_parses_its_file_once(tmp_path, monkeypatch) -> None:
+def test_the_bundled_conversion_parses_its_file_once(tmp_path, monkeypatch, capsys) -> None:
     # transformers reads it for the tokenizer, the config and the weights: three parses without the context.
     parses = []
     build = gguf.GGUFReader._build_fields
     monkeypatch.setattr(gguf.GGUFReader, "_build_fields",
                         lambda self, *args: parses.append(1) or build(self, *args))
-    info = BUNDLED["smollm2-135m-instruct"]
-    _convert_gguf(_package_dir(info["package"]), info["file"], tmp_path / "converted")
+    monkeypatch.setenv("FINETUNE_HOME", str(tmp_path))
+    folder = bundled_model_path("smollm2-135m-instruct")
     assert len(parses) == 1
-    assert (tmp_path / "converted" / "model.safetensors").is_file()
+    assert folder == tmp_path / "models" / "smollm2-135m-instruct" and (folder / "model.safetensors").is_file()
+    # Whatever command comes first pays the conversion: it says what the progress bar under it is.
+    assert f"bundled:smollm2-135m-instruct: converting the bundled GGUF into a model folder, once for this " \
+           f"machine ({folder})" in capsys.readouterr().err
