@@ -157,12 +157,122 @@ def _override_files(name: str, extra: Path | str | None) -> list[Path]:
     return files
 
 
+# Words that name the maker, never the card: NVIDIA's own device names carry them ('NVIDIA GeForce RTX 4090').
+_VENDOR_WORDS = ("nvidia", "geforce", "tesla")
+# A series prefix: 'RTX 4090' and '4090' name the same card.
+_SERIES = ("rtx", "gtx")
+# How a card is mounted. Where a catalogue entry names one (H100's aliases say SXM), another is another card: the
+# entry's 989 dense bf16 TFLOPS and 700 W are the SXM's; the PCIe card is slower and draws less.
+_FORM_FACTORS = ("sxm", "pcie")
+# The kind of memory ('NVIDIA H100 80GB HBM3'): the card's, never a different card's.
+_MEMORY_KIND = re.compile(r"(hbm|gddr)\d*[ex]?")
+_MEMORY_SIZE = re.compile(r"(\d+)gb")
+# Words that qualify a model, never start a model code: 'ti16gb' is not one.
+_QUALIFIERS = ("ti", "super", "gb")
+# CUDA reports a little less than the nominal size (a 16 GB RTX 4070 Ti SUPER: 16,852,516,864 bytes, 15.7 GiB, in a
+# public deviceQuery); a board of another size is a third or more away (8 against 16 GB, 40 against 80).
+MEMORY_TOLERANCE = 0.15
+
+
 def normalise_gpu_name(name: str) -> str:
     """Lowercase alphanumerics without vendor words, so 'NVIDIA GeForce RTX 4090' matches 'rtx 4090'."""
     text = name.lower()
-    for word in ("nvidia", "geforce", "tesla"):
+    for word in _VENDOR_WORDS:
         text = text.replace(word, "")
     return re.sub(r"[^a-z0-9]", "", text)
+
+
+def gpu_name_words(name: str) -> tuple[str, ...]:
+    """A GPU name as the words that tell cards apart: 'NVIDIA A100-SXM4-80GB' -> ('a100', 'sxm', '80gb').
+
+    Vendor words go; a model code stays whole ('a100', 'l40s', 'a10g', 'h100'); a qualifier glued to a number
+    comes apart ('4060ti' -> '4060', 'ti'), as does a series glued to a model ('rtxa6000' -> 'rtx', 'a6000');
+    a memory size is one word ('16 GB' -> '16gb'); 'sxm4'/'sxm5' is the form factor 'sxm'.
+    """
+    text = name.lower()
+    for word in _VENDOR_WORDS:
+        text = text.replace(word, " ")
+    words: list[str] = []
+    for chunk in re.findall(r"[a-z0-9]+", text):
+        runs = re.findall(r"[a-z]+|\d+", chunk)
+        i = 0
+        while i < len(runs):
+            run = runs[i]
+            series = next((s for s in _SERIES if run.startswith(s) and len(run) > len(s)), None)
+            if series:
+                words.append(series)
+                run = run[len(series):]
+            if run.isalpha() and run not in (*_SERIES, *_QUALIFIERS) and i + 1 < len(runs):
+                # letters then digits, and at most one letter more: a model code (a100, l40s, a10g, sxm4, hbm3e)
+                run += runs[i + 1]
+                i += 1
+                if i + 1 < len(runs) and len(runs[i + 1]) == 1:
+                    run += runs[i + 1]
+                    i += 1
+            words.append(run)
+            i += 1
+    merged: list[str] = []
+    for word in words:
+        if word == "gb" and merged and merged[-1].isdigit():
+            merged[-1] += "gb"  # '16 GB' or '16GB': one memory size
+        else:
+            merged.append(re.sub(r"^sxm\d*$", "sxm", word))
+    return tuple(merged)
+
+
+def _names_of(gpu: GPU) -> list[tuple[str, ...]]:
+    """The words of each name the catalogue gives a card (its name and aliases)."""
+    return [gpu_name_words(n) for n in [gpu.name, *gpu.aliases]]
+
+
+def _only_more_of_the_same(extra: list[str], gpu: GPU) -> bool:
+    """Whether words a name has beyond one of `gpu`'s names leave it meaning `gpu`, not another card.
+
+    A series prefix, the kind of memory, the card's own memory size and, where the catalogue names no form
+    factor for the card, its form factor say nothing new; any other word (Ti, SUPER, S, a memory size the card
+    does not have, NVL, Laptop, D) names another card.
+    """
+    forms = {w for words in _names_of(gpu) for w in words if w in _FORM_FACTORS}
+    for word in extra:
+        size = _MEMORY_SIZE.fullmatch(word)
+        if word in _SERIES or _MEMORY_KIND.fullmatch(word):
+            continue
+        if size is not None and int(size.group(1)) == round(gpu.memory_gb):
+            continue
+        if word in _FORM_FACTORS and (not forms or word in forms):
+            continue
+        return False
+    return True
+
+
+def _minus(words: tuple[str, ...], name: tuple[str, ...]) -> list[str] | None:
+    """`words` without each word of `name` once; None unless `name`'s words are all among them."""
+    rest = list(words)
+    for word in name:
+        if word not in rest:
+            return None
+        rest.remove(word)
+    return rest
+
+
+def _says_more(words: tuple[str, ...], gpu: GPU) -> int | None:
+    """The length of the longest of `gpu`'s names whose words `words` holds with nothing beside them that names
+    another card (CUDA's 'NVIDIA H100 80GB HBM3' for 'H100'); None where none does."""
+    fitting = [len(name) for name in _names_of(gpu)
+               if name and (extra := _minus(words, name)) is not None and _only_more_of_the_same(extra, gpu)]
+    return max(fitting, default=None)
+
+
+def _says_less(words: tuple[str, ...], gpu: GPU) -> bool:
+    """Whether `words` are one of `gpu`'s names short of a series prefix only ('4090' for 'RTX 4090')."""
+    return bool(words) and any((rest := _minus(name, words)) is not None and all(w in _SERIES for w in rest)
+                               for name in _names_of(gpu))
+
+
+def _says_nothing_alone(word: str) -> bool:
+    """Whether a word qualifies a card rather than names its model (RTX, Ti, SUPER, 80GB, PCIe, HBM3)."""
+    return (word in (*_SERIES, *_QUALIFIERS, *_FORM_FACTORS) or bool(_MEMORY_SIZE.fullmatch(word))
+            or bool(_MEMORY_KIND.fullmatch(word)))
 
 
 def load_gpus(extra: Path | str | None = None) -> list[GPU]:
@@ -182,36 +292,56 @@ def load_gpus(extra: Path | str | None = None) -> list[GPU]:
 
 
 def find_gpu(name: str, gpus: list[GPU]) -> GPU:
-    """The catalogue GPU a user means by `name` (name, alias or unique fragment), else a did-you-mean."""
+    """The catalogue GPU a user means by `name`, else a CatalogError with a did-you-mean.
+
+    `name` is a card's name or alias (any case, spacing or vendor words), the same short of a series prefix
+    ('4090'), or the same with words that say nothing new ('H100 80GB HBM3', 'A100-SXM4-40GB'). A name
+    missing a word that tells cards apart ('4060' for the RTX 4060 Ti, 'L40' for the L40S) is another card: it
+    is refused, never read as the nearest one. An alias is the catalogue's own choice ('a100' is the 80 GB card).
+    """
     wanted = normalise_gpu_name(name)
     for gpu in gpus:
-        if wanted in (normalise_gpu_name(n) for n in [gpu.name, *gpu.aliases]):
+        if wanted and wanted in (normalise_gpu_name(n) for n in [gpu.name, *gpu.aliases]):
             return gpu
-    partial = [
-        g for g in gpus if wanted and any(wanted in normalise_gpu_name(n) for n in [g.name, *g.aliases])
-    ]
-    if len(partial) == 1:
-        return partial[0]
-    names = [g.name for g in gpus]
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
-    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    listed = "" if close else f" (known: {', '.join(names)})"
-    raise CatalogError(
-        f"--gpu {name!r}: not in the GPU catalogue{hint}{listed}; add it to {finetune_home() / 'gpus.yaml'}"
-    )
+    words = gpu_name_words(name)
+    matches = [g for g in gpus if _says_less(words, g) or _says_more(words, g) is not None]
+    if len(matches) == 1:
+        return matches[0]
+    where = f"add it to {finetune_home() / 'gpus.yaml'}"
+    if matches:
+        raise CatalogError(f"--gpu {name!r}: could be any of {', '.join(repr(g.name) for g in matches)}; name one")
+    # Cards whose names hold what was typed ('4060' in 'RTX 4060 Ti 16GB'), or share its model ('H100' for 'h100
+    # pcie'), are the likeliest meaning; they are other cards, so they are named, never taken.
+    model = {w for w in words if not _says_nothing_alone(w)}
+    kin = [g.name for g in gpus
+           if (wanted and any(wanted in normalise_gpu_name(n) for n in [g.name, *g.aliases]))
+           or model & {w for n in _names_of(g) for w in n}]
+    if kin:
+        hint = (f" (did you mean {', '.join(repr(c) for c in kin)}? Ti, SUPER, S, a memory size or PCIe/SXM make"
+                " another card)")
+    elif close := difflib.get_close_matches(name, [g.name for g in gpus], n=3, cutoff=0.4):
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)"
+    else:
+        hint = f" (known: {', '.join(g.name for g in gpus)})"
+    raise CatalogError(f"--gpu {name!r}: not in the GPU catalogue{hint}; {where}")
 
 
-def match_device_name(device_name: str, gpus: list[GPU]) -> GPU | None:
-    """The catalogue entry for a name as CUDA reports it ('NVIDIA GeForce RTX 4090'), if any."""
-    wanted = normalise_gpu_name(device_name)
-    best: GPU | None = None
-    best_len = 0
-    for gpu in gpus:
-        for candidate in [gpu.name, *gpu.aliases]:
-            key = normalise_gpu_name(candidate)
-            if key and key in wanted and len(key) > best_len:
-                best, best_len = gpu, len(key)
-    return best
+def match_device_name(device_name: str, gpus: list[GPU], memory_gb: float | None = None) -> GPU | None:
+    """The catalogue entry for a name as CUDA reports it ('NVIDIA GeForce RTX 4090'); None for another card.
+
+    The name must contain one of the entry's names and nothing that names another card beside it (find_gpu's
+    rule): 'NVIDIA A100-PCIE-40GB' is the A100 40GB, 'NVIDIA L40' and 'NVIDIA GeForce RTX 4070 Ti SUPER' are
+    not the L4 or the RTX 4070. `memory_gb` (what the card reports, GiB) must be the entry's within 15%: CUDA
+    gives an RTX 4060 Ti one name for its 8 and 16 GB boards. An unknown card is better than another's figures.
+    """
+    words = gpu_name_words(device_name)
+    scored = [(n, g) for g in gpus if (n := _says_more(words, g)) is not None
+              and (memory_gb is None or abs(memory_gb - g.memory_gb) <= MEMORY_TOLERANCE * g.memory_gb)]
+    if not scored:
+        return None
+    best = max(n for n, _ in scored)
+    top = [g for n, g in scored if n == best]
+    return top[0] if len(top) == 1 else None  # two cards named alike: neither's figures are safe
 
 
 def load_models(extra: Path | str | None = None) -> dict[str, KnownModel]:

@@ -55,7 +55,7 @@ def _probe(recipe: Recipe, steps: int = 4) -> dict[str, Any]:
 
 def render(result: object) -> None:
     """Print an Estimate as a few rich tables."""
-    from finetune.estimate.plan import Estimate, hours_text
+    from finetune.estimate.plan import Estimate, counted, hours_text
 
     assert isinstance(result, Estimate)
     shape, setup, tokens = result.model, result.setup, result.tokens
@@ -67,12 +67,13 @@ def render(result: object) -> None:
         f"{result.trainable_params / 1e6:.1f}M trainable; base {quant}",
         highlight=False,
     )
+    truncated = f"; {counted(tokens.truncated_rows, 'row')} truncated" if tokens.truncated_rows else ""
     console.print(
-        f"data: {tokens.rows_train} training rows, {tokens.per_epoch:,} tokens/epoch "
+        f"data: {counted(tokens.rows_train, 'training row')}, {tokens.per_epoch:,} tokens/epoch "
         f"({'counted with the tokenizer' if tokens.method == 'tokenizer' else 'estimated from characters'}"
-        f"{f'; {tokens.truncated_rows} rows truncated' if tokens.truncated_rows else ''})"
-        + (f", {result.steps} optimizer steps (max_steps)" if result.max_steps
-           else f" x {result.epochs:g} epochs = {result.steps} optimizer steps"),
+        f"{truncated})"
+        + (f", {counted(result.steps, 'optimizer step')} (max_steps)" if result.max_steps
+           else f" x {counted(result.epochs, 'epoch')} = {counted(result.steps, 'optimizer step')}"),
         highlight=False,
     )
     _memory_table(result)
@@ -109,15 +110,41 @@ def render(result: object) -> None:
         c = result.calibration
         console.print(f"this machine's times scaled by {c['speed_factor']:.2f}, measured by `--probe` on "
                       f"{c['measured_at'][:10]} (recipe {c['recipe']})", highlight=False)
-    console.print(f"time assumes {result.assumptions.utilisation:.0%} of a GPU's dense peak "
-                  f"({hours_text(primary.hours)} on {primary.name}); see docs/estimate.md", style="dim")
+    console.print(f"time assumes {_utilisation_text(result)}: {hours_text(primary.hours)} on "
+                  f"{_row_label(primary, any(r.num_gpus > 1 for r in result.rows))}; see docs/estimate.md",
+                  style="dim", highlight=False)
+
+
+def _utilisation_text(result: object) -> str:
+    """The utilisation the rows' times assume: a GPU's (assumptions.utilisation), a CPU's (cpu_utilisation)."""
+    a = result.assumptions  # type: ignore[attr-defined]
+    kinds = {"cpu" if r.this_machine and "CPU" in r.name else "cuda" for r in result.rows}  # type: ignore[attr-defined]
+    parts = []
+    if "cuda" in kinds:
+        parts.append(f"{a.utilisation:.0%} of a GPU's dense peak")
+    if "cpu" in kinds:
+        parts.append(f"{a.cpu_utilisation:.0%} of this CPU's measured matmul peak")
+    return " and ".join(parts)
+
+
+def _row_label(row: object, multi: bool) -> str:
+    """A row's name as the table shows it: 'this machine (CPU)', '2 x A100 80GB (fsdp)'."""
+    name = row.name  # type: ignore[attr-defined]
+    if row.this_machine:  # type: ignore[attr-defined]
+        name = "this machine" + (" (CPU)" if "CPU" in row.name else "")  # type: ignore[attr-defined]
+    if multi and row.num_gpus > 1:  # type: ignore[attr-defined]
+        name = f"{row.num_gpus} x {name} ({row.strategy})"  # type: ignore[attr-defined]
+    return name
 
 
 def _memory_table(result: object) -> None:
     """The memory breakdown for the primary target."""
     mem, setup = result.memory, result.setup  # type: ignore[attr-defined]
+    # A packed step is laid out in lines, not rows: its batch is not training.batch_size.
+    batch = (f"largest packed batch {setup.batch} lines" if result.packed  # type: ignore[attr-defined]
+             else f"batch {setup.batch}")
     console.print(f"peak memory per device on {result.memory_target} "  # type: ignore[attr-defined]
-                  f"(batch {setup.batch} x {setup.seq} tokens, {setup.precision}, "
+                  f"({batch} x {setup.seq} tokens, {setup.precision}, "
                   f"checkpointing {'on' if setup.checkpointing else 'off'}):", highlight=False)
     table = Table()
     table.add_column("component")
@@ -128,8 +155,8 @@ def _memory_table(result: object) -> None:
         ("LoRA gradients + AdamW states", mem.optimizer_gb),
         (f"activations (checkpointing {'on' if setup.checkpointing else 'off'})", mem.activations_gb),
         ("logits", mem.logits_gb),
-        # A CPU run's peak grows as it meets new batch shapes (docs/estimate.md).
-        ("CUDA context / process, allocator margin" + (", climb over a run" if setup.climb else ""), mem.overhead_gb),
+        # What overhead_gb holds on this device (docs/estimate.md); a CPU run's peak grows as it meets new batch shapes.
+        (_overhead_label(setup), mem.overhead_gb),
     ]
     for name, value in rows:
         table.add_row(name, f"{value:.2f}")
@@ -138,6 +165,14 @@ def _memory_table(result: object) -> None:
                   f"[dim]{other:.2f}[/dim]")
     table.add_row("[bold]total[/bold]", f"[bold]{mem.total_gb:.2f}[/bold]")
     console.print(table)
+
+
+def _overhead_label(setup: object) -> str:
+    """What the overhead row holds on the setup's device."""
+    if setup.device == "cuda":  # type: ignore[attr-defined]
+        quantised = ", dequantised weight" if setup.bits is not None else ""  # type: ignore[attr-defined]
+        return f"CUDA context{quantised}, allocator margin"
+    return "process baseline, allocator margin" + (", climb over a run" if setup.climb else "")  # type: ignore[attr-defined]
 
 
 def _gpu_table(result: object) -> None:
@@ -158,11 +193,7 @@ def _gpu_table(result: object) -> None:
     table.add_column("priced by", no_wrap=True)
     dates = set()
     for row in rows:
-        name = row.name
-        if row.this_machine:
-            name = "this machine" + (" (CPU)" if "CPU" in row.name else "")
-        if multi and row.num_gpus > 1:
-            name = f"{row.num_gpus} x {name} ({row.strategy})"
+        name = _row_label(row, multi)
         if row.cost.get("price_as_of"):
             dates.add(row.cost["price_as_of"])
         table.add_row(

@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from finetune import catalog as cat
 from finetune.estimate.assumptions import Assumptions, assumptions
@@ -53,7 +53,7 @@ def this_machine(gpus: list[cat.GPU], a: Assumptions) -> Device:
 
     hw = detect()
     if hw.device == "cuda":
-        known = cat.match_device_name(hw.name, gpus)
+        known = cat.match_device_name(hw.name, gpus, hw.memory_gb)  # None for a card the catalogue lacks
         peak = {p: known.tflops(p) for p in ("fp32", "bf16", "fp16")} if known else {}
         if not peak:
             peak = {"fp32": 20.0, "bf16": 80.0, "fp16": 80.0}  # an unknown card: a mid-range guess
@@ -138,11 +138,13 @@ def packed_layouts(recipe: Recipe, shape: ModelShape, device: Device, tokens: To
                                 t.batch_size, t.seed))
 
 
-@lru_cache(maxsize=4)
+# Several entries: a row's limits and suggestions lay the epoch out again for other batch sizes (plan.py).
+@lru_cache(maxsize=64)
 def _packed_layouts(packing: bool | str, model_type: str, attention: str, device_kind: str,
                     lengths: tuple[int, ...], max_length: int, batch_size: int,
                     seed: int) -> tuple[tuple[int, int], ...]:
-    """packed_layouts' work, once per dataset and device kind: a plan asks for every GPU row (~1 s at 20k rows)."""
+    """packed_layouts' work, once per dataset, device kind and batch size: a plan asks for every GPU row (~1 s at
+    20k rows)."""
     from finetune.packing import choose_packing, epoch_batches, lines_of
 
     if not lengths or not choose_packing(packing, model_type, attention, device_kind, list(lengths), max_length,
@@ -235,3 +237,29 @@ def _without_needless_checkpointing(recipe: Recipe, device: Device, shape: Model
     if memory(shape, off, a).total_gb > a.cuda_checkpointing_off_share * device.capacity_gb:
         return peak, average
     return off, replace(average, checkpointing=False)
+
+
+def peak_after(recipe: Recipe, device: Device, tokens: Tokens, shape: ModelShape, num_gpus: int = 1,
+               strategy: str = "ddp", **changes: Any) -> Setup:
+    """The largest step training would run after changing the recipe, as run_setups lays it out.
+
+    `changes`: batch_size, max_length, bits, checkpointing, lora_r (the recipe's keys). A packed
+    recipe is laid out again for a new batch size (its largest packed batch is not batch_size rows), a shorter
+    max_length cuts the counted rows to it, and `gradient_checkpointing: auto` is resolved for the changed run.
+    """
+    t, q = recipe.training, recipe.quantization
+    training = {k: v for k, v in (("batch_size", changes.get("batch_size")),
+                                  ("gradient_checkpointing", changes.get("checkpointing"))) if v is not None}
+    update: dict[str, Any] = {"training": t.model_copy(update=training)}
+    if "bits" in changes:
+        update["quantization"] = q.model_copy(update={"bits": changes["bits"]})
+    if "lora_r" in changes:
+        update["lora"] = recipe.lora.model_copy(update={"r": changes["lora_r"]})
+    if "max_length" in changes:
+        cut = changes["max_length"]
+        update["dataset"] = recipe.dataset.model_copy(update={"max_length": cut})
+        tokens = replace(tokens, lengths=[min(n, cut) for n in tokens.lengths],
+                         eval_lengths=[min(n, cut) for n in tokens.eval_lengths],
+                         prompt_lengths=[min(n, cut) for n in tokens.prompt_lengths])
+    peak, _ = run_setups(recipe.model_copy(update=update), device, tokens, num_gpus, strategy, shape)
+    return peak

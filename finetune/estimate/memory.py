@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from finetune.estimate.assumptions import Assumptions, assumptions
 from finetune.estimate.shape import ModelShape
@@ -267,16 +268,7 @@ def max_batch_size(
     shape: ModelShape, setup: Setup, capacity_gb: float, a: Assumptions, limit: int = 4096
 ) -> int:
     """The largest micro-batch that fits at the setup's sequence length (0 if even one row does not)."""
-    if not fits(memory(shape, replace(setup, batch=1), a), capacity_gb):
-        return 0
-    lo, hi = 1, limit
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(memory(shape, replace(setup, batch=mid), a), capacity_gb):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    return largest_fitting(lambda n: fits(memory(shape, replace(setup, batch=n), a), capacity_gb), 1, limit)
 
 
 def max_seq_len(shape: ModelShape, setup: Setup, capacity_gb: float, a: Assumptions) -> int:
@@ -293,49 +285,123 @@ def max_seq_len(shape: ModelShape, setup: Setup, capacity_gb: float, a: Assumpti
     return lo
 
 
-def suggestions(shape: ModelShape, setup: Setup, capacity_gb: float, grad_accum: int,
-                a: Assumptions) -> list[str]:
-    """Concrete recipe changes that make a setup fit, least invasive first, each with its predicted peak."""
+def largest_fitting(fits_at: Callable[[int], bool], guess: int, limit: int) -> int:
+    """The largest n in 1..limit for which fits_at(n) holds (it holds up to some n, then not), 0 if not even 1.
+
+    Searched out from `guess` in doubling steps, then halved: a guess near the answer costs a few calls, which
+    matters where each call lays out a packed epoch. The answer is always one that fits_at accepted.
+    """
+    lo, hi = 0, max(1, limit)  # lo fits (or is 0); nothing above hi is tried
+    start = min(max(guess, 1), hi)
+    step = 1
+    if fits_at(start):
+        lo = start
+        while lo < hi:
+            probe = min(lo + step, hi)
+            if not fits_at(probe):
+                hi = probe - 1
+                break
+            lo, step = probe, step * 2
+    else:
+        hi = start - 1
+        while hi > lo:
+            probe = max(hi - step + 1, lo + 1)
+            if fits_at(probe):
+                lo = probe
+                break
+            hi, step = probe - 1, step * 2
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits_at(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# What a suggestion may change, as `peak_at` takes it, and the Setup field a bare setup changes for it.
+_CHANGES = {"batch_size": "batch", "max_length": "seq", "bits": "bits", "checkpointing": "checkpointing",
+            "lora_r": "lora_r", "num_gpus": "num_gpus", "strategy": "strategy"}
+
+
+def changed(setup: Setup) -> Callable[..., Setup]:
+    """`peak_at` for a bare setup (unpacked): the same step with batch_size rows, cut to max_length, etc."""
+
+    def peak_at(**changes: Any) -> Setup:
+        if "max_length" in changes:
+            changes["max_length"] = min(changes["max_length"], setup.seq)  # a longer limit cuts no row
+        return replace(setup, **{_CHANGES[k]: v for k, v in changes.items()})
+
+    return peak_at
+
+
+def suggestions(shape: ModelShape, setup: Setup, capacity_gb: float, grad_accum: int, a: Assumptions, *,
+                batch_size: int | None = None, peak_at: Callable[..., Setup] | None = None,
+                memory_gb: float | None = None) -> list[str]:
+    """Concrete recipe changes that make a setup fit, least invasive first, each with its predicted peak.
+
+    `setup` is the run's largest step. `batch_size` is the recipe's training.batch_size (default `setup.batch`:
+    a packed run's largest step has another number of lines). `peak_at(**changes)` is the largest step training
+    would run after changing batch_size, max_length, bits, checkpointing, lora_r, num_gpus or strategy
+    (default `changed(setup)`; plan.py passes one that lays out a packed recipe's batches again), so that each
+    figure is for the change suggested. Every batch suggestion keeps the recipe's effective batch (batch_size x
+    gradient_accumulation) exactly. `memory_gb`: the device's memory (a GPU's, or the RAM a CPU has
+    available), for the figures' scale and the last resort's "needs N GB"; default: capacity_gb's.
+    """
+    rows = batch_size or setup.batch
+    peak_at = peak_at or changed(setup)
+    share = a.usable_memory_fraction if setup.device == "cuda" else a.cpu_usable_memory_fraction
+    usable = memory_gb * share if memory_gb else capacity_gb
+    # A run here that measured more than predicted shrank `capacity_gb`: figures are shown grown alike, as the
+    # row's own peak is, so that each reads against the device's usable memory.
+    scale = usable / capacity_gb if capacity_gb > 0 else 1.0
     out: list[str] = []
 
     def note(change: str, candidate: Setup) -> bool:
         """Record `change` if `candidate` fits; say whether it did."""
         total = memory(shape, candidate, a).total_gb
         if total <= capacity_gb:
-            out.append(f"{change}: {total:.1f} GB")
+            out.append(f"{change}: {total * scale:.1f} GB")
             return True
         return False
 
-    best_batch = max_batch_size(shape, setup, capacity_gb, a)
-    if 0 < best_batch < setup.batch:
-        effective = setup.batch * grad_accum
-        accum = math.ceil(effective / best_batch)
-        note(f"training.batch_size={best_batch} training.gradient_accumulation={accum} "
-             f"(same effective batch {effective})", replace(setup, batch=best_batch))
+    effective = rows * grad_accum
+    # Fewer rows a step and more steps per update: only a batch_size that divides the effective batch keeps it.
+    for batch in sorted((n for n in range(1, rows) if effective % n == 0), reverse=True):
+        if note(f"training.batch_size={batch} training.gradient_accumulation={effective // batch} "
+                f"(same effective batch {effective})", peak_at(batch_size=batch)):
+            break
     if not setup.checkpointing:
-        note("training.gradient_checkpointing=true", replace(setup, checkpointing=True))
+        note("training.gradient_checkpointing=true", peak_at(checkpointing=True))
     if setup.bits != 4:
-        note("quantization.bits=4 (QLoRA)", replace(setup, bits=4))
-    seq = max_seq_len(shape, setup, capacity_gb, a)
+        note("quantization.bits=4 (QLoRA)", peak_at(bits=4))
+    # The longest max_length at which batch_size rows all that long fit: no batch, packed or not, holds more.
+    seq = max_seq_len(shape, replace(setup, batch=rows), capacity_gb, a)
     if 0 < seq < setup.seq:
-        note(f"dataset.max_length={seq}", replace(setup, seq=seq))
+        note(f"dataset.max_length={seq}", peak_at(max_length=seq))
     if setup.lora_r > 8:
-        note(f"lora.r={setup.lora_r // 2}", replace(setup, lora_r=setup.lora_r // 2))
+        note(f"lora.r={setup.lora_r // 2}", peak_at(lora_r=setup.lora_r // 2))
     if out:
         return out
     # Nothing alone is enough: try everything at once, then say how much memory it needs.
-    lean = replace(setup, bits=4, checkpointing=True, batch=1)
-    if note("all of: quantization.bits=4, training.gradient_checkpointing=true, training.batch_size=1", lean):
+    lean_changes = {"bits": 4, "checkpointing": True, "batch_size": 1}
+    lean = peak_at(**lean_changes)
+    all_of = (f"all of: quantization.bits=4, training.gradient_checkpointing=true, training.batch_size=1 "
+              f"training.gradient_accumulation={effective}")
+    if note(all_of, lean):
         return out
     seq = max_seq_len(shape, lean, capacity_gb, a)
-    if seq >= 16:
-        note(f"all of: quantization.bits=4, gradient checkpointing, batch_size=1, dataset.max_length={seq}",
-             replace(lean, seq=seq))
+    if 16 <= seq < lean.seq and note(f"{all_of}, dataset.max_length={seq}", peak_at(**lean_changes, max_length=seq)):
         return out
-    for n, strategy in ((2, "fsdp"), (4, "fsdp"), (8, "fsdp")):
-        if note(f"--gpus {n} --strategy {strategy} with 4-bit, checkpointing and batch_size=1",
-                replace(lean, num_gpus=n, strategy=strategy)):
-            return out
-    need = memory(shape, lean, a).total_gb / a.usable_memory_fraction
-    out.append(f"needs a GPU with at least {need:.0f} GB even at 4-bit, batch 1")
+    if setup.device == "cuda":  # a CPU trains in one process: there is no second one to shard over
+        for n in (2, 4, 8):
+            if note(f"--gpus {n} --strategy fsdp with 4-bit, checkpointing and batch_size=1",
+                    peak_at(**lean_changes, num_gpus=n, strategy="fsdp")):
+                return out
+    need = memory(shape, lean, a).total_gb * scale / share
+    if setup.device == "cpu":
+        out.append(f"needs about {need:.0f} GB of memory even at 4-bit, batch 1; this machine has "
+                   f"{usable / share:.0f} GB available")
+    else:
+        out.append(f"needs a GPU with at least {need:.0f} GB even at 4-bit, batch 1")
     return out

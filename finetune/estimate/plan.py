@@ -14,12 +14,21 @@ from finetune.cost import convert, display_currency, run_cost
 from finetune.errors import RecipeError
 from finetune.estimate.assumptions import Assumptions, assumptions
 from finetune.estimate.calibration import compare_probe, learned_from_run, remember_speed, remembered_speed
-from finetune.estimate.devices import Device, device_for_gpu, run_setups, setup_for, this_machine
+from finetune.estimate.devices import (
+    Device,
+    device_for_gpu,
+    packed_layouts,
+    peak_after,
+    run_setups,
+    setup_for,
+    this_machine,
+)
 from finetune.estimate.memory import (
     STRATEGIES,
     Memory,
     Setup,
     fits,
+    largest_fitting,
     lora_params,
     max_batch_size,
     max_seq_len,
@@ -90,6 +99,7 @@ class Estimate:
     assumptions: Assumptions
     probe: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None  # this machine's factors: from a probe or a finished run here
+    packed: bool = False  # training packs rows: `setup` is the largest packed batch, its lines x their width
 
     @property
     def total_training_tokens(self) -> int:
@@ -105,7 +115,7 @@ class Estimate:
                       "layers": self.model.layers, "hidden_size": self.model.hidden,
                       "vocab_size": self.model.vocab, "licence": self.model.licence,
                       "source": self.model.source},
-            "setup": asdict(self.setup),
+            "setup": {**asdict(self.setup), "packed": self.packed},
             "memory": {**self.memory.to_dict(), "target": self.memory_target},
             "tokens": {**self.tokens.to_dict(), "epochs": self.epochs, "compute_tokens": self.compute_tokens,
                        "total_training_tokens": self.total_training_tokens,
@@ -166,9 +176,10 @@ def _row_cost(recipe: Recipe, device: Device, seconds: float, num_gpus: int, cur
 
 def _row(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, num_gpus: int, strategy: str,
          currency: str, rates: cat.Rates, a: Assumptions, speed_factor: float = 1.0,
-         memory_factor: float = 1.0, once_seconds: float = 0.0) -> GpuRow:
+         memory_factor: float = 1.0, once_seconds: float = 0.0, limits: bool = True) -> GpuRow:
     """Estimate one target (`speed_factor`, `memory_factor`: measured over predicted, from a probe or a run;
-    `once_seconds`: paid once per run, a compiled run's first step as a compiled run here measured it)."""
+    `once_seconds`: paid once per run, a compiled run's first step as a compiled run here measured it;
+    `limits`: find the largest batch and sequence, which a packed recipe pays for in layouts: 0 without)."""
     t = recipe.training
     setup, average = run_setups(recipe, device, tokens, num_gpus, strategy, shape)
     mem = memory(shape, setup, a)
@@ -186,17 +197,61 @@ def _row(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, num_
     util /= speed_factor
     seconds = (per_micro * micro + eval_seconds) / (setup.num_gpus * eff) + once_seconds
     cost = _row_cost(recipe, device, seconds, setup.num_gpus, currency, rates, a)
+
+    def peak_at(**changes: Any) -> Setup:
+        """The run's largest step after a recipe change, laid out as training would (packed or not)."""
+        return peak_after(recipe, device, tokens, shape, **{"num_gpus": num_gpus, "strategy": strategy, **changes})
+
+    max_batch, max_seq = _limits(recipe, shape, device, tokens, setup, capacity, a, peak_at) if limits else (0, 0)
     return GpuRow(
         name=device.name, memory_gb=round(device.memory_gb, 2), fits=ok, total_gb=scaled,
-        hours=seconds / 3600, cost=cost,
-        max_batch_size=max_batch_size(shape, setup, capacity, a),
-        max_seq_len=max_seq_len(shape, setup, capacity, a),
+        hours=seconds / 3600, cost=cost, max_batch_size=max_batch, max_seq_len=max_seq,
         precision=setup.precision, gradient_checkpointing=setup.checkpointing,
         seconds_per_step=per_micro * t.gradient_accumulation, utilisation=util,
         num_gpus=setup.num_gpus, strategy=strategy if setup.num_gpus > 1 else "none",
-        suggestions=[] if ok else suggestions(shape, setup, capacity, t.gradient_accumulation, a),
+        suggestions=[] if ok else suggestions(shape, setup, capacity, t.gradient_accumulation, a,
+                                              batch_size=t.batch_size, peak_at=peak_at,
+                                              memory_gb=device.memory_gb),
         this_machine=device.this_machine, memory=mem,
     )
+
+
+def _limits(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens, setup: Setup, capacity: float,
+            a: Assumptions, peak_at: Callable[..., Setup]) -> tuple[int, int]:
+    """(largest training.batch_size, longest dataset.max_length) that fit `capacity`, other settings the recipe's.
+
+    Checkpointing as training would run those limits: `auto` on CUDA turns it on for a step that would not fit
+    easily without it (devices._without_needless_checkpointing), and it never holds more than without, so the
+    limits under `auto` are those with it on, even where the recipe's own step runs without; an explicit
+    true/false, or a CPU (where `auto` is off), as resolved.
+    The longest max_length is the one at which batch_size rows all that long fit: no batch holds more positions,
+    packed or not (a packed batch lays out about batch_size rows' worth), so any max_length up to it fits
+    whatever the rows. The largest batch_size: unpacked, that many rows of the run's longest row; packed, found by
+    laying the epoch out again per batch size, as training would.
+    """
+    t = recipe.training
+    on = device.kind == "cuda" and t.gradient_checkpointing == "auto"
+    limit = replace(setup, checkpointing=True) if on else setup
+    max_seq = max_seq_len(shape, replace(limit, batch=t.batch_size), capacity, a)
+    if not packed_layouts(recipe, shape, device, tokens):
+        return max_batch_size(shape, limit, capacity, a), max_seq
+
+    def fits_at(batch: int) -> bool:
+        step = peak_at(batch_size=batch)
+        return fits(memory(shape, replace(step, checkpointing=True) if on else step, a), capacity)
+
+    # Each try lays an epoch out (0.1-1 s at 20k rows), so start near the answer: a packed batch's lines grow
+    # about as its batch_size does, and larger batches pack a little better (20k short rows, 2026-12-05: the
+    # recipe's lines scaled up read 10-16% low on every catalogue card; scaled again from the layout at that
+    # guess, within 1 row of the answer, which then takes 2-3 more layouts).
+    batch, lines = t.batch_size, setup
+    for _ in range(2):
+        fitting_lines = max_batch_size(shape, replace(lines, checkpointing=True) if on else lines, capacity, a)
+        guess = max(1, fitting_lines * batch // max(1, lines.batch))
+        if guess == batch:
+            break
+        batch, lines = guess, peak_at(batch_size=guess)
+    return largest_fitting(fits_at, batch, min(4096, max(1, tokens.rows_train))), max_seq
 
 
 def _work(recipe: Recipe, tokens: Tokens) -> tuple[int, int]:
@@ -271,9 +326,10 @@ def _check_gpu_count(num_gpus: int, devices: list[Device], recipe: Recipe, token
     batches = max(1, math.ceil(tokens.rows_train / batch))
     if num_gpus > batches:
         # Each GPU takes its own batch every step: past this count the extra GPUs have no rows of their own.
-        raise RecipeError(f"--gpus {num_gpus}: {tokens.rows_train} training rows make {batches} batches of "
-                          f"{batch} (training.batch_size); more GPUs than that have nothing to train on "
-                          f"(at most {batches})")
+        make = "makes" if tokens.rows_train == 1 else "make"
+        raise RecipeError(f"--gpus {num_gpus}: {counted(tokens.rows_train, 'training row')} {make} "
+                          f"{counted(batches, 'batch', 'batches')} of {batch} (training.batch_size); more GPUs "
+                          f"than that have nothing to train on (at most {batches})")
 
 
 def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy: str | None = None,
@@ -353,14 +409,22 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
         assumptions=a,
         probe=probe_info,
         calibration=calibration,
+        packed=bool(packed_layouts(recipe, shape, primary_device, tokens)),
     )
+
+
+def counted(n: float, noun: str, plural: str | None = None) -> str:
+    """'1 epoch', '3 epochs', '2.5 epochs', '1,200 training rows': a count and its noun, plural unless one."""
+    text = f"{n:,}" if isinstance(n, int) else f"{n:g}"
+    return f"{text} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _length_text(recipe: Recipe, tokens: Tokens) -> str:
     """How long the run is: its epochs, or training.max_steps where that ends it."""
     if recipe.training.max_steps:
-        return f"{recipe.training.max_steps} optimizer steps (max_steps) of {tokens.per_epoch:,} tokens/epoch"
-    return f"{tokens.per_epoch:,} tokens/epoch x {recipe.training.epochs:g} epochs"
+        return (f"{counted(recipe.training.max_steps, 'optimizer step')} (max_steps) of {tokens.per_epoch:,} "
+                f"tokens/epoch")
+    return f"{tokens.per_epoch:,} tokens/epoch x {counted(recipe.training.epochs, 'epoch')}"
 
 
 def estimate_for_training(recipe: Recipe, gpu_name: str | None = None,
@@ -378,7 +442,9 @@ def estimate_for_training(recipe: Recipe, gpu_name: str | None = None,
     strategy = recipe.distributed.multi_process_strategy
     world = int(os.environ.get("WORLD_SIZE", "1"))
     calibration = (_learned(recipe, shape, device, tokens) or remembered_speed()) if device.this_machine else None
-    row = _row(recipe, shape, device, tokens, world, strategy, currency, cat.load_rates(), a, *_factors(calibration))
+    # Training's two lines name no limits: spare a packed recipe the layouts they cost (~1 s each at 20k rows).
+    row = _row(recipe, shape, device, tokens, world, strategy, currency, cat.load_rates(), a, *_factors(calibration),
+               limits=False)
     where = "available RAM" if device.kind == "cpu" else "GPU memory"
     verdict = "fits" if row.fits else "does NOT fit"
     line1 = (f"memory: {row.total_gb:.1f} GB predicted peak vs {device.capacity_gb:.1f} GB usable {where} "
