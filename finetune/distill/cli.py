@@ -24,7 +24,9 @@ def distill(
     allow_remote_teacher: bool = typer.Option(
         False, "--allow-remote-teacher", help="Allow a teacher URL that is not on this machine."
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite a file distill did not write; start over."),
+    force: bool = typer.Option(
+        False, "--force", help="Start over: regenerate every prompt; overwrite a data file distill did not write."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: KEY=VALUE (repeatable)."),
     dtype: str = typer.Option("auto", "--dtype", help="Local inference dtype: auto, fp32 or bf16."),
 ) -> None:

@@ -260,3 +260,43 @@ def test_a_hand_written_dataset_is_never_overwritten(tmp_path, monkeypatch, caps
     code, err = run_cli(monkeypatch, capsys, "distill", str(recipe))
     assert code == 2 and "was not written by finetune distill" in err
     assert data.read_bytes() == before
+
+
+def distill_recipe(tmp_path: Path, section: str) -> Path:
+    """A recipe with a hand-written dataset and a prompts file beside it; `section` is its distill line or ''."""
+    write_lines(tmp_path / "prompts.jsonl", [{"prompt": "Name one fruit."}])
+    data = write_lines(tmp_path / "hand.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                               {"role": "assistant", "content": "Arr"}]}])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\nsystem_prompt: Be a pirate.\ndataset: {{path: {data}}}\n{section}"
+                      "style: {markers: [arr]}\n", encoding="utf-8")
+    return recipe
+
+
+def test_a_refusal_of_other_settings_names_what_the_log_is_keyed_on(tmp_path, monkeypatch, capsys):
+    """Prompts are not in the key (a new prompt set reuses the finished ones): the refusal must not say they are."""
+    out = tmp_path / "d" / "data.jsonl"
+    recipe = distill_recipe(tmp_path, f"distill: {{prompts: {tmp_path / 'prompts.jsonl'}}}\n")
+    out.parent.mkdir()
+    write_lines(out.with_name("data.candidates.jsonl"), [{"prompt_id": "x", "settings_key": "another run"}])
+    code, err = run_cli(monkeypatch, capsys, "distill", str(recipe), "--out", str(out), "--dtype", "fp32")
+    assert code == 2 and "\n" not in err and "other generation settings" in err
+    named = err.split("other generation settings (")[1].split(")")[0]
+    assert "prompts" not in named, "the refusal lists prompts, which the settings key does not hold"
+    assert all(k in named for k in ("persona", "teacher", "temperature", "max_new_tokens", "seed", "dtype"))
+
+
+def test_set_distill_does_not_aim_the_output_at_a_hand_written_dataset(tmp_path, monkeypatch, capsys):
+    """Only a distill: section in the recipe FILE sends the output to dataset.path, not a --set distill.* ."""
+    recipe = distill_recipe(tmp_path, "")
+    data = tmp_path / "hand.jsonl"
+    before = data.read_bytes()
+    # A log with other settings where the output should go: distill stops there, before loading any model.
+    log = tmp_path / "outputs" / "r.distill" / "data.candidates.jsonl"
+    log.parent.mkdir(parents=True)
+    write_lines(log, [{"prompt_id": "x", "settings_key": "another run"}])
+    code, err = run_cli(monkeypatch, capsys, "distill", str(recipe), "--n", "2", "--dtype", "fp32",
+                        "--prompts", str(tmp_path / "prompts.jsonl"), "--set", "distill.min_style=0.3")
+    assert code == 2 and "was not written by finetune distill" not in err, "the output went to dataset.path"
+    assert err.startswith(f"error: {log}: was written with other generation settings")
+    assert data.read_bytes() == before
