@@ -20,6 +20,26 @@ _STAGING = ".staging-"  # a staging folder is named ".<target>.staging-<pid>-<ra
 _ASIDE = ".aside"  # fallback only: ".<target>.aside" holds the old folder between the two renames
 
 
+def _read_umask() -> int:
+    """The process's umask (only settable to read it: set and put back at once, at import)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp and mkdtemp create owner-only entries (0600, 0700): ours get the modes a plain open() or mkdir()
+# would give, so a run folder reads like any other (a second account serving the arena, a shared machine).
+_UMASK = _read_umask()
+
+
+def _mode(path: Path, default: int) -> int:
+    """The mode to give a new version of `path`: the present one's (a user's chmod is kept), else the umask's."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return default & ~_UMASK
+
+
 def _fsync(path: Path) -> None:
     """Flush a file or a folder's entries to disk (a folder's fsync makes renames inside it durable)."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
@@ -35,6 +55,7 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _mode(path, 0o666))
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -169,6 +190,7 @@ def staged_dir(target: str | Path) -> Iterator[Path]:
     recover_dir(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{_STAGING}{os.getpid()}-", dir=target.parent))
     try:
+        staging.chmod(_mode(target, 0o777))
         yield staging
         _fsync_tree(staging)
         _publish(staging, target)

@@ -95,6 +95,10 @@ def load_target(target: str, adapter: bool = True) -> tuple[Any, Any, str]:
     except RunError:
         pass
     path = Path(target)
+    if not adapter and not (path / "adapter_config.json").is_file():
+        # A merged export carries the adapter in its weights: loading it "without" would answer as the adapter.
+        raise RunError(f"--no-adapter: {target} has no separate adapter to leave out (a merged export holds it in "
+                       f"its weights); give the run or its base model instead")
     if path.is_file() and path.suffix == ".gguf":
         from finetune.models import gguf_read_once
 
@@ -111,9 +115,31 @@ def load_target(target: str, adapter: bool = True) -> tuple[Any, Any, str]:
             model = attach_adapter(model, path)
         return _to_device(model), tokenizer, f"{path.name}{'' if adapter else ' (base, no adapter)'}"
     if path.is_dir() and not (path / "config.json").is_file():
-        raise RunError(f"{target}: not a run, a model folder, an adapter folder or a .gguf file")
-    model, tokenizer = _load_folder(resolve_base_model(target))
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))  # an export-*gguf folder: name the file it holds
+        hint = f" (it holds {', '.join(ggufs)}: give the file)" if ggufs else ""
+        raise RunError(f"{target}: not a run, a model folder, an adapter folder or a .gguf file{hint}")
+    try:
+        spec = resolve_base_model(target)
+    except ModelError:
+        if "/" in target or ":" in target or path.exists():  # a hub id, bundled:NAME or a path: its own error
+            raise
+        raise RunError(_no_such_target(target)) from None
+    model, tokenizer = _load_folder(spec)
     return _to_device(model), tokenizer, target
+
+
+def _no_such_target(name: str) -> str:
+    """A plain name that is neither a run nor a model: most often a run's name mistyped, so offer the closest."""
+    import difflib
+
+    from finetune.paths import outputs_dir
+
+    root = outputs_dir()
+    names = sorted(p.name for p in root.iterdir() if (p / "recipe.yaml").is_file()) if root.is_dir() else []
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (f"{name}: no run of that name in {root}{hint}, and not a bundled model, a model folder, a .gguf file "
+            f"or a hub id like 'org/name'")
 
 
 def conversation(history: list[dict[str, str]], system: str | None) -> list[dict[str, str]]:
@@ -221,9 +247,9 @@ def read_prompts(path: Path) -> list[list[dict[str, str]]]:
     if not path.is_file():
         raise DataError(f"{path}: prompts file not found")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    from finetune.data import jsonl_lines
+
+    for number, line in jsonl_lines(path):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:

@@ -14,9 +14,9 @@ def chat_command(
     target: str = typer.Argument(..., help="Run, exported folder, .gguf file or base model."),
     system: str | None = typer.Option(None, "--system", help="System prompt."),
     no_adapter: bool = typer.Option(
-        False, "--no-adapter", help="Talk to the base model without the adapter."
+        False, "--no-adapter", help="Talk to the base model without the adapter (of a run or an adapter folder)."
     ),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest reply in tokens."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest reply in tokens."),
 ) -> None:
     """Chat in the terminal with streamed replies (/system TEXT, /reset, /quit)."""
     from finetune.chat import chat_loop, load_target
@@ -32,8 +32,10 @@ def generate_command(
         None, "--prompts", help='JSONL of {"prompt": ...} or {"messages": [...]}.'
     ),
     system: str | None = typer.Option(None, "--system", help="System prompt for rows without one."),
-    no_adapter: bool = typer.Option(False, "--no-adapter", help="Use the base model without the adapter."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest reply in tokens."),
+    no_adapter: bool = typer.Option(
+        False, "--no-adapter", help="Use the base model without the adapter (of a run or an adapter folder)."
+    ),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest reply in tokens."),
 ) -> None:
     """Generate replies and print one JSON line per prompt."""
     from finetune.chat import generate_records, load_target, read_prompts

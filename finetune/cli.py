@@ -88,9 +88,15 @@ def train_command(
     num_processes: int = typer.Option(1, "--num-processes", help="Train on N processes via accelerate launch."),
 ) -> None:
     """Train a LoRA adapter from a recipe."""
+    from finetune.errors import RunError
     from finetune.recipe import load_recipe
 
-    loaded = load_recipe(recipe, set_)
+    if max_steps is not None and max_steps < 1:  # typer's own min=1 refusal is a five-line box
+        raise RunError(f"--max-steps {max_steps}: expected a positive number of steps")
+    loaded = load_recipe(_recipe_file(recipe), set_)
+    from finetune.train import check_dataset_path
+
+    check_dataset_path(loaded, recipe, set_)
     if num_processes > 1:
         from finetune.launch import launch
 
@@ -139,7 +145,16 @@ def recipe_show_command(
     """Print the resolved recipe, every default filled in."""
     from finetune.recipe import load_recipe
 
-    console.print(load_recipe(recipe, set_).to_yaml(), highlight=False, end="")
+    console.print(load_recipe(_recipe_file(recipe), set_).to_yaml(), highlight=False, end="")
+
+
+def _recipe_file(path: Path) -> Path:
+    """The recipe path, refused in one line when it names a folder (load_recipe would say "not found")."""
+    if path.is_dir():
+        from finetune.errors import RecipeError
+
+        raise RecipeError(f"{path}: a folder, not a recipe file (name one of its .yaml files)")
+    return path
 
 
 @data_app.command("check")
@@ -191,8 +206,14 @@ def runs_command(
     from finetune.runs import list_runs
     from finetune.telemetry import format_duration
 
+    rows = list_runs(*(folders or []))
+    if not rows:
+        from finetune.paths import outputs_dir
+
+        console.print(f"no runs in {', '.join(str(f) for f in folders or [outputs_dir()])}", highlight=False)
+        return
     table = Table("name", "status", "steps", "final loss", "wall", "peak MB", "energy Wh", "cost", "date")
-    for row in list_runs(*(folders or [])):
+    for row in rows:
         cost = row.get("cost")
         loss = row.get("train_loss")
         table.add_row(

@@ -260,6 +260,25 @@ def _arrow_rows(path: Path, fmt: str, report: DataReport) -> Conversations | Non
     return Conversations(dataset, key, sha256=sha256)
 
 
+def jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a UTF-8 JSONL file, a leading BOM dropped.
+
+    DataError names FILE:LINE for bytes that are not UTF-8 (decoding the whole file at once raised a bare
+    UnicodeDecodeError). Lines split on newlines only: a JSON string may hold U+2028, which str.splitlines
+    would cut.
+    """
+    with open(path, "rb") as handle:
+        for number, line_bytes in enumerate(handle, start=1):
+            if number == 1 and line_bytes.startswith(b"\xef\xbb\xbf"):
+                line_bytes = line_bytes[3:]
+            if not line_bytes.strip():
+                continue
+            try:
+                yield number, line_bytes.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{number}: not valid UTF-8 (byte {exc.start})") from None
+
+
 def _scan(path: Path, report: DataReport) -> Iterator[dict[str, Any]]:
     """Stream the file's lines: yield each valid row in the stored shape, add each problem to `report`."""
     good = 0
@@ -349,6 +368,14 @@ def split_indices(n_rows: int, eval_fraction: float, seed: int) -> tuple[list[in
         n_eval = 1
     held = set(order[:n_eval])
     return [i for i in range(n_rows) if i not in held], sorted(held)
+
+
+def empty_split_text(n_rows: int, eval_fraction: float, held: int) -> str | None:
+    """A line for a held-out split the recipe asked for but rounding left empty (no eval loss), else None."""
+    if eval_fraction <= 0 or held:
+        return None
+    return (f"no held-out rows: {n_rows} row{'s' if n_rows != 1 else ''} at dataset.eval_fraction={eval_fraction} "
+            f"hold out none, so the run reports no eval loss (10 rows or more always hold out one)")
 
 
 def split_train_eval(

@@ -20,9 +20,12 @@ def export_command(
         False, "--ollama", help="Also write an Ollama Modelfile (implies --format gguf)."
     ),
     out: Path | None = typer.Option(
-        None, "--out", help="Export folder (default outputs/<run>/export[-merged])."
+        None, "--out",
+        help="Export folder (default outputs/<run>/export, export-merged, export-gguf or export-merged-gguf).",
     ),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty export folder."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an earlier export (never a run or any other folder)."
+    ),
 ) -> None:
     """Export a run's adapter (or the merged model) and verify it against base + adapter."""
     from finetune.export import export_run
@@ -45,7 +48,9 @@ def merge_adapters_command(
     method: str = typer.Option("linear", "--method", help="linear, cat, ties or dare_ties."),
     density: float | None = typer.Option(None, "--density", help="Fraction kept by ties/dare_ties (0.5)."),
     out: Path = typer.Option(..., "--out", help="Folder for the merged adapter."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty folder."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an earlier merge or export (never a run or any other folder)."
+    ),
 ) -> None:
     """Merge adapters trained on the same base model into one PEFT adapter."""
     from finetune.merge_adapters import merge_adapters, split_weights

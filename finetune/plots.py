@@ -8,6 +8,11 @@ from pathlib import Path
 from finetune.atomic import read_jsonl, write_bytes
 
 
+def _style(points: list[tuple[float, float]]) -> str:
+    """A line, with markers where it has a single point: a one-point line draws nothing."""
+    return "o-" if len(points) < 2 else "-"
+
+
 def plot_curves(metrics_path: Path, out_path: Path) -> None:
     """Write curves.png from metrics.jsonl (three panels sharing the step axis)."""
     import matplotlib
@@ -22,18 +27,18 @@ def plot_curves(metrics_path: Path, out_path: Path) -> None:
     train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
     evals = [(r["step"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None]
     if train:
-        axes[0].plot(*zip(*train), label="train loss")
+        axes[0].plot(*zip(*train), _style(train), label="train loss")
     if evals:
         axes[0].plot(*zip(*evals), "o-", label="eval loss")
     axes[0].set_ylabel("loss")
     axes[0].legend()
     lrs = [(r["step"], r["learning_rate"]) for r in records if r.get("learning_rate") is not None]
     if lrs:
-        axes[1].plot(*zip(*lrs))
+        axes[1].plot(*zip(*lrs), _style(lrs))
     axes[1].set_ylabel("learning rate")
     speed = [(r["step"], r["tokens_per_s"]) for r in records if r.get("tokens_per_s")]
     if speed:
-        axes[2].plot(*zip(*speed))
+        axes[2].plot(*zip(*speed), _style(speed))
     axes[2].set_ylabel("tokens/s")
     axes[2].set_xlabel("step")
     fig.tight_layout()

@@ -357,12 +357,41 @@ def parse_recipe(data: Any, source: str = "<recipe>", lines: dict[tuple[str, ...
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        keys = tuple(str(p) for p in first["loc"] if isinstance(p, str))
+        errors = exc.errors()
+        first = errors[0]
+        # A key that takes one of several kinds (a number or 'auto') fails once per kind, each under a
+        # member tag ('constrained-float', "literal['auto']") that is no key: one clause names them all.
+        key_loc = _key_loc(first["loc"])
+        kinds = [e for e in errors if _key_loc(e["loc"]) == key_loc]
+        keys = tuple(str(p) for p in key_loc if isinstance(p, str))
         given = next((set_by[keys[:n]] for n in range(len(keys), 0, -1) if keys[:n] in (set_by or {})), None)
-        where = f"--set {given}" if given else _location(source, lines or {}, tuple(first["loc"]))
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        where = f"--set {given}" if given else _location(source, lines or {}, key_loc)
+        rest = len(errors) - len(kinds)
+        more = f" (and {rest} more)" if rest else ""
+        if len(kinds) > 1:
+            key = ".".join(str(p) for p in key_loc)
+            expected = " or ".join(dict.fromkeys(_expected(e) for e in kinds))
+            raise RecipeError(f"{where}: {key}: expected {expected}, got {first.get('input')!r}{more}") from None
         raise RecipeError(f"{where}: {explain_error(dict(first), Recipe)}{more}") from None
+
+
+def _key_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pydantic error location without its union-member tags (keys and list indices only)."""
+    return tuple(p for p in loc if isinstance(p, int) or str(p).isidentifier())
+
+
+def _expected(error: Any) -> str:
+    """What one member of a union accepts, in words ('a number less than 1', "'auto'")."""
+    ctx = error.get("ctx") or {}
+    bounds = {"greater_than": "greater than {gt}", "greater_than_equal": "at least {ge}",
+              "less_than": "less than {lt}", "less_than_equal": "at most {le}"}
+    if error["type"] == "literal_error":
+        return str(ctx.get("expected", error["msg"]))
+    if error["type"] in bounds:
+        return "a number " + bounds[error["type"]].format(**ctx)
+    if error["type"].startswith(("float_", "int_")):
+        return "a number"
+    return str(error["msg"]).removeprefix("Input should be ")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

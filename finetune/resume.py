@@ -18,6 +18,12 @@ RUN_CONTROL_KEYS = (
     "training.save_total_limit", "training.logging_steps", "training.eval_steps", "training.divergence_patience",
     "tracking.", "cost.",
 )
+# Keys no resume may change, --force or not: the checkpoint's LoRA weights and optimizer state have their
+# shapes (lora.r), their set of modules (lora.target_modules) and their base's layer sizes (base_model), so
+# transformers fails to load it after the model is built. Measured (a tiny llama, peft 0.21): quantization.bits
+# (4, 8, none) leaves every LoRA tensor's shape alone; lora.alpha and lora.dropout are no tensor at all; --force
+# takes those.
+SHAPE_KEYS = ("base_model", "lora.r", "lora.target_modules")
 _CHECKPOINT_FILES = ("adapter_model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
@@ -59,7 +65,10 @@ def check_same_run(
     run_dir: Path, recipe: Recipe, dataset_sha256: str, checkpoint: Path | None, force: bool,
     say: Callable[[str], None],
 ) -> None:
-    """Refuse (unless --force) to resume with another recipe or other data than the run started with."""
+    """Refuse (unless --force) to resume with another recipe or other data than the run started with.
+
+    A change to a key in SHAPE_KEYS is refused even with --force: the checkpoint could not be loaded.
+    """
     problems = []
     try:
         import yaml
@@ -69,6 +78,11 @@ def check_same_run(
         saved = None
     if isinstance(saved, dict):
         changes = recipe_changes(saved, recipe)
+        fixed = [change for change in changes if change.split(":", 1)[0] in SHAPE_KEYS]
+        if fixed:
+            raise RunError(f"{run_dir}: cannot resume with {'; '.join(fixed)}, even with --force: the checkpoint "
+                           "holds LoRA weights of the run's shape, which this model cannot load; resume with the "
+                           "original value, or train a new run (another name, or --force without --resume)")
         if changes:
             problems.append("the recipe differs from the run's recipe.yaml: " + "; ".join(changes))
     recorded = recorded_dataset_sha256(run_dir, checkpoint)

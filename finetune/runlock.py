@@ -23,7 +23,12 @@ class RunLock:
         self._marked = False
 
     def acquire(self, create: bool) -> None:
-        """Lock the folder (creating it when `create`); a one-line error when another train holds it."""
+        """Lock the folder (creating it when `create`); a one-line error when another train holds it.
+
+        Already held: nothing to do (a second flock on a new descriptor would be refused by our own lock).
+        """
+        if self._fd is not None:
+            return
         if not self.run_dir.is_dir():
             if not create:
                 return  # --resume of a folder that is not there: prepare_run_dir says so

@@ -38,6 +38,7 @@ def prepare_run_dir(
 ) -> Path:
     """Create (or reuse for --resume) the run folder; never clobber an earlier run without --force."""
     run_dir = run_dir_for(recipe, output_dir)
+    _refuse_files_in_the_way(run_dir)
     if resume:
         if not run_dir.is_dir():
             raise RunError(f"{run_dir}: no such run to resume")
@@ -48,10 +49,7 @@ def prepare_run_dir(
             raise RunError(f"{run_dir}: not empty and not a run folder (no recipe.yaml, summary.json or "
                            f"{CHECKPOINTS}/); choose a new or empty --output-dir")
         if not force:
-            summary = read_summary(run_dir)
-            what = f"a {summary['status']} run" if summary else "an earlier run"
-            hint = "--resume to continue it, or " if latest_checkpoint(run_dir / CHECKPOINTS) else ""
-            raise RunError(f"{run_dir}: holds {what}; use {hint}--force to overwrite it")
+            raise RunError(f"{run_dir}: {_occupied(run_dir)}")
         if is_main:  # empty it, but keep the folder itself: it carries the run lock (finetune.runlock)
             for child in run_dir.iterdir():
                 if child.is_dir() and not child.is_symlink():
@@ -63,6 +61,29 @@ def prepare_run_dir(
         _check_writable(run_dir)
         atomic.write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     return run_dir
+
+
+def _refuse_files_in_the_way(run_dir: Path) -> None:
+    """A one-line error where the run folder, or a folder above it, is a file (mkdir would raise a traceback)."""
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists() and not folder.is_dir():
+            raise RunError(f"{run_dir}: is a file, not a run folder" if folder == run_dir
+                           else f"{run_dir}: {folder} is a file, not a folder")
+
+
+def _occupied(run_dir: Path) -> str:
+    """What an existing run folder holds and what to do about it, worded by the run's state."""
+    summary = read_summary(run_dir)
+    status = summary.get("status") if summary else None
+    resumable = latest_checkpoint(run_dir / CHECKPOINTS) is not None
+    if status == "completed":
+        # --resume alone finds nothing to do in a completed run; a larger --max-steps trains on from its end.
+        further = (f", or --resume --max-steps N (more than its {summary.get('steps') or 0} steps) to train it further"
+                   if resumable else "")
+        return f"holds a completed run; use --force to train it again from the start{further}"
+    what = f"{'an' if str(status)[:1] in 'aeiou' else 'a'} {status} run" if status else "an earlier run"
+    hint = "--resume to continue it, or " if resumable else ""
+    return f"holds {what}; use {hint}--force to overwrite it"
 
 
 def _check_writable(run_dir: Path, needed_bytes: int = 200 * 2**20) -> None:
@@ -277,9 +298,10 @@ def build_summary(
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """A run's summary.json, or None."""
     try:
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return summary if isinstance(summary, dict) else None  # a JSON list or number is no summary either
 
 
 def resolve_run(name_or_path: str) -> Path:
@@ -300,7 +322,9 @@ def resolve_run(name_or_path: str) -> Path:
 def list_runs(*folders: Path) -> list[dict[str, Any]]:
     """Summaries of the runs in outputs/ (or in `folders`: run folders or folders of runs), newest first.
 
-    A run without a summary is running or was killed.
+    Newest by the summary's finished_at (else started_at): a folder's mtime changes whenever anything is
+    written into it later (an export, a compare), so it orders only runs without a readable time. A run
+    without a summary is running or was killed; one whose summary.json cannot be read says so.
     """
     rows = []
     candidates: list[Path] = []
@@ -312,9 +336,23 @@ def list_runs(*folders: Path) -> list[dict[str, Any]]:
     for run_dir in dict.fromkeys(candidates):
         if not run_dir.is_dir() or not (run_dir / "recipe.yaml").is_file():
             continue
-        summary = read_summary(run_dir) or {"name": run_dir.name, "status": "no summary (running or killed)"}
+        summary = read_summary(run_dir)
+        if summary is None:
+            status = ("unreadable summary.json" if (run_dir / "summary.json").exists()
+                      else "no summary (running or killed)")
+            summary = {"name": run_dir.name, "status": status}
         summary.setdefault("name", run_dir.name)
         summary["_dir"] = str(run_dir)
         summary["_mtime"] = os.path.getmtime(run_dir)
         rows.append(summary)
-    return sorted(rows, key=lambda r: r["_mtime"], reverse=True)
+    return sorted(rows, key=_run_time, reverse=True)
+
+
+def _run_time(row: dict[str, Any]) -> float:
+    """When a listed run ended (or began), as a timestamp; the folder's mtime where the summary says neither."""
+    for key in ("finished_at", "started_at"):
+        try:
+            return datetime.fromisoformat(str(row[key])).timestamp()
+        except (KeyError, ValueError, TypeError):
+            continue
+    return row["_mtime"]

@@ -9,6 +9,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -219,6 +220,29 @@ class Ledger:
         except (OSError, ValueError, TypeError):
             return cls()
 
+    def carry_summary(self, summary: dict[str, Any] | None) -> None:
+        """On --resume: take the earlier sessions' wall time (and the run's start) from the run's summary.json.
+
+        A checkpoint's ledger stops the clock when the checkpoint is written; the session then went on (the
+        stop's saves, an evaluation, the summary), and its summary's wall_time_s, written last, holds all of
+        it. Whichever is later counts: a session killed without a summary leaves an older one behind.
+        """
+        if not summary:
+            return
+        wall = summary.get("wall_time_s")
+        if isinstance(wall, (int, float)):
+            self.elapsed_before_s = max(self.elapsed_before_s, float(wall))
+        if summary.get("started_at"):  # checkpoints written before the ledger carried the run's start
+            self.extra.setdefault("started_at", summary["started_at"])
+
+    def run_started(self, session_started: datetime) -> datetime:
+        """When the run's first session began (carried in every checkpoint); `session_started` for a new run."""
+        recorded = self.extra.setdefault("started_at", session_started.isoformat())
+        try:
+            return datetime.fromisoformat(recorded)
+        except (TypeError, ValueError):
+            return session_started
+
 
 class Telemetry:
     """Builds each metrics line (tokens/s, ETA, memory, energy, cost) and shows progress."""
@@ -226,7 +250,9 @@ class Telemetry:
     def __init__(
         self, recipe: Recipe, run_dir: Path, device: str, hardware_name: str, num_processes: int = 1,
         is_main: bool = True, stream: TextIO | None = None, phases: PhaseMemory | None = None,
+        start: float | None = None,
     ) -> None:
+        """`start`: the session's time.monotonic() at the command's start (loading is part of the run's time)."""
         self.recipe = recipe
         self.phases = phases or PhaseMemory(device)
         self.run_dir = run_dir
@@ -239,7 +265,8 @@ class Telemetry:
         if device != "cuda":
             self.nvml.handle = None
         self.ledger = Ledger()
-        self.start = time.monotonic()
+        # One clock per session, from the command's start, as the time budget and time_to_first_step_s count.
+        self.start = time.monotonic() if start is None else start
         self.first_step_at: float | None = None
         self.last_log: tuple[float, int, int] | None = None  # (time, step, tokens)
         self.max_steps = 0
@@ -254,6 +281,10 @@ class Telemetry:
     def elapsed(self) -> float:
         """Wall time of the whole run so far, earlier sessions included."""
         return self.ledger.elapsed_before_s + time.monotonic() - self.start
+
+    def begin_training(self, step: int, tokens: int) -> None:
+        """Training starts (or resumes) now at `step` with `tokens` seen: the first line's pace counts from here."""
+        self.last_log = (time.monotonic(), step, tokens)
 
     def energy_wh(self, sample: dict[str, float]) -> float | None:
         """Energy of the whole run so far over all processes, where measured."""
@@ -281,7 +312,7 @@ class Telemetry:
         """One metrics.jsonl record from the trainer's logs plus our own figures."""
         now = time.monotonic()
         self.max_steps = max_steps
-        if self.last_log is None:
+        if self.last_log is None:  # begin_training not called (a Telemetry used outside the trainer)
             self.last_log = (self.start, 0, 0)
         t0, s0, k0 = self.last_log
         steps = max(1, step - s0)

@@ -13,7 +13,7 @@ from typing import Any
 
 from finetune import atomic, hardware
 from finetune.allocator import keep_freed_memory
-from finetune.data import dropped_text, load_conversations, split_train_eval, tokenize_with_drops
+from finetune.data import dropped_text, empty_split_text, load_conversations, split_train_eval, tokenize_with_drops
 from finetune.errors import DataError, RecipeError, RunError
 from finetune.models import load_config, load_model, load_tokenizer
 from finetune.packing import check_recipe as check_packing
@@ -27,6 +27,7 @@ from finetune.runs import (
     build_summary,
     latest_checkpoint,
     prepare_run_dir,
+    read_summary,
     remove_incomplete_checkpoints,
     run_dir_for,
     trim_metrics,
@@ -130,6 +131,9 @@ def train(
     take the trained model from on_train_end). `learn=False` keeps the run out of the estimate's record of
     this machine (the probe stores its own measurement instead).
     """
+    if max_steps is not None and max_steps < 1:
+        # 0 would read as "no limit" further down (`max_steps or ...`) and train every epoch.
+        raise RunError(f"--max-steps {max_steps}: expected a positive number of steps")
     lock = RunLock(run_dir_for(recipe, output_dir))  # one train per run folder, held until we return
     try:
         return _train(recipe, lock, output_dir=output_dir, max_steps=max_steps, force=force, resume=resume,
@@ -164,6 +168,10 @@ def _train(
         if blocker:
             raise RecipeError(f"training.compile: {blocker}; set training.compile: false")
     budget_s = time_budget_s(recipe.training.max_time, until)
+    if is_main:
+        # A folder another train is using is refused first: advice about what it holds would send the user
+        # to --force or --resume, which the lock refuses too. (An absent folder is locked once created.)
+        lock.acquire(create=False)
     if is_main and not resume:
         # A folder it may not use is refused before the estimate is printed (this only checks; nothing written).
         prepare_run_dir(recipe, output_dir, force=force, resume=False, is_main=False)
@@ -190,8 +198,6 @@ def _train(
         check_same_run(run_dir, recipe, dataset_sha256, resume_from, force, say if is_main else lambda _: None)
     if is_main:
         lock.mark()
-        if resume:
-            atomic.write_text(run_dir / "recipe.yaml", recipe.to_yaml())  # what runs from now on
     dist_state.wait_for_everyone()
 
     # 1. Hardware decides precision and checkpointing unless the recipe fixes them.
@@ -227,6 +233,9 @@ def _train(
         for lines, rows, what in ((train_dropped, train_rows, "training"), (eval_dropped, eval_rows, "held-out")):
             if lines:
                 say(f"data: {dropped_text(lines, len(rows), max_length, f'{what} rows dropped')}")
+        empty = empty_split_text(len(conversations), recipe.dataset.eval_fraction, len(eval_rows))
+        if empty:
+            say(f"data: {empty}")
     if eval_ds is not None and len(eval_ds) == 0:
         eval_ds = None  # every held-out row was truncated to no labels: nothing to evaluate
 
@@ -239,13 +248,15 @@ def _train(
     # 4. Trainer with our loss, telemetry and run control.
     checkpoints_dir = run_dir / CHECKPOINTS
     telemetry = Telemetry(recipe, run_dir, device, hw.name, num_processes=num_processes, is_main=is_main,
-                          phases=phases)
+                          phases=phases, start=began)
     if resume_from is not None:
         telemetry.ledger = Ledger.load(resume_from / LEDGER_FILE)
+        telemetry.ledger.carry_summary(read_summary(run_dir))  # the earlier sessions' time after the checkpoint
         if is_main:
             trim_metrics(run_dir / "metrics.jsonl", int(resume_from.name.split("-")[-1]))
             say(f"resuming from {resume_from}")
     telemetry.ledger.extra["dataset_sha256"] = dataset_sha256  # in every checkpoint, for --resume to check
+    started = telemetry.ledger.run_started(started)  # summary.json's started_at: the run's first session's
     run_state = RunState(recipe, telemetry, budget_s, session_start=began)
     if resume_from is not None and telemetry.ledger.extra.get("schedule_steps"):
         run_state.schedule_steps = int(telemetry.ledger.extra["schedule_steps"])  # fitted to an earlier budget
@@ -260,8 +271,10 @@ def _train(
         recipe, checkpoints_dir, precision, device, checkpointing, max_steps, eval_ds is not None, learning_rate
     )
     configure_wandb(recipe, run_dir)
+    # A resumed run's recipe.yaml changes only once its checkpoint has loaded (_recipe_on_load).
+    recipe_file = _recipe_on_load(run_dir / "recipe.yaml", recipe) if resume_from is not None and is_main else None
     trainer = build_trainer(model, args, train_ds, eval_ds, tokenizer, run_state,
-                            [phases.callback(), *(callbacks or [])])
+                            [phases.callback(), *([recipe_file] if recipe_file else []), *(callbacks or [])])
     if run_state.packing.enabled and device == "cpu" and keep_freed_memory():
         # Packed steps allocate the same sizes every step: glibc keeps what one frees for the next (allocator.py).
         run_state.packing = dataclasses.replace(run_state.packing, memory_kept=True)
@@ -281,6 +294,8 @@ def _train(
                 if is_main:
                     say(f"{resume_from.name} holds the last step: finishing the run without training")
                 restore_final(trainer, resume_from, atomic.read_jsonl(run_dir / "metrics.jsonl"))
+                if recipe_file is not None:
+                    recipe_file.save()
             else:
                 trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         except BaseException as exc:  # the summary must say what happened, whatever happened
@@ -297,7 +312,13 @@ def _train(
         if run_state.signal_received is not None and run_state.status == "completed":
             run_state.message = (f"signal {run_state.signal_received} arrived after the last step; the "
                                  "evaluation, adapter and summary were finished first")
-        if is_main:
+        # A resume that failed before training a step (a checkpoint this model cannot load, say) leaves the
+        # run's record as it was: its summary and recipe.yaml still describe the last session that trained.
+        untouched = (resume_from is not None and run_state.status == "failed" and error is not None
+                     and trainer.state.global_step <= int(resume_from.name.rsplit("-", 1)[-1]))
+        if untouched and recipe_file is not None:
+            recipe_file.restore()
+        if is_main and not untouched:
             summary = build_summary(
                 recipe=recipe, run_dir=run_dir, run_state=run_state, telemetry=telemetry,
                 trainer_state=trainer.state, hw=hw, precision=precision, checkpointing=checkpointing,
@@ -311,10 +332,51 @@ def _train(
                 from finetune.estimate.calibration import record_run
                 record_run(summary, recipe, run_dir)  # the next estimate on this machine learns from this run
     dist_state.wait_for_everyone()
+    if untouched:
+        raise RunError(f"{run_dir}: cannot resume from {resume_from.name}: {_first_line(error)}; recipe.yaml and "
+                       "summary.json are as they were (--debug shows the traceback)") from error
     # A full disk is described in the summary (status failed, how to recover): no traceback for it.
     if error is not None and not isinstance(error, KeyboardInterrupt) and not _disk_full_hint(error):
         raise error
     return summary if is_main else {"status": run_state.status}
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line: torch's state-dict errors run to hundreds of lines."""
+    lines = str(exc).strip().splitlines() or [""]
+    text = f"{type(exc).__name__}: {lines[0].rstrip(':')}"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text + (f" (and {len(lines) - 1} more lines)" if len(lines) > 1 else "")
+
+
+def _recipe_on_load(path: Path, recipe: Recipe) -> Any:
+    """A TrainerCallback that writes a resumed run's recipe.yaml once the checkpoint has loaded.
+
+    transformers calls on_train_begin after the checkpoint's weights, optimizer and scheduler are in. Written
+    before (as it was), a checkpoint that would not load left recipe.yaml naming a recipe that never trained,
+    and the original one was then refused on the next --resume.
+    """
+    from transformers import TrainerCallback
+
+    class RecipeOnLoad(TrainerCallback):
+        def __init__(self) -> None:
+            self.previous = path.read_text(encoding="utf-8") if path.is_file() else None
+            self.written = False
+
+        def save(self) -> None:
+            atomic.write_text(path, recipe.to_yaml())  # what runs from now on
+            self.written = True
+
+        def restore(self) -> None:
+            if self.written and self.previous is not None:
+                atomic.write_text(path, self.previous)
+                self.written = False
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 (transformers' hook)
+            self.save()
+
+    return RecipeOnLoad()
 
 
 def _disk_full_hint(exc: BaseException) -> str:
@@ -376,6 +438,22 @@ def save_outcome(
         run_state.message = (f"the adapter was not saved ({type(exc).__name__}: {exc}); adapter/ still holds the "
                              f"previous one{_disk_full_hint(exc) or '; run again with --resume'}")
     return eval_loss
+
+
+def check_dataset_path(recipe: Recipe, recipe_file: Path, overrides: list[str] | None = None) -> None:
+    """Refuse a dataset.path that is not a file, naming the recipe (or the --set), the key and where it looked.
+
+    A relative path is read from the current directory, not the recipe's folder (the README runs every
+    command from the repository root), so the message says which directory that was.
+    """
+    path = Path(recipe.dataset.path)
+    if path.is_file():
+        return
+    given = next((o for o in reversed(overrides or []) if o.split("=", 1)[0].strip() == "dataset.path"), None)
+    where = f"--set {given}" if given else f"{recipe_file}: dataset.path"
+    what = "is a folder, not a JSONL file" if path.is_dir() else "not found"
+    relative = "" if path.is_absolute() else f" (relative to the current directory {Path.cwd()})"
+    raise DataError(f"{where}: {path} {what}{relative}")
 
 
 def _with_max_steps(recipe: Recipe, max_steps: int | None) -> Recipe:

@@ -401,6 +401,9 @@ def _control_callback(run_state: RunState) -> Any:
                 run_state.planned_steps = state.max_steps
                 refit_scheduler(kwargs["lr_scheduler"], kwargs["optimizer"], run_state.schedule_steps)
                 run_state.apply_schedule(state, run_state.schedule_steps)
+            # The first line's throughput counts from here and from the step and tokens the run resumes at:
+            # a resumed session has not trained the earlier sessions' tokens.
+            run_state.telemetry.begin_training(state.global_step, int(state.num_input_tokens_seen or 0))
             return control
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
@@ -413,10 +416,31 @@ def _control_callback(run_state: RunState) -> Any:
                 run_state.status = reason
                 control.should_training_stop = True
                 control.should_save = reason != "diverged"
+            if control.should_training_stop:
+                # The last step is logged whatever logging_steps says (every rank alike: the stop is agreed):
+                # train_loss in summary.json, the console's "train loss" and `finetune runs`' final loss are
+                # then where training ended, not an earlier logging step's (step 1's, at a warm-up rate of 0).
+                control.should_log = True
+            self._skip_evaluation_when_stopping(control)
             minutes = run_state.recipe.training.save_minutes
             if minutes and time.monotonic() - run_state.last_save >= minutes * 60:
                 control.should_save = True
             return control
+
+        def on_epoch_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            # A stop leaves the epoch loop early, and transformers still ends the epoch: with eval_steps unset
+            # (eval_strategy "epoch") DefaultFlowCallback, called before us, has just asked for an evaluation
+            # of the whole held-out split before the stop saves. That took 66 s after a Ctrl-C and ran a 100 s
+            # budget to 143 s in review; docs/runs.md promises a stop saves at once.
+            self._skip_evaluation_when_stopping(control)
+            return control
+
+        @staticmethod
+        def _skip_evaluation_when_stopping(control: Any) -> None:
+            # interrupted and time_budget report the last evaluation, diverged none (save_outcome): one due
+            # now would spend the time the stop is for. A completed run still evaluates at its end.
+            if run_state.status != "completed":
+                control.should_evaluate = False
 
     return RunControl()
 

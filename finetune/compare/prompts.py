@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.data import Conversation, load_conversations, split_train_eval
+from finetune.data import Conversation, jsonl_lines, load_conversations, split_train_eval
 from finetune.errors import DataError
 from finetune.recipe import Recipe
 
@@ -139,9 +139,7 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(path):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:

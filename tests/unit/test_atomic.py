@@ -184,3 +184,16 @@ def test_resume_puts_back_a_checkpoint_a_killed_swap_left_aside(tmp_path):
     assert latest_checkpoint(checkpoints).name == "checkpoint-10"
     assert _load(checkpoints / "checkpoint-10") == {10.0} and _load(checkpoints / "checkpoint-5") == {5.0}
     assert sorted(p.name for p in checkpoints.iterdir() if p.name != "started") == ["checkpoint-10", "checkpoint-5"]
+
+
+def test_files_and_folders_get_the_umask_modes_and_keep_a_users_chmod(tmp_path):
+    # mkstemp/mkdtemp make 0600/0700 entries: a run's summary and adapter were unreadable to anyone else.
+    mask = atomic._UMASK  # the process's umask, read once at import
+    atomic.write_text(tmp_path / "summary.json", "{}")
+    with atomic.staged_dir(tmp_path / "adapter") as staging:
+        (staging / "a.txt").write_text("x")
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "adapter").stat().st_mode & 0o777 == 0o777 & ~mask
+    (tmp_path / "summary.json").chmod(0o600)  # the user's choice survives a rewrite
+    atomic.write_text(tmp_path / "summary.json", "{ }")
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o600

@@ -46,6 +46,9 @@ CASES = {
     "value named once": dict(body="training:\n  max_time: 90 min\n",
                              expect=["training.max_time: expected a duration like '7h', '90m' or '1h30m', got "
                                      "'90 min'"], once="got"),
+    "one of two kinds": dict(body="training:\n  learning_rate: Auto\n",
+                             expect=["line 6", "training.learning_rate: expected a number or 'auto', got 'Auto'"],
+                             absent="constrained-float"),
     "missing dataset": dict(rows=None, expect=["data.jsonl", "not found"]),
     "empty dataset": dict(raw=b"\n\n", expect=["data.jsonl", "empty"]),
     "invalid json": dict(rows=[GOOD_ROW, "{oops"], expect=["data.jsonl:2:", "invalid JSON"]),
@@ -78,6 +81,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, monkeypatc
         assert fragment in lines[0], (fragment, lines[0])
     if "once" in spec:
         assert lines[0].count(spec["once"]) == 1, lines[0]
+    if "absent" in spec:
+        assert spec["absent"] not in lines[0] and "more)" not in lines[0], lines[0]
     assert not outputs.exists() or not any(outputs.iterdir()), "nothing may be written on bad input"
 
 
@@ -233,3 +238,116 @@ def test_arena_names_a_busy_port_once(tmp_path, monkeypatch, capsys):
     assert code == 2 and len(err.splitlines()) == 1, err
     # The socket module's own text repeated the address in a second pair of brackets.
     assert err == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); pick another --port", err
+
+
+@pytest.mark.parametrize("command", ["chat", "generate"])
+def test_no_adapter_on_a_merged_model_is_refused_before_loading(command, tmp_path, monkeypatch, capsys):
+    # A merged export holds the adapter in its weights: "without the adapter" answered as the adapter.
+    monkeypatch.setenv("FINETUNE_OUTPUTS", str(tmp_path / "outputs"))
+    merged = tmp_path / "export-merged"
+    merged.mkdir()
+    (merged / "config.json").write_text("{}")  # refused before anything reads it
+    gguf = tmp_path / "model-f16.gguf"
+    gguf.write_bytes(b"")
+    for target in (merged, gguf):
+        code, err = run_cli(monkeypatch, capsys, command, str(target), "--no-adapter", "--prompt", "hi") \
+            if command == "generate" else run_cli(monkeypatch, capsys, command, str(target), "--no-adapter")
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"--no-adapter: {target} has no separate adapter to leave out" in err, err
+
+
+def test_generate_reads_a_bom_and_names_a_bad_line(tmp_path, monkeypatch, capsys):
+    from finetune.chat import read_prompts
+
+    good = tmp_path / "bom.jsonl"
+    good.write_bytes(b'\xef\xbb\xbf{"prompt": "hi"}\n\n{"prompt": "a\xe2\x80\xa8b"}\n')  # U+2028 inside a string
+    assert read_prompts(good) == [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "a\u2028b"}]]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"prompt": "hi"}\n\xff\xfe\n')
+    code, err = run_cli(monkeypatch, capsys, "generate", "bundled:smollm2-135m-instruct", "--prompts", str(bad))
+    assert code == 2 and err == f"error: {bad}:2: not valid UTF-8 (byte 0)", err
+
+
+def test_generate_refuses_zero_new_tokens_before_loading(monkeypatch, capsys):
+    code, err = run_cli(monkeypatch, capsys, "generate", "bundled:smollm2-135m-instruct", "--prompt", "hi",
+                        "--max-new-tokens", "0")
+    assert code == 2 and "--max-new-tokens" in err and "Traceback" not in err, err
+
+
+def test_a_mistyped_run_name_is_offered_the_closest_run(tmp_path, monkeypatch, capsys):
+    outputs = tmp_path / "outputs"
+    (outputs / "pirate-smollm2").mkdir(parents=True)
+    (outputs / "pirate-smollm2" / "recipe.yaml").write_text("name: pirate-smollm2\n")
+    monkeypatch.setenv("FINETUNE_OUTPUTS", str(outputs))
+    code, err = run_cli(monkeypatch, capsys, "generate", "pirate-smollm3", "--prompt", "hi")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"pirate-smollm3: no run of that name in {outputs} (did you mean 'pirate-smollm2'?)" in err, err
+
+
+def test_a_folder_holding_a_gguf_names_the_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FINETUNE_OUTPUTS", str(tmp_path / "outputs"))
+    folder = tmp_path / "export-merged-gguf"
+    folder.mkdir()
+    (folder / "run-f16.gguf").write_bytes(b"")
+    code, err = run_cli(monkeypatch, capsys, "generate", str(folder), "--prompt", "hi")
+    assert code == 2 and err.endswith("(it holds run-f16.gguf: give the file)"), err
+
+
+@pytest.mark.parametrize("steps", ["0", "-3"])
+def test_max_steps_below_one_is_refused_not_read_as_no_limit(steps, tmp_path, monkeypatch, capsys):
+    # 0 was falsy all the way down (`max_steps or recipe...`): a full run of every epoch began.
+    path = recipe(tmp_path, "", [GOOD_ROW] * 3)
+    monkeypatch.setenv("FINETUNE_OUTPUTS", str(tmp_path / "outputs"))
+    (tmp_path / "data.jsonl").unlink()  # were the refusal missing, the run would stop here, not train for hours
+    code, err = run_cli(monkeypatch, capsys, "train", str(path), "--max-steps", steps)
+    assert code == 2 and err == f"error: --max-steps {steps}: expected a positive number of steps", err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_an_output_dir_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    path = recipe(tmp_path, "", [GOOD_ROW] * 3)
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    code, err = run_cli(monkeypatch, capsys, "train", str(path), "--output-dir", str(afile))
+    # The last line: the first test of a session to read the bundled model converts it, and says so.
+    assert code == 2 and err.splitlines()[-1] == f"error: {afile}: is a file, not a run folder", err
+    assert "Traceback" not in err
+    assert afile.read_text() == "mine"
+
+
+def test_a_relative_dataset_path_not_found_names_recipe_key_and_directory(tmp_path, monkeypatch, capsys):
+    path = recipe(tmp_path, "", [GOOD_ROW] * 3)
+    path.write_text(path.read_text().replace(str(tmp_path / "data.jsonl"), "datasets/pirate.jsonl"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("FINETUNE_OUTPUTS", str(tmp_path / "outputs"))
+    code, err = run_cli(monkeypatch, capsys, "train", str(path))
+    assert code == 2 and err == (f"error: {path}: dataset.path: datasets/pirate.jsonl not found (relative to the "
+                                 f"current directory {elsewhere})"), err
+    code, err = run_cli(monkeypatch, capsys, "train", str(path), "--set", "dataset.path=..")
+    assert code == 2 and err == (f"error: --set dataset.path=..: .. is a folder, not a JSONL file (relative to "
+                                 f"the current directory {elsewhere})"), err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_run_folder_in_use_says_so_before_any_advice_about_it(tmp_path, monkeypatch, capsys):
+    """The folder's lock is checked first: "use --force" sent the user to a retry that was refused too."""
+    from finetune.runlock import RunLock
+
+    path = recipe(tmp_path, "", [GOOD_ROW] * 3)
+    run = tmp_path / "outputs" / "demo"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"status": "completed", "steps": 3}))
+    monkeypatch.setenv("FINETUNE_OUTPUTS", str(tmp_path / "outputs"))
+    holder = RunLock(run)  # another train, training now
+    holder.acquire(create=False)
+    holder.mark()
+    try:
+        for extra in ([], ["--force"], ["--resume"]):
+            code, err = run_cli(monkeypatch, capsys, "train", str(path), *extra)
+            assert code == 2 and "Traceback" not in err, err
+            assert "in use by another `finetune train` (pid " in err.splitlines()[-1] and "holds" not in err, err
+    finally:
+        holder.release()
+    assert sorted(p.name for p in run.iterdir()) == ["summary.json"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -39,15 +40,18 @@ DONE = {"status": "completed", "steps": 117, "train_loss": 1.23456, "wall_time_s
 
 def test_runs_lists_outputs_newest_first_and_killed_runs_too(monkeypatch, capsys):
     outputs = Path(os.environ["FINETUNE_OUTPUTS"])
-    make_run(outputs / "older", "older", {**DONE, "status": "time_budget", "steps": 40}, age_s=3600)
-    make_run(outputs / "newer", "newer", DONE)
+    now = datetime.now().astimezone()  # runs are ordered by finished_at, a run without one by its folder's mtime
+    make_run(outputs / "older", "older", {**DONE, "status": "time_budget", "steps": 40,
+                                          "finished_at": (now - timedelta(hours=1)).isoformat(timespec="seconds")})
+    make_run(outputs / "newer", "newer", {**DONE, "finished_at": now.isoformat(timespec="seconds")}, age_s=3600)
     make_run(outputs / "killed", "killed", None, age_s=60)
     (outputs / "not-a-run").mkdir()  # no recipe.yaml: some other folder
     code, out, _ = run_cli(monkeypatch, capsys, "runs")
     assert code == 0
     rows = [line for line in out.splitlines() if any(n in line for n in ("older", "newer", "killed"))]
     assert [next(n for n in ("older", "newer", "killed") if n in r) for r in rows] == ["newer", "killed", "older"]
-    assert "completed" in rows[0] and "117" in rows[0] and "1.2346" in rows[0] and "2026-12-01 03:04" in rows[0]
+    assert "completed" in rows[0] and "117" in rows[0] and "1.2346" in rows[0]
+    assert now.strftime("%Y-%m-%d %H:%M") in rows[0]
     assert "no summary" in rows[1]
     assert "time_budget" in rows[2] and "not-a-run" not in out
 
@@ -102,3 +106,41 @@ def test_recipe_show_prints_every_default_and_the_overrides(tmp_path, monkeypatc
     assert shown["base_model"] == "bundled:smollm2-135m-instruct" and shown["training"]["precision"] == "auto"
     code, _, err = run_cli(monkeypatch, capsys, "recipe", "show", str(path), "--set", "lora.rr=8")
     assert code == 2 and "lora.rr" in err and "did you mean 'r'" in err
+
+
+def test_runs_says_when_a_folder_holds_no_runs(tmp_path, monkeypatch, capsys):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "x.yaml").write_text("name: x\n")
+    code, out, err = run_cli(monkeypatch, capsys, "runs", str(tmp_path / "recipes"))
+    assert code == 0 and out.strip() == f"no runs in {tmp_path / 'recipes'}" and not err, out
+    code, out, _ = run_cli(monkeypatch, capsys, "runs")  # outputs/ not made yet
+    assert code == 0 and out.strip() == f"no runs in {os.environ['FINETUNE_OUTPUTS']}", out
+
+
+def test_runs_are_ordered_by_when_they_finished_not_by_folder_mtime(tmp_path, monkeypatch, capsys):
+    """A file written into an old run later (an export, a compare) moved it to the top of the list."""
+    make_run(tmp_path / "old", "old", {**DONE, "finished_at": "2026-11-01T03:00:00+09:00"})  # touched just now
+    make_run(tmp_path / "new", "new", {**DONE, "finished_at": "2026-12-01T03:00:00+09:00"}, age_s=3600)
+    make_run(tmp_path / "mid", "mid", {"status": "interrupted", "started_at": "2026-11-15T03:00:00+09:00"},
+             age_s=7200)
+    make_run(tmp_path / "killed", "killed", None, age_s=10**9)  # no summary: its mtime, 30 years ago
+    code, out, _ = run_cli(monkeypatch, capsys, "runs", str(tmp_path))
+    names = [line.split()[1] for line in out.splitlines() if line.split()[1:2] and line.split()[1] in
+             ("old", "new", "mid", "killed")]
+    assert code == 0 and names == ["new", "mid", "old", "killed"], out
+
+
+def test_runs_names_an_unreadable_summary(tmp_path, monkeypatch, capsys):
+    run = make_run(tmp_path / "cut", "cut", None)
+    (run / "summary.json").write_text('{"name": "cut", "status": "compl')
+    listed = make_run(tmp_path / "list", "list", None)
+    (listed / "summary.json").write_text("[1, 2]")
+    code, out, _ = run_cli(monkeypatch, capsys, "runs", str(tmp_path))
+    rows = [line for line in out.splitlines() if " cut " in line or " list " in line]
+    assert code == 0 and len(rows) == 2 and all("unreadable summary.json" in r for r in rows), out
+    assert "running or killed" not in out
+
+
+def test_recipe_show_of_a_folder_says_it_is_a_folder(tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "recipe", "show", str(tmp_path))
+    assert code == 2 and err == f"error: {tmp_path}: a folder, not a recipe file (name one of its .yaml files)", err

@@ -91,6 +91,19 @@ def test_split_is_deterministic_and_disjoint():
     assert not {c.line for c in train} & {c.line for c in held} and len(train) == 90
 
 
+@pytest.mark.parametrize(("n", "fraction", "said"), [(1, 0.5, True), (4, 0.1, True), (4, 0.5, False),
+                                                     (10, 0.01, False), (5, 0.0, False)])
+def test_a_held_out_split_that_rounding_empties_is_said(n, fraction, said):
+    # A 1-row set at eval_fraction 0.5 trained with no eval loss and no word about it.
+    from finetune.data import empty_split_text, split_indices
+
+    _, held = split_indices(n, fraction, seed=0)
+    text = empty_split_text(n, fraction, len(held))
+    assert (text is not None) == said, (n, fraction, held, text)
+    if said:
+        assert text.startswith(f"no held-out rows: {n} row") and f"dataset.eval_fraction={fraction}" in text
+
+
 def test_label_mask_covers_exactly_assistant_content_in_multi_turn(bundled_dir):
     from transformers import AutoTokenizer
 

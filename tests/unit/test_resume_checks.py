@@ -155,3 +155,62 @@ def test_resume_is_offered_only_where_a_checkpoint_is(tmp_path):
     (run / CHECKPOINTS / "checkpoint-2").mkdir()
     with pytest.raises(RunError, match="use --resume to continue it, or --force"):
         prepare_run_dir(recipe(), run, force=False, resume=False)
+
+
+@pytest.mark.parametrize(("section", "values", "shown"), [
+    ("lora", {"r": 16}, "lora.r: 8 -> 16"),
+    ("lora", {"target_modules": ["q_proj"]}, 'lora.target_modules: "all-linear" -> ["q_proj"]'),
+    (None, {"base_model": "HuggingFaceTB/SmolLM2-360M-Instruct"}, "base_model: "),
+])
+def test_a_change_the_checkpoint_cannot_load_is_refused_even_with_force(tmp_path, section, values, shown):
+    # --force took lora.r 16 -> 8, rewrote recipe.yaml and summary.json, then died in a 480-line size mismatch.
+    (tmp_path / "recipe.yaml").write_text(recipe().to_yaml())
+    edited = recipe().model_dump(mode="json")
+    (edited[section] if section else edited).update(values)
+    said: list[str] = []
+    for force in (False, True):
+        with pytest.raises(RunError) as info:
+            check_same_run(tmp_path, parse_recipe(edited), "a" * 64, None, force, said.append)
+        message = str(info.value)
+        assert shown in message and "even with --force" in message and "\n" not in message, message
+    assert not said
+    # What leaves every tensor's shape alone is still --force's to take.
+    loose = recipe().model_dump(mode="json")
+    loose["lora"].update(alpha=8, dropout=0.2)
+    loose["quantization"]["bits"] = 8
+    check_same_run(tmp_path, parse_recipe(loose), "a" * 64, None, True, said.append)
+    assert said and "lora.alpha" in said[0] and "quantization.bits: 4 -> 8" in said[0]
+
+
+def test_an_output_dir_that_is_a_file_is_refused_in_one_line(tmp_path):
+    from finetune.runs import prepare_run_dir
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for resume in (False, True):
+        with pytest.raises(RunError) as info:
+            prepare_run_dir(recipe(), afile, force=True, resume=resume)
+        assert str(info.value) == f"{afile}: is a file, not a run folder"
+    with pytest.raises(RunError) as info:
+        prepare_run_dir(recipe(), afile / "run", force=False, resume=False)
+    assert str(info.value) == f"{afile / 'run'}: {afile} is a file, not a folder"
+    assert afile.read_text() == "mine"
+
+
+def test_the_hint_for_an_existing_run_follows_its_state(tmp_path):
+    """A completed run has nothing left for a bare --resume; an interrupted one takes "an"."""
+    from finetune.runs import CHECKPOINTS, prepare_run_dir
+
+    run = tmp_path / "run"
+    prepare_run_dir(recipe(), run, force=False, resume=False)
+    make_checkpoint(run / CHECKPOINTS, 6, max_steps=6)
+    (run / "summary.json").write_text(json.dumps({"status": "completed", "steps": 6}))
+    with pytest.raises(RunError) as info:
+        prepare_run_dir(recipe(), run, force=False, resume=False)
+    assert str(info.value) == (f"{run}: holds a completed run; use --force to train it again from the start, or "
+                               "--resume --max-steps N (more than its 6 steps) to train it further")
+    (run / "summary.json").write_text(json.dumps({"status": "interrupted", "steps": 6}))
+    with pytest.raises(RunError) as info:
+        prepare_run_dir(recipe(), run, force=False, resume=False)
+    assert str(info.value) == (f"{run}: holds an interrupted run; use --resume to continue it, or --force to "
+                               "overwrite it")

@@ -1,0 +1,64 @@
+"""A resume that cannot continue leaves the run as it was; a completed run trains further with --max-steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune.errors import RunError
+from finetune.recipe import parse_recipe
+from finetune.train import train
+from tests.integration.test_faults import Said, interrupted_run, loss_steps, spec_for, tree_digest
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_lora_shape_change_is_refused_on_resume_even_with_force(tiny_llama, pirate_rows, tmp_path):
+    # It was taken: recipe.yaml became r=16, then a 480-line size-mismatch traceback, and summary.json said
+    # failed at 0 steps; the original recipe was refused on the next --resume.
+    run = tmp_path / "run"
+    interrupted_run(tiny_llama, pirate_rows, run)
+    before = tree_digest(run)
+    spec = spec_for(tiny_llama, pirate_rows)
+    spec["lora"] = {**spec["lora"], "r": 16}
+    with pytest.raises(RunError) as info:
+        train(parse_recipe(spec), output_dir=run, resume=True, force=True, say=Said())
+    message = str(info.value)
+    assert "lora.r: 8 -> 16" in message and "even with --force" in message and "\n" not in message, message
+    assert tree_digest(run) == before, "a refused resume changed the run folder"
+
+
+def test_a_resume_that_fails_before_a_step_keeps_recipe_and_summary(tiny_llama, pirate_rows, tmp_path):
+    """Whatever fails once the model is built (here: right after the checkpoint loaded) is one line."""
+    from transformers import TrainerCallback
+
+    class Boom(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            raise RuntimeError("cannot go on\n" + "size mismatch ...\n" * 200)
+
+    run = tmp_path / "run"
+    interrupted_run(tiny_llama, pirate_rows, run)
+    before = tree_digest(run)
+    spec = spec_for(tiny_llama, pirate_rows, learning_rate=2e-3)  # --force takes it
+    with pytest.raises(RunError) as info:
+        train(parse_recipe(spec), output_dir=run, resume=True, force=True, callbacks=[Boom()], say=Said())
+    message = str(info.value)
+    assert message == (f"{run}: cannot resume from checkpoint-3: RuntimeError: cannot go on (and 200 more lines); "
+                       "recipe.yaml and summary.json are as they were (--debug shows the traceback)"), message
+    assert tree_digest(run) == before, "a resume that trained nothing changed the run folder"
+    # The same recipe resumes once nothing stands in the way, and recipe.yaml then says what ran.
+    summary = train(parse_recipe(spec), output_dir=run, resume=True, force=True, say=Said())
+    assert summary["status"] == "completed" and summary["steps"] == 6
+    assert "learning_rate: 0.002" in (run / "recipe.yaml").read_text()
+
+
+def test_a_completed_run_trains_further_with_resume_and_a_larger_max_steps(tiny_llama, pirate_rows, tmp_path):
+    """What the "holds a completed run" refusal advises really works."""
+    run = tmp_path / "run"
+    spec = spec_for(tiny_llama, pirate_rows)
+    assert train(parse_recipe(spec), output_dir=run, say=Said())["status"] == "completed"
+    with pytest.raises(RunError, match=r"--resume --max-steps N \(more than its 6 steps\) to train it further"):
+        train(parse_recipe(spec), output_dir=run, say=Said())
+    said = Said()
+    summary = train(parse_recipe(spec), output_dir=run, resume=True, max_steps=8, say=said)
+    assert summary["status"] == "completed" and summary["steps"] == 8, (summary, said.text())
+    assert loss_steps(run) == list(range(1, 9))
