@@ -176,9 +176,11 @@ def data_check_command(
             say(f"... and {len(report.problems) - MAX_REPORTED} more")
         raise typer.Exit(2)
     stats = token_stats(report, recipe)
-    multi = sum(1 for c in report.conversations if sum(m["role"] == "user" for m in c.messages) > 1)
+    # Multi-turn: more than one reply to learn (two user turns before one reply are one turn of the assistant).
+    multi = sum(1 for c in report.conversations if sum(m["role"] == "assistant" for m in c.messages) > 1)
+    rows = len(report.conversations)
     console.print(
-        f"{file}: valid, format {report.format}, {len(report.conversations)} rows ({multi} multi-turn)",
+        f"{file}: valid, format {report.format}, {rows} row{'' if rows == 1 else 's'} ({multi} multi-turn)",
         highlight=False,
     )
     console.print(

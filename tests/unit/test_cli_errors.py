@@ -351,3 +351,15 @@ def test_a_run_folder_in_use_says_so_before_any_advice_about_it(tmp_path, monkey
     finally:
         holder.release()
     assert sorted(p.name for p in run.iterdir()) == ["summary.json"]
+
+
+def test_data_check_counts_rows_and_turns_as_training_sees_them(tmp_path, monkeypatch, capsys):
+    # Two user turns before one reply were counted multi-turn, and one row was "1 rows".
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "there"},
+                                             {"role": "assistant", "content": "Arr!"}]}) + "\n")
+    monkeypatch.setattr(sys, "argv", ["finetune", "data", "check", str(data)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code in (0, None)
+    assert f"{data}: valid, format messages, 1 row (0 multi-turn)" in capsys.readouterr().out

@@ -242,3 +242,12 @@ def test_row_lengths_reads_the_length_column(tmp_path, bundled_dir):
     lengths = row_lengths(tokens)
     assert lengths == [len(ids) for ids in tokens["input_ids"]] and lengths[0] == lengths[2] < lengths[1]
     assert row_lengths(tokens.remove_columns("length")) == row_lengths(tokens)
+
+
+def test_length_percentiles_interpolate_between_rows():
+    # Nearest-rank rounding made the median of two rows the longer one ("p50 6044  max 6044").
+    from finetune.data import length_stats
+
+    assert length_stats([6044, 3034]) == {"p50": 4539, "p95": 5894, "max": 6044}
+    assert length_stats(list(range(1, 101))) == {"p50": 50, "p95": 95, "max": 100}
+    assert length_stats([7]) == {"p50": 7, "p95": 7, "max": 7}
