@@ -139,8 +139,13 @@ def child_env(environ: dict[str, str], num_processes: int, cores: int, has_cuda:
 
 def _check_run_folder(recipe: Recipe, args: list[str]) -> None:
     """The run-folder errors `finetune train` would raise, raised once here instead of once per rank."""
-    from finetune.runs import CHECKPOINTS, latest_checkpoint, prepare_run_dir
+    from finetune.runlock import RunLock
+    from finetune.runs import CHECKPOINTS, latest_checkpoint, prepare_run_dir, run_dir_for
 
+    # A folder another train is using is said first, as `finetune train` says it (the ranks take the lock).
+    probe = RunLock(run_dir_for(recipe, option_value(args, "--output-dir")))
+    probe.acquire(create=False)
+    probe.release()
     resume = "--resume" in args
     run_dir = prepare_run_dir(
         recipe, option_value(args, "--output-dir"), force="--force" in args, resume=resume, is_main=False

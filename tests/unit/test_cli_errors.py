@@ -348,6 +348,14 @@ def test_a_run_folder_in_use_says_so_before_any_advice_about_it(tmp_path, monkey
             code, err = run_cli(monkeypatch, capsys, "train", str(path), *extra)
             assert code == 2 and "Traceback" not in err, err
             assert "in use by another `finetune train` (pid " in err.splitlines()[-1] and "holds" not in err, err
+        # The launcher of a multi-process run checks the folder once for every rank: the same line first.
+        from finetune.errors import RunError
+        from finetune.launch import _check_run_folder
+        from finetune.recipe import load_recipe
+
+        for extra in ([], ["--force"]):
+            with pytest.raises(RunError, match=r"in use by another `finetune train` \(pid "):
+                _check_run_folder(load_recipe(path), ["train", str(path), *extra])
     finally:
         holder.release()
     assert sorted(p.name for p in run.iterdir()) == ["summary.json"]
