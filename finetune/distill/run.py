@@ -126,13 +126,13 @@ def _earlier_record(files: Files) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def _own_data(files: Files) -> dict[str, Any] | None:
-    """The provenance's description of the data file distill wrote, while the file is still exactly that.
+def _own_data(files: Files, earlier: dict[str, Any]) -> dict[str, Any] | None:
+    """The earlier provenance's description of the data file distill wrote, while the file is still exactly that.
 
     Its hash is how distill tells its own data file (which it may replace or remove) from one a user wrote
     or edited since (which it never removes).
     """
-    data = _earlier_record(files).get("data")
+    data = earlier.get("data")
     try:
         if isinstance(data, dict) and files.data.is_file() and _sha256(files.data) == data["sha256"]:
             return data
@@ -215,8 +215,9 @@ def run_distill(opts: DistillOptions, say: Callable[[str], None] = print) -> dic
     }
     key = _settings_key(generation)
     # Read before this run writes anything: the earlier run's teacher and whether the data file is distill's.
-    provenance = _Provenance(files, recipe, opts, cfg, selection, generation, _earlier_teacher(files),
-                             _own_data(files))
+    earlier = _earlier_record(files)
+    provenance = _Provenance(files, recipe, opts, cfg, selection, generation, _earlier_teacher(earlier),
+                             _own_data(files, earlier))
     done = _resume_log(files, generation, set(wanted), opts.force)
     pending = [p for p in selection.prompts if p.id not in done]
     say(
@@ -340,9 +341,9 @@ def _generate(pending: list, teacher: Any, base: Any, persona: str, cfg: Distill
                 progress.advance(task)
 
 
-def _earlier_teacher(files: Files) -> dict[str, Any]:
+def _earlier_teacher(earlier: dict[str, Any]) -> dict[str, Any]:
     """The teacher recorded by the run that wrote the candidates (when nothing is left to generate)."""
-    teacher = _earlier_record(files).get("teacher")
+    teacher = earlier.get("teacher")
     return teacher if isinstance(teacher, dict) else {"kind": "unknown"}
 
 
