@@ -258,8 +258,12 @@ def _train(
     telemetry.ledger.extra["dataset_sha256"] = dataset_sha256  # in every checkpoint, for --resume to check
     started = telemetry.ledger.run_started(started)  # summary.json's started_at: the run's first session's
     run_state = RunState(recipe, telemetry, budget_s, session_start=began)
-    if resume_from is not None and telemetry.ledger.extra.get("schedule_steps"):
-        run_state.schedule_steps = int(telemetry.ledger.extra["schedule_steps"])  # fitted to an earlier budget
+    fitted = int(telemetry.ledger.extra.get("schedule_steps") or 0) if resume_from is not None else 0
+    if fitted and max_steps is not None and max_steps > fitted:
+        # --max-steps past the schedule an earlier budget fitted (a completed run trained further): asked for.
+        del telemetry.ledger.extra["schedule_steps"]
+    elif fitted:
+        run_state.schedule_steps = fitted  # fitted to an earlier budget
         run_state.fit_checked = True  # kept, and only shortened should the new budget be tighter
         run_state.may_grow = False
     parameters = model.get_nb_trainable_parameters()[1]  # peft counts 4-bit weights at their full size

@@ -401,6 +401,12 @@ def _control_callback(run_state: RunState) -> Any:
                 run_state.planned_steps = state.max_steps
                 refit_scheduler(kwargs["lr_scheduler"], kwargs["optimizer"], run_state.schedule_steps)
                 run_state.apply_schedule(state, run_state.schedule_steps)
+            elif state.global_step > 0:
+                # A resume with another --max-steps (a completed run trained further) changes the schedule's
+                # length: the checkpoint's optimizer still holds the old schedule's rate for the next step.
+                from finetune.schedule_fit import refit_scheduler
+
+                refit_scheduler(kwargs["lr_scheduler"], kwargs["optimizer"], state.max_steps)
             # The first line's throughput counts from here and from the step and tokens the run resumes at:
             # a resumed session has not trained the earlier sessions' tokens.
             run_state.telemetry.begin_training(state.global_step, int(state.num_input_tokens_seen or 0))

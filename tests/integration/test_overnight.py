@@ -209,6 +209,14 @@ def test_a_resumed_run_keeps_the_schedule_it_was_fitted_to(small_llama, pirate_r
     assert after[stop + 1] < rates[stop] and after[stop + 1] > 0.5 * rates[stop], (rates[stop], after[stop + 1])
     assert after[fitted] < 0.05 * 1e-3
 
+    # Trained further, as the completed run's refusal advises: --max-steps overrides the fitted schedule (it
+    # took the fitted length as the last step and finished without training).
+    further = start(recipe, run, "--resume", "--max-steps", str(fitted + 2), "--set", "training.max_time=120s")
+    out, _ = further.communicate(timeout=300)
+    assert further.returncode == 0, out
+    assert json.loads((run / "summary.json").read_text())["steps"] == fitted + 2, out
+    assert [r["step"] for r in metrics(run) if r.get("loss") is not None][-2:] == [fitted + 1, fitted + 2]
+
 
 def test_sigterm_saves_reports_interrupted_and_resumes_to_completion(small_llama, pirate_rows, tmp_path):
     recipe = write_recipe(tmp_path, small_llama, pirate_rows, max_steps=300, save_steps=100000)

@@ -7,7 +7,7 @@ import pytest
 from finetune.errors import RunError
 from finetune.recipe import parse_recipe
 from finetune.train import train
-from tests.integration.test_faults import Said, interrupted_run, loss_steps, spec_for, tree_digest
+from tests.integration.test_faults import Said, interrupted_run, loss_steps, metrics, spec_for, tree_digest
 
 pytestmark = pytest.mark.slow
 
@@ -62,3 +62,10 @@ def test_a_completed_run_trains_further_with_resume_and_a_larger_max_steps(tiny_
     summary = train(parse_recipe(spec), output_dir=run, resume=True, max_steps=8, say=said)
     assert summary["status"] == "completed" and summary["steps"] == 8, (summary, said.text())
     assert loss_steps(run) == list(range(1, 9))
+    # Steps 7 and 8 train at the rates of a run planned for 8 steps: the checkpoint's optimizer held the
+    # 6-step schedule's final rate (0.0), which step 7 used before the scheduler caught up.
+    planned = tmp_path / "planned"
+    train(parse_recipe(spec), output_dir=planned, max_steps=8, say=Said())
+    rates = [r["learning_rate"] for r in metrics(run) if r.get("loss") is not None]
+    assert rates[6:] == pytest.approx([r["learning_rate"] for r in metrics(planned) if r.get("loss") is not None][6:])
+    assert rates[6] > 0
