@@ -101,9 +101,17 @@ def _persona(recipe: Recipe, path: Path) -> str:
     return persona
 
 
-def _check_output(files: Files, force: bool) -> None:
-    """Never overwrite a file that distill did not write (a hand-made dataset) without --force."""
-    if files.data.exists() and not files.provenance.exists() and not files.candidates.exists() and not force:
+def _check_output(files: Files, own_data: dict[str, Any] | None, force: bool) -> None:
+    """Never overwrite a file that distill did not write (a hand-made dataset), or one edited since it wrote
+    it (its hash no longer the provenance's), without --force."""
+    if not files.data.exists() or own_data is not None or force:
+        return
+    if files.provenance.exists():
+        raise DistillError(
+            f"{files.data}: changed since finetune distill wrote it (not the file {files.provenance.name} "
+            "records); choose another --out or pass --force to replace it"
+        )
+    if not files.candidates.exists():
         raise DistillError(
             f"{files.data}: exists and was not written by finetune distill; choose another --out or pass --force"
         )
@@ -189,8 +197,15 @@ def run_distill(opts: DistillOptions, say: Callable[[str], None] = print) -> dic
     recipe = load_recipe(opts.recipe_path, opts.overrides)
     persona = _persona(recipe, opts.recipe_path)
     cfg = _config(recipe, opts)
+    if cfg.teacher and "://" in cfg.teacher:
+        from finetune.distill.teacher import check_endpoint
+
+        check_endpoint(cfg.teacher, opts.allow_remote_teacher)  # before the base model loads, not after
     files = Files.beside(output_path(recipe, opts.out, file_has_distill(opts.recipe_path)))
-    _check_output(files, opts.force)
+    # Read before this run writes anything: the earlier run's teacher and whether the data file is distill's.
+    earlier = _earlier_record(files)
+    own_data = _own_data(files, earlier)
+    _check_output(files, own_data, opts.force)
 
     # 2. Prompts: deduplicated, compare's evaluation prompts removed, seeded order.
     selection: Selection = select_prompts(recipe, cfg.prompts, cfg.n, cfg.seed, files.data)
@@ -214,10 +229,7 @@ def run_distill(opts: DistillOptions, say: Callable[[str], None] = print) -> dic
         "format": FORMAT_VERSION,
     }
     key = _settings_key(generation)
-    # Read before this run writes anything: the earlier run's teacher and whether the data file is distill's.
-    earlier = _earlier_record(files)
-    provenance = _Provenance(files, recipe, opts, cfg, selection, generation, _earlier_teacher(earlier),
-                             _own_data(files, earlier))
+    provenance = _Provenance(files, recipe, opts, cfg, selection, generation, _earlier_teacher(earlier), own_data)
     done = _resume_log(files, generation, set(wanted), opts.force)
     pending = [p for p in selection.prompts if p.id not in done]
     say(

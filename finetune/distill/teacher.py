@@ -139,17 +139,22 @@ def completions_url(url: str) -> str:
     return f"{url}/chat/completions" if url.endswith("/v1") else f"{url}/v1/chat/completions"
 
 
+def check_endpoint(url: str, allow_remote: bool) -> None:
+    """Refuse a --teacher URL that is not http(s), or that leaves this machine without --allow-remote-teacher."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise DistillError(f"--teacher {url}: expected an http(s) URL or a local model folder")
+    if not is_loopback(url) and not allow_remote:
+        host = urllib.parse.urlsplit(url).hostname
+        raise DistillError(
+            f"--teacher {url}: {host} is not this machine; pass --allow-remote-teacher to send prompts there"
+        )
+
+
 class EndpointTeacher:
     """An OpenAI-compatible chat endpoint (llama.cpp server, Ollama, vLLM): one request per candidate."""
 
     def __init__(self, url: str, model: str | None, timeout: float, allow_remote: bool = False) -> None:
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            raise DistillError(f"--teacher {url}: expected an http(s) URL or a local model folder")
-        if not is_loopback(url) and not allow_remote:
-            host = urllib.parse.urlsplit(url).hostname
-            raise DistillError(
-                f"--teacher {url}: {host} is not this machine; pass --allow-remote-teacher to send prompts there"
-            )
+        check_endpoint(url, allow_remote)
         self.url = completions_url(url)
         self.model = model or "default"
         self.timeout = timeout

@@ -242,10 +242,16 @@ def test_a_filter_that_keeps_nothing_leaves_files_that_agree(tmp_path, bundled_d
         handle.write(json.dumps({"messages": [{"role": "user", "content": "Hi"},
                                               {"role": "assistant", "content": "Arr, written by hand."}]}) + "\n")
     edited = out.read_bytes()
-    with pytest.raises(DistillError, match="is not a file distill wrote .* and is left as it was"):
-        distill(NOTHING_PASSES)
-    assert out.read_bytes() == edited and provenance_of(out)["status"] == "failed"
+    # A rerun that would succeed is refused before it replaces the edited file (it did replace it).
+    with pytest.raises(DistillError, match=f"{out}: changed since finetune distill wrote it .* --force"):
+        distill()
+    assert out.read_bytes() == edited and provenance_of(out)["status"] == "done"
     assert len(httpd.seen) == 4, "no run after the first generated anything"
+    # --force takes the file over; a filter that then keeps nothing still leaves it as it is.
+    with pytest.raises(DistillError, match="is not a file distill wrote .* and is left as it was"):
+        run_distill(DistillOptions(recipe, teacher=url, dtype="fp32", force=True, overrides=[NOTHING_PASSES]),
+                    say=quiet)
+    assert out.read_bytes() == edited and provenance_of(out)["status"] == "failed"
 
 
 @pytest.mark.slow

@@ -300,3 +300,14 @@ def test_set_distill_does_not_aim_the_output_at_a_hand_written_dataset(tmp_path,
     assert code == 2 and "was not written by finetune distill" not in err, "the output went to dataset.path"
     assert err.startswith(f"error: {log}: was written with other generation settings")
     assert data.read_bytes() == before
+
+
+def test_a_remote_teacher_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    # It was refused only after the base model had loaded (a base that cannot load failed first, on that).
+    data = tmp_path / "out" / "data.jsonl"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\nbase_model: {tmp_path / 'no-such-model'}\nsystem_prompt: Be a pirate.\n"
+                      f"dataset: {{path: {data}}}\ndistill: {{n: 2}}\n", encoding="utf-8")
+    code, err = run_cli(monkeypatch, capsys, "distill", str(recipe), "--teacher", "http://example.com:8080")
+    assert code == 2 and err == ("error: --teacher http://example.com:8080: example.com is not this machine; "
+                                 "pass --allow-remote-teacher to send prompts there"), err
