@@ -121,12 +121,15 @@ def remove_incomplete_checkpoints(folder: Path) -> None:
         atomic.recover_dir(folder / leftover.name[1:].split(".", 1)[0])
 
 
-def trim_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop metrics lines past the checkpoint: those steps are trained again."""
+def trim_metrics(path: Path, last_step: int) -> str | None:
+    """On resume, drop metrics lines past the checkpoint: those steps are trained again. Returns the file's
+    text before (None when there is no file), for a resume that fails before training to put back."""
     if not path.exists():
-        return
+        return None
+    before = path.read_text(encoding="utf-8")
     kept = [r for r in atomic.read_jsonl(path) if r.get("step", 0) <= last_step]
     atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    return before
 
 
 def library_versions() -> dict[str, str]:

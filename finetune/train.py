@@ -188,6 +188,7 @@ def _train(
                if is_main else run_dir_for(recipe, output_dir))
     dataset_sha256 = conversations.sha256  # hashed once, when the file was read
     resume_from = None
+    metrics_before: str | None = None  # metrics.jsonl before a resume trims it, put back if nothing trains
     if resume:
         if is_main:
             remove_incomplete_checkpoints(run_dir / CHECKPOINTS)
@@ -253,7 +254,7 @@ def _train(
         telemetry.ledger = Ledger.load(resume_from / LEDGER_FILE)
         telemetry.ledger.carry_summary(read_summary(run_dir))  # the earlier sessions' time after the checkpoint
         if is_main:
-            trim_metrics(run_dir / "metrics.jsonl", int(resume_from.name.split("-")[-1]))
+            metrics_before = trim_metrics(run_dir / "metrics.jsonl", int(resume_from.name.split("-")[-1]))
             say(f"resuming from {resume_from}")
     telemetry.ledger.extra["dataset_sha256"] = dataset_sha256  # in every checkpoint, for --resume to check
     started = telemetry.ledger.run_started(started)  # summary.json's started_at: the run's first session's
@@ -322,6 +323,8 @@ def _train(
                      and trainer.state.global_step <= int(resume_from.name.rsplit("-", 1)[-1]))
         if untouched and recipe_file is not None:
             recipe_file.restore()
+        if untouched and is_main and metrics_before is not None:
+            atomic.write_text(run_dir / "metrics.jsonl", metrics_before)  # the lines past the checkpoint too
         if is_main and not untouched:
             summary = build_summary(
                 recipe=recipe, run_dir=run_dir, run_state=run_state, telemetry=telemetry,
