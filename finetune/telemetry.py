@@ -221,17 +221,21 @@ class Ledger:
             return cls()
 
     def carry_summary(self, summary: dict[str, Any] | None) -> None:
-        """On --resume: take the earlier sessions' wall time (and the run's start) from the run's summary.json.
+        """On --resume: take the earlier sessions' wall time and energy (and the run's start) from the run's
+        summary.json.
 
-        A checkpoint's ledger stops the clock when the checkpoint is written; the session then went on (the
-        stop's saves, an evaluation, the summary), and its summary's wall_time_s, written last, holds all of
-        it. Whichever is later counts: a session killed without a summary leaves an older one behind.
+        A checkpoint's ledger stops the clock and the energy meter when the checkpoint is written; the session
+        then went on (more steps, the stop's saves, an evaluation, the summary), and its summary, written last,
+        holds more of it. Whichever is larger counts: a session killed without a summary leaves an older one.
         """
         if not summary:
             return
         wall = summary.get("wall_time_s")
-        if isinstance(wall, (int, float)):
+        if isinstance(wall, (int, float)) and not isinstance(wall, bool):
             self.elapsed_before_s = max(self.elapsed_before_s, float(wall))
+        energy = summary.get("energy_wh")  # GPU runs only (NVML); null on a CPU
+        if isinstance(energy, (int, float)) and not isinstance(energy, bool):
+            self.energy_before_wh = max(self.energy_before_wh, float(energy))
         if summary.get("started_at"):  # checkpoints written before the ledger carried the run's start
             self.extra.setdefault("started_at", summary["started_at"])
 

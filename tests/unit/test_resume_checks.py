@@ -214,3 +214,16 @@ def test_the_hint_for_an_existing_run_follows_its_state(tmp_path):
         prepare_run_dir(recipe(), run, force=False, resume=False)
     assert str(info.value) == (f"{run}: holds an interrupted run; use --resume to continue it, or --force to "
                                "overwrite it")
+
+
+def test_a_resume_carries_the_energy_and_time_the_summary_holds_past_the_checkpoint():
+    from finetune.telemetry import Ledger
+
+    # The checkpoint's ledger stopped at 10 Wh / 100 s; the session went on to 12.5 Wh / 160 s before its summary.
+    ledger = Ledger(elapsed_before_s=100.0, energy_before_wh=10.0)
+    ledger.carry_summary({"wall_time_s": 160.0, "energy_wh": 12.5, "started_at": "2026-12-05T10:00:00"})
+    assert (ledger.elapsed_before_s, ledger.energy_before_wh) == (160.0, 12.5)
+    # An older summary (a session killed before writing its own) never takes anything back; a CPU has no energy.
+    ledger.carry_summary({"wall_time_s": 90.0, "energy_wh": 8.0})
+    ledger.carry_summary({"wall_time_s": None, "energy_wh": None})
+    assert (ledger.elapsed_before_s, ledger.energy_before_wh) == (160.0, 12.5)
