@@ -93,6 +93,8 @@ def train_command(
 
     if max_steps is not None and max_steps < 1:  # typer's own min=1 refusal is a five-line box
         raise RunError(f"--max-steps {max_steps}: expected a positive number of steps")
+    if num_processes < 1:  # 0 and -1 trained one process as if nothing was wrong
+        raise RunError(f"--num-processes {num_processes}: expected 1 or more processes")
     loaded = load_recipe(_recipe_file(recipe), set_)
     from finetune.train import check_dataset_path
 
@@ -214,12 +216,17 @@ def runs_command(
 
         console.print(f"no runs in {', '.join(str(f) for f in folders or [outputs_dir()])}", highlight=False)
         return
-    table = Table("name", "status", "steps", "final loss", "wall", "peak MB", "energy Wh", "cost", "date")
-    for row in rows:
+    # "run" is the folder, what `finetune show/export/chat RUN` take; the recipe's name, which it is unless
+    # --output-dir chose another, gets a column where one differs.
+    run_folders = [Path(row["_dir"]).name for row in rows]
+    recipes = any(row["name"] != folder for row, folder in zip(rows, run_folders, strict=True))
+    table = Table("run", *(["recipe"] if recipes else []), "status", "steps", "final loss", "wall", "peak MB",
+                  "energy Wh", "cost", "date")
+    for row, folder in zip(rows, run_folders, strict=True):
         cost = row.get("cost")
         loss = row.get("train_loss")
         table.add_row(
-            row["name"], row.get("status", "?"), str(row.get("steps", "")),
+            folder, *([row["name"]] if recipes else []), row.get("status", "?"), str(row.get("steps", "")),
             f"{loss:.4f}" if isinstance(loss, (int, float)) else "",
             format_duration(row.get("wall_time_s")) if row.get("wall_time_s") is not None else "",
             f"{row['peak_memory_mb']:.0f}" if row.get("peak_memory_mb") else "",

@@ -371,3 +371,14 @@ def test_data_check_counts_rows_and_turns_as_training_sees_them(tmp_path, monkey
         main()
     assert info.value.code in (0, None)
     assert f"{data}: valid, format messages, 1 row (0 multi-turn)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("processes", ["0", "-1"])
+def test_num_processes_below_one_is_refused(processes, tmp_path, monkeypatch, capsys):
+    # Both trained one process, exit 0, as if the number meant something.
+    path = recipe(tmp_path, "", [GOOD_ROW] * 3)
+    monkeypatch.setenv("FINETUNE_OUTPUTS", str(tmp_path / "outputs"))
+    (tmp_path / "data.jsonl").unlink()  # were the refusal missing, the run would stop here, not train
+    code, err = run_cli(monkeypatch, capsys, "train", str(path), "--num-processes", processes)
+    assert code == 2 and err == f"error: --num-processes {processes}: expected 1 or more processes", err
+    assert not (tmp_path / "outputs").exists()

@@ -144,3 +144,14 @@ def test_runs_names_an_unreadable_summary(tmp_path, monkeypatch, capsys):
 def test_recipe_show_of_a_folder_says_it_is_a_folder(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "recipe", "show", str(tmp_path))
     assert code == 2 and err == f"error: {tmp_path}: a folder, not a recipe file (name one of its .yaml files)", err
+
+
+def test_runs_names_each_run_as_show_takes_it(monkeypatch, capsys):
+    # A run trained with --output-dir outputs/run1 was listed by its recipe's name, which show refused.
+    outputs = Path(os.environ["FINETUNE_OUTPUTS"])
+    make_run(outputs / "run1", "pirate", DONE)
+    code, out, _ = run_cli(monkeypatch, capsys, "runs")
+    row = next(line for line in out.splitlines() if "completed" in line)
+    assert code == 0 and row.split()[1:4] == ["run1", "│", "pirate"], out
+    code, out, err = run_cli(monkeypatch, capsys, "show", row.split()[1])
+    assert code == 0 and not err, err
