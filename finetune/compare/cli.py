@@ -66,6 +66,7 @@ def compare(
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default outputs/<run>/compare/<time>)."
     ),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier compare in --out."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling, the classifier split and the bootstrap."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts generated together."),
     do_sample: bool = typer.Option(False, "--do-sample", help="Sample (seeded) instead of greedy decoding."),
@@ -122,6 +123,7 @@ def compare(
         price_per_mtok=price_per_mtok,
         price_currency=price_currency.upper(),
         out=out,
+        force=force,
         seed=seed,
         batch_size=batch_size,
         do_sample=do_sample,

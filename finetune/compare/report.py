@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from finetune import atomic
+from finetune.compare import CompareError
 from finetune.compare.analysis import METRICS
 from finetune.compare.charts import drift_chart, metric_chart
 from finetune.compare.schema import Difference, Estimate, Report
@@ -380,16 +381,38 @@ def report_json(report: Report) -> str:
     return report.model_dump_json(indent=2, exclude_unset=True) + "\n"
 
 
+def check_compare_target(out_dir: Path, force: bool) -> None:
+    """Refuse an --out that holds anything but an earlier compare, and an earlier compare without --force.
+
+    An earlier compare's samples may have arena votes cast on them (the votes name the folder): replacing
+    them is the user's call. A run folder or a folder of other things is never replaced.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CompareError(f"{out_dir}: exists and is not a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if (out_dir / "recipe.yaml").is_file() or (out_dir / "summary.json").is_file():
+        raise CompareError(f"{out_dir}: is a run folder; compare will not write into it (choose another --out)")
+    if not (out_dir / "report.json").is_file():
+        raise CompareError(f"{out_dir}: not empty and not an earlier compare (no report.json); choose a new or "
+                           "empty --out")
+    if not force:
+        raise CompareError(f"{out_dir}: holds an earlier compare; pass --force to replace it (arena votes on "
+                           "its samples would then name replaced samples) or choose another --out")
+
+
 def write_outputs(out_dir: Path, report: Report, samples: list[dict[str, Any]]) -> None:
-    """Write samples.jsonl, report.json, report.md and report.html atomically into `out_dir`."""
+    """Write samples.jsonl, report.json, report.md and report.html into `out_dir`, the folder replaced whole
+    and at once (an earlier compare there, allowed by check_compare_target, is never half overwritten)."""
     try:
         charts = {"metrics": metric_chart(report), "drift": drift_chart(report)}
     except Exception as exc:  # a chart must never cost the user the report
         charts = {}
         report.warnings.append(f"charts not drawn: {exc}")
-    atomic.write_text(
-        out_dir / "samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
-    )
-    atomic.write_text(out_dir / "report.json", report_json(report))
-    atomic.write_text(out_dir / "report.md", markdown(report))
-    atomic.write_text(out_dir / "report.html", to_html(report, charts))
+    with atomic.staged_dir(out_dir) as staging:
+        (staging / "samples.jsonl").write_text(
+            "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8"
+        )
+        (staging / "report.json").write_text(report_json(report), encoding="utf-8")
+        (staging / "report.md").write_text(markdown(report), encoding="utf-8")
+        (staging / "report.html").write_text(to_html(report, charts), encoding="utf-8")

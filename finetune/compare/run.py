@@ -74,6 +74,7 @@ class CompareOptions:
     price_per_mtok: float | None = None
     price_currency: str = "USD"
     out: Path | None = None
+    force: bool = False  # replace an earlier compare in --out
     seed: int = 0
     batch_size: int = 16
     do_sample: bool = False
@@ -111,6 +112,9 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
         raise CompareError(
             f"{opts.recipe_path}: no system_prompt for the prompt arms; add one or pass --system-prompt"
         )
+    from finetune.compare.prices import resolve_price
+
+    price = Price(**resolve_price(opts.price, opts.price_per_mtok, opts.price_currency))  # a typo fails now
     markers = compile_markers(recipe.style.markers)
     if not markers:
         warnings.append("the recipe has no style.markers: marker rates are not measured")
@@ -135,7 +139,9 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
     run_name = adapters[0].label if adapters else recipe.name
     run_folder = adapters[0].run_dir if adapters else outputs_dir() / recipe.name
     out_dir = opts.out or run_folder / "compare" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from finetune.compare.report import check_compare_target
+
+    check_compare_target(out_dir, opts.force)  # the folder is written whole at the end (write_outputs)
     say(
         f"compare {', '.join(a.name for a in arms)}: {len(singles)} prompts, {len(multi)} conversations, "
         f"{len(longs)} long prompts, {sum(len(q) for _, q in mc_sets.values())} multiple-choice questions"
@@ -310,7 +316,7 @@ def run_compare(opts: CompareOptions, say: Callable[[str], None] = print) -> tup
     drift = analysis.drift_section(scores, names, opts.seed)
     family = analysis.apply_holm(diffs, drift, names, list(mc_sets))
     arm_metrics = analysis.arm_section(scores, names, opts.seed)
-    cost, cost_lines = _cost_section(opts, arms, adapters, singles, tokenizer, system_prompt, warnings)
+    cost, cost_lines = _cost_section(price, arms, adapters, singles, tokenizer, system_prompt, warnings)
     verdicts = (
         analysis.quality_lines(arm_metrics, names)
         + analysis.verdict_lines(diffs, names, list(mc_sets))
@@ -742,7 +748,7 @@ def _money(amount: float, currency: str) -> str:
 
 
 def _cost_section(
-    opts: CompareOptions,
+    price: Price,
     arms: list[Arm],
     adapters: list[Adapter],
     singles: list,
@@ -751,10 +757,8 @@ def _cost_section(
     warnings: list[str],
 ) -> tuple[Cost, list[str]]:
     """Price, the system prompt's extra tokens, and the break-even point of each adapter arm."""
-    from finetune.compare.prices import resolve_price
     from finetune.cost import convert, format_money
 
-    price = Price(**resolve_price(opts.price, opts.price_per_mtok, opts.price_currency))
     extra = _system_prompt_tokens(tokenizer, singles, system_prompt)
     section = Cost(price=price, system_prompt_tokens=extra, adapters={})
     lines = []

@@ -100,3 +100,39 @@ def test_report_json_keeps_its_keys_and_structure(tiny_report):
     want = json.loads(SHAPE.read_text(encoding="utf-8"))
     assert list(got) == list(want)  # the top level in the order it always had
     same_shape(got, want)
+
+
+def test_an_earlier_compare_is_replaced_only_with_force_and_whole(tiny_report, tmp_path):
+    """--out onto an earlier compare overwrote it silently (arena votes name the folder); a mistyped --price
+    was refused only after every prompt had been generated and scored."""
+    import shutil
+
+    from finetune.compare import CompareError
+    from finetune.compare.run import CompareOptions, run_compare
+
+    out = tmp_path / "out"
+    shutil.copytree(tiny_report, out)
+    (out / "left-over.txt").write_text("from the earlier compare", encoding="utf-8")
+    before = (out / "report.json").read_bytes()
+    opts = CompareOptions(
+        recipe_path=tiny_report.parent / "recipe.yaml", adapters=[str(tiny_report.parent / "tiny-pirate")],
+        arms="base,adapter", samples=4, mc_files=[], classifier_samples=12, max_new_tokens=8, out=out,
+        use_cache=False, batch_size=4, dtype="fp32", price_per_mtok=1.0,
+    )
+    said: list[str] = []
+    with pytest.raises(CompareError, match=f"{out}: holds an earlier compare; pass --force"):
+        run_compare(opts, say=said.append)
+    with pytest.raises(CompareError, match="--price nope: not in"):
+        run_compare(CompareOptions(**{**opts.__dict__, "price": "nope", "price_per_mtok": None,
+                                      "out": tmp_path / "new"}), say=said.append)
+    assert not said, "a refusal came after the work began"
+    assert (out / "report.json").read_bytes() == before and not (tmp_path / "new").exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(CompareError, match="not empty and not an earlier compare"):
+        run_compare(CompareOptions(**{**opts.__dict__, "out": tmp_path / "other", "force": True}))
+
+    folder, report = run_compare(CompareOptions(**{**opts.__dict__, "force": True}), say=said.append)
+    assert folder == out and sorted(p.name for p in out.iterdir()) == [
+        "report.html", "report.json", "report.md", "samples.jsonl"]
+    assert list(json.loads((out / "report.json").read_text(encoding="utf-8"))["arms"]) == ["base", "adapter"]
