@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             if report is None and (run_dir / "adapter").is_dir():
                 cmd = [*finetune, "compare", str(run_dir / "recipe.yaml"), "--adapter", str(run_dir)]
                 cmd += ["--arms", "base,prompt,adapter", "--out", str(compare_dir)]
+                cmd += ["--force"] if args.force else []  # an earlier compare there is replaced, as asked
                 cmd += ["--samples", str(args.samples)] if args.samples else []
                 cmd += args.compare_args.split()
                 if _run(cmd, log) == 0:
