@@ -55,7 +55,7 @@ def _probe(recipe: Recipe, steps: int = 4) -> dict[str, Any]:
 
 def render(result: object) -> None:
     """Print an Estimate as a few rich tables."""
-    from finetune.estimate.plan import Estimate, counted, hours_text
+    from finetune.estimate.plan import Estimate, budget_text, counted, hours_text
 
     assert isinstance(result, Estimate)
     shape, setup, tokens = result.model, result.setup, result.tokens
@@ -113,6 +113,10 @@ def render(result: object) -> None:
     console.print(f"time assumes {_utilisation_text(result)}: {hours_text(primary.hours)} on "
                   f"{_row_label(primary, any(r.num_gpus > 1 for r in result.rows))}; see docs/estimate.md",
                   style="dim", highlight=False)
+    budget = budget_text(result.max_time_s, result.fit_to_budget, primary.hours, result.steps)
+    if budget:
+        console.print(f"{budget} on {_row_label(primary, any(r.num_gpus > 1 for r in result.rows))}",
+                      highlight=False)
 
 
 def _utilisation_text(result: object) -> str:

@@ -100,6 +100,8 @@ class Estimate:
     probe: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None  # this machine's factors: from a probe or a finished run here
     packed: bool = False  # training packs rows: `setup` is the largest packed batch, its lines x their width
+    max_time_s: float | None = None  # training.max_time: the run ends inside it whatever the rows' time says
+    fit_to_budget: bool = False
 
     @property
     def total_training_tokens(self) -> int:
@@ -123,6 +125,8 @@ class Estimate:
             "gpus": [row.to_dict() for row in self.rows],
             "hosted_apis": self.hosted,
             "currency": self.currency,
+            "max_time_s": self.max_time_s,
+            "fit_to_budget": self.fit_to_budget,
             "probe": self.probe,
             "calibration": self.calibration,
             "assumptions": self.assumptions.model_dump(include={
@@ -410,7 +414,26 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
         probe=probe_info,
         calibration=calibration,
         packed=bool(packed_layouts(recipe, shape, primary_device, tokens)),
+        max_time_s=recipe.training.max_time,
+        fit_to_budget=recipe.training.fit_to_budget,
     )
+
+
+def budget_text(max_time_s: float | None, fit_to_budget: bool, hours: float, steps: int) -> str | None:
+    """What the recipe's max_time does to a run predicted to take `hours` (None without one): a user reading
+    "11 min" for a recipe that stops at 4 should not have to know that it stops."""
+    if max_time_s is None:
+        return None
+    from finetune.telemetry import format_duration
+
+    budget = f"max_time {format_duration(max_time_s)}"
+    if hours * 3600 <= max_time_s:
+        return f"{budget}: the predicted time fits inside it"
+    done = max(1, int(steps * max_time_s / (hours * 3600)))
+    if fit_to_budget:
+        return (f"{budget}: fit_to_budget ends the schedule inside it, after about {done} of the {steps} steps "
+                "at this speed")
+    return f"{budget}: training stops (and saves) when it runs out, after about {done} of the {steps} steps"
 
 
 def counted(n: float, noun: str, plural: str | None = None) -> str:
@@ -455,6 +478,11 @@ def estimate_for_training(recipe: Recipe, gpu_name: str | None = None,
     money = format_money(cost.get("amount"), cost.get("currency", currency))
     basis = f" ({cost['basis']})" if cost.get("basis") not in (None, "none") else ""
     line2 = f"time: about {_hours_text(row.hours)} for {_length_text(recipe, tokens)}; cost: {money}{basis}"
+    micro, _ = _work(recipe, tokens)
+    budget = budget_text(recipe.training.max_time, recipe.training.fit_to_budget, row.hours,
+                         math.ceil(micro / recipe.training.gradient_accumulation))
+    if budget and "fits inside" not in budget:
+        line2 += f"; {budget}"
     if calibration and calibration["source"] == "run":
         kind = "compiled run" if calibration.get("compile") else "run"
         once = calibration.get("first_step_extra_s")

@@ -199,3 +199,22 @@ def test_a_cpu_rows_footer_and_overhead_say_what_a_cpu_has(tmp_path):
         assert "CUDA context" not in out
     else:  # run on a CUDA machine: the GPU's words
         assert "of a GPU's dense peak" in out and "CUDA context" in out and "process baseline" not in out
+
+
+def test_a_recipes_max_time_is_said_where_the_predicted_time_runs_past_it(tmp_path):
+    # The demo recipe stops inside max_time 4m; the estimate said "11 min" and nothing of the budget.
+    recipe = _recipe(tmp_path, "meta-llama/Llama-2-7b-hf", quantization="{bits: 4}",
+                     training="{epochs: 3, max_time: 1m, fit_to_budget: true}")
+    out = " ".join(_cli([str(tmp_path / "recipe.yaml"), "--gpu", "T4"]).split())
+    steps = int(re.search(r"= ([\d,]+) optimizer steps", out).group(1).replace(",", ""))
+    match = re.search(r"max_time 1m00s: fit_to_budget ends the schedule inside it, after about (\d+) of the "
+                      rf"{steps} steps at this speed on T4", out)
+    assert match and 1 <= int(match.group(1)) < steps, out
+    line = E.estimate_for_training(recipe, gpu_name="T4")[0][1]
+    assert f"; max_time 1m00s: fit_to_budget ends the schedule inside it, after about {match.group(1)} of the " \
+           f"{steps} steps" in line, line
+    roomy = _recipe(tmp_path, "meta-llama/Llama-2-7b-hf", quantization="{bits: 4}", training="{max_time: 300h}")
+    assert "max_time" not in E.estimate_for_training(roomy, gpu_name="T4")[0][1]
+    out = " ".join(_cli([str(tmp_path / "recipe.yaml"), "--gpu", "T4"]).split())
+    assert "max_time 300h00m: the predicted time fits inside it on T4" in out, out
+    assert json.loads(" ".join(_cli([str(tmp_path / "recipe.yaml"), "--json"]).split()))["max_time_s"] == 300 * 3600
