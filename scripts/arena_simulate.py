@@ -10,8 +10,8 @@ It talks to a running server (--url) or, without --url, to an
 in-process app on --db (default outputs/arena-sim.sqlite, kept apart from people's votes; with --url
 the votes go into that server's database, as votes of raters named sim-1, sim-2, ...).
 
-    python scripts/arena_simulate.py outputs/pirate/compare --votes 60
-    python scripts/arena_simulate.py outputs/pirate/compare --url http://127.0.0.1:8765 --votes 60
+    python scripts/arena_simulate.py outputs/pirate/compare/20261205-133427 --votes 60
+    python scripts/arena_simulate.py outputs/pirate/compare/20261205-133427 --url http://127.0.0.1:8765 --votes 60
 """
 
 from __future__ import annotations
@@ -117,8 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from finetune.arena.cli import print_results
+    from finetune.errors import FinetuneError
 
-    compares = load_compares(args.compare_dirs)
+    try:
+        compares = load_compares(args.compare_dirs)
+    except FinetuneError as exc:  # one line, as `finetune arena` says it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     index = {
         (s.prompt_id, s.turn, s.text): s
         for c in compares.values()

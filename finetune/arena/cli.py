@@ -83,10 +83,10 @@ def serve_command(
     criteria = list(dict.fromkeys(criterion or ["style"]))
     for c in criteria:
         if c not in CRITERIA:
-            raise typer.BadParameter(f"{c!r} is not one of {', '.join(CRITERIA)}", param_hint="--criterion")
+            raise RunError(f"--criterion {c}: expected one of {', '.join(CRITERIA)}")  # one line, not typer's box
     if token is not None and (len(token) < 8 or not token.isascii() or not token.isprintable() or " " in token):
         # It travels in links and an HTTP header: printable ASCII, and long enough not to be guessed.
-        raise typer.BadParameter("expected at least 8 printable ASCII characters, no spaces", param_hint="--token")
+        raise RunError("--token: expected at least 8 printable ASCII characters, no spaces")
     compares = load_compares(compare_dirs)
     loopback = is_loopback(host)
     if not loopback and not token:
@@ -210,7 +210,7 @@ def results_command(
     finally:
         store.close()
     if anchor is not None and not any(anchor in (r["arm_left"], r["arm_right"]) for r in rows):
-        raise typer.BadParameter(f"no votes involve arm {anchor!r}", param_hint="--anchor")
+        raise RunError(f"--anchor {anchor}: no votes involve that arm")
     results = build_results(rows, rounds=rounds, seed=seed, anchor=anchor)
     if as_json:
         echo(json.dumps(results, indent=2, ensure_ascii=False))

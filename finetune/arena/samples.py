@@ -132,6 +132,10 @@ def load_compare(folder: str | Path) -> CompareSet:
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder (expected the output folder of `finetune compare`)")
     if not path.is_file():
+        inside = [p.parent for p in sorted(folder.glob("*/samples.jsonl"), key=lambda p: p.stat().st_mtime)]
+        if inside:  # outputs/<run>/compare holds one folder per compare
+            raise DataError(f"{folder}: a folder of {len(inside)} compare folder(s), not one; name one of them "
+                            f"(the newest: {inside[-1]})")
         raise DataError(f"{path}: missing (expected the output folder of `finetune compare`)")
     samples: dict[tuple[str, int], dict[str, Sample]] = {}
     runs: set[str] = set()

@@ -167,6 +167,9 @@ class Arena:
     def results(self, anchor: str | None) -> dict:
         """Return the leaderboard JSON for the loaded compare folders (cached until the next vote)."""
         votes = self.store.votes(self.sources)
+        if anchor is not None and not any(anchor in (v["arm_left"], v["arm_right"]) for v in votes):
+            # As `finetune arena results --anchor` refuses it: the ratings would say "ARM = 1000" and not be.
+            raise Refused(422, f"anchor: no votes involve arm {anchor!r}")
         key = (len(votes), votes[-1]["id"] if votes else 0, anchor)
         with self._results_lock:
             if self._results_cache and self._results_cache[0] == key:

@@ -1,6 +1,7 @@
 """Bad input ends with one line naming file and line or key, exit code 2, no traceback, nothing written."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -382,3 +383,25 @@ def test_num_processes_below_one_is_refused(processes, tmp_path, monkeypatch, ca
     code, err = run_cli(monkeypatch, capsys, "train", str(path), "--num-processes", processes)
     assert code == 2 and err == f"error: --num-processes {processes}: expected 1 or more processes", err
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--token", "abc"], "--token: expected at least 8 printable ASCII characters, no spaces"),
+    (["--criterion", "vibe"], "--criterion vibe: expected one of style, quality"),
+])
+def test_arena_option_refusals_are_one_line(args, message, tmp_path, monkeypatch, capsys):
+    # They were typer's five-line boxes.
+    code, err = run_cli(monkeypatch, capsys, "arena", str(tmp_path), *args)
+    assert code == 2 and err == f"error: {message}", err
+
+
+def test_arena_on_a_runs_compare_folder_names_the_compares_in_it(tmp_path, monkeypatch, capsys):
+    # outputs/<run>/compare holds one timestamped folder per compare; the arena said samples.jsonl was missing.
+    from finetune.arena.fixture import write_compare_dir
+
+    older = write_compare_dir(tmp_path / "compare" / "20261205-100000")
+    newer = write_compare_dir(tmp_path / "compare" / "20261205-120000")
+    os.utime(older / "samples.jsonl", (1, 1))
+    code, err = run_cli(monkeypatch, capsys, "arena", str(tmp_path / "compare"))
+    assert code == 2 and err == (f"error: {tmp_path / 'compare'}: a folder of 2 compare folder(s), not one; "
+                                 f"name one of them (the newest: {newer})"), err
