@@ -55,6 +55,16 @@ def describe(result: dict[str, Any], arm: str, cost_text: str, price_text: str, 
             f"{arm}: the fine-tune cost nothing ({cost_text}), "
             "so it is cheaper than the prompt from request 1"
         )
+    if status == NEVER and round(extra_tokens) == 0:
+        return f"{arm}: never breaks even: the system prompt adds no input tokens per request, nothing to save"
+    if status == NEVER and extra_tokens < 0:
+        # A persona prompt shorter than the template's default system text makes the prompt arm's requests
+        # the shorter ones: nothing to save ("adds -8 tokens, which cost nothing" misread).
+        return (
+            f"{arm}: never breaks even: with the system prompt a request has {-extra_tokens:.0f} fewer input "
+            "tokens (the persona prompt is shorter than the chat template's default system text), so the "
+            "prompt costs nothing to replace"
+        )
     if status == NEVER:
         return (
             f"{arm}: never breaks even: the system prompt adds {extra_tokens:.0f} input tokens per request, "

@@ -110,7 +110,8 @@ def render(result: object) -> None:
         c = result.calibration
         console.print(f"this machine's times scaled by {c['speed_factor']:.2f}, measured by `--probe` on "
                       f"{c['measured_at'][:10]} (recipe {c['recipe']})", highlight=False)
-    console.print(f"time assumes {_utilisation_text(result)}: {hours_text(primary.hours)} on "
+    scaled = ", scaled as above for this machine" if result.calibration and primary.this_machine else ""
+    console.print(f"time assumes {_utilisation_text(result)}{scaled}: {hours_text(primary.hours)} on "
                   f"{_row_label(primary, any(r.num_gpus > 1 for r in result.rows))}; see docs/estimate.md",
                   style="dim", highlight=False)
     budget = budget_text(result.max_time_s, result.fit_to_budget, primary.hours, result.steps)

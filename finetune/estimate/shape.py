@@ -161,7 +161,11 @@ def _shape_cached(spec: str, catalog_file: str | None, trust_remote_code: bool) 
     found = cat.find_model(spec, models)
     if found is not None:
         model_id, entry = found
-        shape = shape_from_config(config_from_catalogue(entry), model_id, "catalogue", entry.licence)
+        # An alias (an instruction-tuned variant of the same network) keeps the recipe's name; the source says
+        # which entry's shape it has.
+        same = spec.startswith("bundled:") or spec.lower() == model_id.lower()
+        shape = shape_from_config(config_from_catalogue(entry), model_id if same else spec,
+                                  "catalogue" if same else f"catalogue: {model_id}'s shape", entry.licence)
         # finetune.models converts bundled GGUF models to fp32 safetensors.
         return replace(shape, checkpoint_bytes=4) if spec.startswith("bundled:") else shape
     from transformers import AutoConfig

@@ -63,7 +63,15 @@ def test_describe_each_case():
         "tokens per request at $0.15/M)"
     )
     text = breakeven.describe(breakeven.break_even(1.0, 0, 0.15), "adapter", "$1.00", "$0.15/M", 0)
-    assert text.startswith("adapter: never breaks even")
+    assert text == "adapter: never breaks even: the system prompt adds no input tokens per request, nothing to save"
+    # A persona prompt shorter than the template's default system text: it said "adds -8 input tokens".
+    text = breakeven.describe(breakeven.break_even(1.0, -8, 0.15), "adapter", "$1.00", "$0.15/M", -8)
+    assert text == ("adapter: never breaks even: with the system prompt a request has 8 fewer input tokens (the "
+                    "persona prompt is shorter than the chat template's default system text), so the prompt costs "
+                    "nothing to replace")
+    text = breakeven.describe(breakeven.break_even(1.0, 50, 0.0), "adapter", "$1.00", "$0.00/M", 50)
+    assert text == ("adapter: never breaks even: the system prompt adds 50 input tokens per request, which cost "
+                    "nothing at $0.00/M")
     text = breakeven.describe(breakeven.break_even(0.0, 40, 0.15), "adapter", "$0.00", "$0.15/M", 40)
     assert (
         text == "adapter: the fine-tune cost nothing ($0.00), so it is cheaper than the prompt from request 1"

@@ -82,7 +82,13 @@ def test_show_finds_a_run_by_name_or_folder_and_refuses_others(tmp_path, monkeyp
         assert f"{run / 'adapter'}/" in out and str(run / "summary.json") in out
     killed = make_run(tmp_path / "killed", "killed", None)
     code, out, _ = run_cli(monkeypatch, capsys, "show", str(killed))
-    assert code == 0 and "no summary.json yet" in out
+    assert code == 0 and "no summary.json (running, or killed before its first checkpoint)" in " ".join(out.split())
+    # Killed after saving a checkpoint (it said "killed before the first save").
+    (killed / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (killed / "checkpoints" / "checkpoint-10").mkdir()
+    code, out, _ = run_cli(monkeypatch, capsys, "show", str(killed))
+    assert "killed after saving checkpoint-10, which `finetune train RECIPE --resume` continues" in " ".join(
+        out.split()), out
     code, _, err = run_cli(monkeypatch, capsys, "show", "no-such-run")
     assert code == 2 and err.startswith("error: no-such-run: no such run") and "\n" not in err
     # a folder that is there but is not a run is named for what it is, not "no such run"

@@ -58,6 +58,14 @@ def test_parameter_counts_match_published_sizes(model_id):
     assert shape.source == "catalogue"
 
 
+def test_a_catalogue_alias_keeps_the_recipes_model_name():
+    # The rinna recipe's instruction-tuned model was shown as the base model it shares a shape with.
+    spec = "rinna/japanese-gpt-neox-3.6b-instruction-ppo"
+    shape = E.model_shape(spec)
+    assert shape.name == spec and shape.source == "catalogue: rinna/japanese-gpt-neox-3.6b's shape"
+    assert shape.params == E.model_shape("rinna/japanese-gpt-neox-3.6b").params
+
+
 def test_bundled_alias_resolves_to_smollm2_without_converting_anything():
     shape = E.model_shape("bundled:smollm2-135m-instruct")
     assert shape.params == 134_515_008 and shape.tied and shape.layers == 30
