@@ -8,6 +8,7 @@ command runs (or `finetune --help` lists it), so `finetune train` never imports 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -103,7 +104,8 @@ def train_command(
         from finetune.launch import launch
 
         raise typer.Exit(launch(recipe, loaded, num_processes, sys.argv))
-    from finetune.train import STATUS_EXIT, train
+    from finetune.runs import STATUS_EXIT
+    from finetune.train import train
 
     summary = train(
         loaded, output_dir=output_dir, max_steps=max_steps, force=force, resume=resume, until=until,
@@ -111,7 +113,12 @@ def train_command(
     )
     if "steps" in summary:
         _print_summary(summary)
-    raise typer.Exit(STATUS_EXIT.get(summary["status"], 1))
+    code = STATUS_EXIT.get(summary["status"], 1)
+    from finetune.launch import LAUNCHED_ENV
+
+    if summary["status"] == "interrupted" and os.environ.get(LAUNCHED_ENV):
+        code = 0  # a rank that stopped and saved as asked: the parent `finetune train` reports the 130 (launch.py)
+    raise typer.Exit(code)
 
 
 def _print_summary(summary: dict) -> None:

@@ -32,6 +32,10 @@ _DEEPSPEED = ("zero2", "zero3")
 # it kills them; its default (30 s) is shorter than one step of a large model.
 SHUTDOWN_TIMEOUT_S = "120"
 _PR_SET_PDEATHSIG = 1
+# Set in the ranks' environment: the run was started by `finetune train --num-processes`, whose parent
+# reports an interruption (exit 130) itself, so a rank that stopped and saved as asked exits 0 and the
+# launcher has no failure to report (a traceback after the status line).
+LAUNCHED_ENV = "FINETUNE_LAUNCHED"
 
 
 def config_dir() -> Path:
@@ -132,13 +136,15 @@ def child_env(environ: dict[str, str], num_processes: int, cores: int, has_cuda:
     # torchrun would pin every process to 1 thread; N processes sharing the cores evenly is faster.
     env.setdefault("OMP_NUM_THREADS", str(max(1, cores // num_processes)))
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT_S)
+    env[LAUNCHED_ENV] = "1"
     if not has_cuda:
         env["ACCELERATE_USE_CPU"] = "true"  # the trainer then builds a gloo process group
     return env
 
 
-def _check_run_folder(recipe: Recipe, args: list[str]) -> None:
-    """The run-folder errors `finetune train` would raise, raised once here instead of once per rank."""
+def _check_run_folder(recipe: Recipe, args: list[str]) -> Path:
+    """The run-folder errors `finetune train` would raise, raised once here instead of once per rank; returns
+    the run folder."""
     from finetune.runlock import RunLock
     from finetune.runs import CHECKPOINTS, latest_checkpoint, prepare_run_dir, run_dir_for
 
@@ -152,6 +158,7 @@ def _check_run_folder(recipe: Recipe, args: list[str]) -> None:
     )
     if resume and latest_checkpoint(run_dir / CHECKPOINTS) is None:
         raise RunError(f"{run_dir}: no checkpoint to resume from (start without --resume)")
+    return run_dir
 
 
 def _die_with_parent() -> None:
@@ -164,25 +171,28 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_launcher(cmd: list[str], env: dict[str, str]) -> int:
-    """Run the launcher, forwarding SIGINT/SIGTERM once (ranks finish the step and save); return its code."""
+def run_launcher(cmd: list[str], env: dict[str, str], run_dir: Path | None = None) -> int:
+    """Run the launcher, passing SIGINT/SIGTERM to the ranks once (they finish the step and save); return the
+    run's exit code (`run_dir`'s summary says how a signalled run ended)."""
     import psutil
 
-    # A session of its own: a Ctrl-C in the terminal reaches only us, and the launcher passes it on
-    # once. Otherwise every rank gets it twice (terminal, then launcher) and the second one means "quit now".
+    # A session of its own: a Ctrl-C in the terminal reaches only us, and we pass it on once. Otherwise every
+    # rank gets it twice (terminal, then launcher) and the second one means "quit now".
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
     received: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
         received.append(signum)
         sig = signal.SIGTERM if signum == signal.SIGHUP else signum
-        if len(received) > 1:  # a second signal: every rank stops at once, no save
-            try:
-                for child in psutil.Process(proc.pid).children(recursive=True):
-                    child.send_signal(sig)
-            except psutil.Error:
-                pass
-        if proc.poll() is None:
+        # The first signal goes to the ranks only: torchrun's agent, signalled, shuts its workers down with
+        # warnings and ends in a traceback although they stopped and saved as asked. A second one: every
+        # process at once, no save.
+        try:  # the ranks are the agent's own children (their helpers, e.g. data workers, are left alone)
+            for child in psutil.Process(proc.pid).children(recursive=len(received) > 1):
+                child.send_signal(sig)
+        except psutil.Error:
+            pass
+        if len(received) > 1 and proc.poll() is None:
             proc.send_signal(sig)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
@@ -192,7 +202,12 @@ def run_launcher(cmd: list[str], env: dict[str, str]) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if received and code != 0:
-        return 130  # the ranks saved and stopped; torchrun reports that as a failure, we as "interrupted"
+        return 130  # stopped at once by a second signal, or a rank failed while stopping
+    if received and run_dir is not None:
+        from finetune.runs import STATUS_EXIT, read_summary
+
+        summary = read_summary(run_dir) or {}
+        return STATUS_EXIT.get(str(summary.get("status")), 130)  # "interrupted", or done before the signal
     return code
 
 
@@ -206,8 +221,8 @@ def launch(recipe_path: str | Path, recipe: Recipe, num_processes: int, argv: li
         importlib.util.find_spec("deepspeed") is not None, source=str(recipe_path),
     )
     args = train_args(argv)
-    _check_run_folder(recipe, args)
+    run_dir = _check_run_folder(recipe, args)
     cmd = launch_command(strategy_config(recipe.distributed.multi_process_strategy), num_processes, args)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     env = child_env(dict(os.environ), num_processes, cores, has_cuda)
-    return run_launcher(cmd, env)
+    return run_launcher(cmd, env, run_dir)

@@ -31,6 +31,8 @@ def run_dir_for(recipe: Recipe, output_dir: str | Path | None = None) -> Path:
 
 # What a run writes first (recipe.yaml at once): a folder with none of these is not a run's.
 RUN_MARKS = ("recipe.yaml", "summary.json", "metrics.jsonl", CHECKPOINTS)
+# `finetune train`'s exit code for each summary status.
+STATUS_EXIT = {"completed": 0, "time_budget": 0, "interrupted": 130, "diverged": 3, "failed": 1}
 
 
 def prepare_run_dir(

@@ -43,8 +43,6 @@ from finetune.trainer import (
     training_arguments,
 )
 
-STATUS_EXIT = {"completed": 0, "time_budget": 0, "interrupted": 130, "diverged": 3, "failed": 1}
-
 
 def deadline_from_until(until: str, now: datetime | None = None) -> float:
     """Seconds from now until the next local wall-clock time 'HH:MM' (tomorrow if already past)."""

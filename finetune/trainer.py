@@ -570,7 +570,8 @@ def _install_signal_handlers(run_state: RunState) -> dict[int, Any]:
             os._exit(128 + signum)
         run_state.signal_received = signum
         first_at.append(time.monotonic())
-        print(f"\nsignal {signum}: finishing this step, then saving (again to quit at once)", flush=True)
+        if run_state.telemetry.is_main:  # every rank stops; one says so
+            print(f"\nsignal {signum}: finishing this step, then saving (again to quit at once)", flush=True)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:

@@ -155,6 +155,11 @@ def test_sigterm_stops_every_rank_and_resume_finishes(tiny: Path) -> None:
         code = proc.wait(timeout=TIMEOUT)
     output = (tiny / "signal.log").read_text()
     assert code == 130, output[-3000:]
+    # A stop the ranks handled as asked reads as in one process: one signal line, the status line, no
+    # traceback (accelerate's launcher, signalled itself, ended in one) and no torchelastic shutdown warnings.
+    assert "Traceback" not in output and "death signal" not in output, output[-3000:]
+    assert output.count("finishing this step, then saving") == 1, output[-3000:]
+    assert "status interrupted" in output, output[-3000:]
     assert not [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not _processes_mentioning(str(run))
     summary = _summary(run)

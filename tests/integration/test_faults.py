@@ -127,7 +127,8 @@ CHILD = textwrap.dedent('''
     from transformers import TrainerCallback
 
     from finetune.recipe import load_recipe
-    from finetune.train import STATUS_EXIT, train
+    from finetune.runs import STATUS_EXIT
+    from finetune.train import train
 
     recipe, run, fault = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     resume = "--resume" in sys.argv

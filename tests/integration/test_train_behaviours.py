@@ -243,8 +243,9 @@ def test_exit_codes_per_status(tiny_llama, pirate_rows, tmp_path, monkeypatch, c
         cli_train(monkeypatch, capsys, recipe("crash", max_steps=20), "--output-dir", str(tmp_path / "crash"))
     summary = json.loads((tmp_path / "crash/summary.json").read_text())
     assert summary["status"] == "failed" and "injected failure" in summary["message"]
-    assert train_module.STATUS_EXIT == {"completed": 0, "time_budget": 0, "interrupted": 130, "diverged": 3,
-                                        "failed": 1}
+    from finetune.runs import STATUS_EXIT
+
+    assert STATUS_EXIT == {"completed": 0, "time_budget": 0, "interrupted": 130, "diverged": 3, "failed": 1}
 
 
 def test_rows_max_length_cuts_to_no_reply_are_named_and_not_counted(tiny_llama, tmp_path):
