@@ -48,7 +48,11 @@ def _load_folder(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_from or path, **({} if tokenizer_from else extra))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot load: {str(exc).strip().splitlines()[0]}") from None
+        reason = str(exc).strip().splitlines()[0]
+        if gguf_file:  # transformers' GGUF reader knows fewer architectures than llama.cpp (GPT-NeoX: rinna's)
+            raise ModelError(f"{Path(path) / gguf_file}: cannot load it into transformers ({reason}); chat with "
+                             "the run or its export-merged/ folder, or run the GGUF in llama.cpp or Ollama") from None
+        raise ModelError(f"{path}: cannot load: {reason}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
@@ -154,9 +158,11 @@ def stream_reply(
     import torch
     from transformers import TextIteratorStreamer
 
+    from finetune.data import render_chat
     from finetune.inference import stop_ids
 
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # As training rendered it: a system turn folded into the first user turn where the template has no system role.
+    text = render_chat(tokenizer, messages, add_generation_prompt=True)
     encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     errors: list[BaseException] = []

@@ -98,12 +98,15 @@ def generate(
     """
     import torch
 
+    from finetune.data import render_chat
+
     tokenizer.padding_side = "left"
     stops = stop_ids(tokenizer)
     results: list[Generation] = []
     for start in range(0, len(conversations), batch_size):
         chunk = conversations[start : start + batch_size]
-        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
+        # As training rendered them: a system turn folded in where the template has no system role (Gemma).
+        texts = [render_chat(tokenizer, c, add_generation_prompt=True) for c in chunk]
         encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         encoded = {k: v.to(model.device) for k, v in encoded.items()}
         torch.manual_seed(seed + start)

@@ -117,7 +117,9 @@ class Work:
 
 def prompt_tokens(tokenizer: Any, messages: Messages) -> int:
     """Tokens of a prompt as generation sends it (chat template with the generation prompt)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    from finetune.data import render_chat
+
+    text = render_chat(tokenizer, messages, add_generation_prompt=True)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from finetune.compare.prompts import MCQuestion, Messages
-from finetune.data import end_of_turn_token, tokenize_conversation
+from finetune.data import end_of_turn_token, render_chat, tokenize_conversation
 
 # Every arm's reply is scored from one opening, the bullet the options are listed with, and each option follows
 # it after a space. Scored as the reply's very first words, an option competed with the arm's own way of opening
@@ -196,7 +196,7 @@ def mc_prompts(
     split = [
         split_options(
             tokenizer,
-            tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) + MC_LEAD,
+            render_chat(tokenizer, m, add_generation_prompt=True) + MC_LEAD,
             [f" {choice}" for choice in q.choices],
         )
         for q, m in zip(questions, prompts, strict=True)
