@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -47,8 +47,10 @@ def _load_folder(
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_from or path, **({} if tokenizer_from else extra))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: GGUF tensors of another shape (Qwen3)
         reason = str(exc).strip().splitlines()[0]
+        if isinstance(exc, RuntimeError) and not gguf_file:
+            raise
         if gguf_file:  # transformers' GGUF reader knows fewer architectures than llama.cpp (GPT-NeoX: rinna's)
             raise ModelError(f"{Path(path) / gguf_file}: cannot load it into transformers ({reason}); chat with "
                              "the run or its export-merged/ folder, or run the GGUF in llama.cpp or Ollama") from None
@@ -88,8 +90,41 @@ def _split_digits(tokenizer: Any) -> None:
                                                      backend.pre_tokenizer])
 
 
-def load_target(target: str, adapter: bool = True) -> tuple[Any, Any, str]:
-    """Model, tokenizer and label for a run name/folder, an exported folder, a .gguf file or a base model."""
+def gguf_tokenizer_warning(path: Path, tokenizer: Any) -> str | None:
+    """Where transformers' rebuild of a GGUF's tokenizer splits text unlike llama.cpp, the runtime the file is
+    for, a warning (None when they agree, or llama-cpp-python is not installed to ask).
+
+    transformers rebuilds a sentencepiece GGUF's tokenizer as a BPE with a Metaspace step: on Mistral's and
+    Gemma 2's vocabularies it splits `[INST]` after `<s>`, and runs of spaces, unlike training and llama.cpp.
+    The probe is the export's token check text plus a rendered chat turn.
+    """
+    from finetune import llama_cpp
+    from finetune.data import render_chat
+
+    if not llama_cpp.runtime_available():
+        return None
+    from llama_cpp import Llama
+
+    sample = render_chat(tokenizer, [{"role": "user", "content": "Hello there,  world 12345 x  +  1"}], True)
+    llm = Llama(str(path), vocab_only=True, verbose=False)
+    try:
+        check = llama_cpp.token_check(llm, tokenizer, llama_cpp.CHECK_TEXT + sample)
+    finally:
+        llm.close()
+    if check["passed"]:
+        return None
+    return (f"warning: {path.name}: transformers' rebuild of its tokenizer splits "
+            f"{check['first_mismatch']['text'][:60]!r} unlike llama.cpp, the runtime the file is for "
+            f"({check['texts'] - check['matched']} of {check['texts']} probe texts): replies here may differ from "
+            "llama.cpp's and Ollama's")
+
+
+def load_target(
+    target: str, adapter: bool = True, warn: Callable[[str], None] | None = None
+) -> tuple[Any, Any, str]:
+    """Model, tokenizer and label for a run name/folder, an exported folder, a .gguf file or a base model.
+
+    `warn`: told when a GGUF's tokenizer, as transformers rebuilds it, splits text unlike llama.cpp."""
     from finetune.inference import attach_adapter, load_run_model
     from finetune.models import resolve_base_model
 
@@ -111,6 +146,9 @@ def load_target(target: str, adapter: bool = True) -> tuple[Any, Any, str]:
             model, tokenizer = _load_folder(str(path.parent), gguf_file=path.name)
         if pre in DIGIT_SPLITTING_PRE:
             _split_digits(tokenizer)
+        note = gguf_tokenizer_warning(path, tokenizer) if warn is not None else None
+        if note:
+            warn(note)
         return _to_device(model), tokenizer, path.name
     if (path / "adapter_config.json").is_file():
         # The adapter folder's tokenizer carries the chat template the adapter was trained with.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from finetune.console import echo
+from finetune.console import echo, say
 
 
 def chat_command(
@@ -21,7 +21,7 @@ def chat_command(
     """Chat in the terminal with streamed replies (/system TEXT, /reset, /quit)."""
     from finetune.chat import chat_loop, load_target
 
-    model, tokenizer, label = load_target(target, adapter=not no_adapter)
+    model, tokenizer, label = load_target(target, adapter=not no_adapter, warn=say)
     chat_loop(model, tokenizer, system=system, max_new_tokens=max_new_tokens, label=label)
 
 
@@ -46,7 +46,7 @@ def generate_command(
         conversations += read_prompts(prompts)
     if not conversations:
         raise DataError("generate: give --prompt TEXT or --prompts FILE.jsonl")
-    model, tokenizer, _ = load_target(target, adapter=not no_adapter)
+    model, tokenizer, _ = load_target(target, adapter=not no_adapter, warn=say)
     for record in generate_records(
         model, tokenizer, conversations, system=system, max_new_tokens=max_new_tokens
     ):
