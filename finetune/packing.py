@@ -170,8 +170,15 @@ class PackedBatchSampler:
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
-        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+        # Not `batch_size`: accelerate's BatchSamplerShard reads that attribute as every batch's row count and,
+        # on several processes, handed out a round only when its last batch had exactly that many rows; the
+        # ranks then disagreed on the steps of an epoch and waited for each other for ever (11 rows, 2 ranks).
+        # Without it, accelerate shards the batches as the variable-size ones they are.
+        self.lengths, self.rows_per_batch, self.seed, self.epoch = list(lengths), batch_size, seed, 0
         self.n_batches = max(1, -(-len(self.lengths) // batch_size))
+        # accelerate's DataLoaderShard.set_epoch reaches a batch sampler it has sharded only through its
+        # `.sampler`: without this every epoch of a multi-process run drew epoch 0's batches.
+        self.sampler = self
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch whose order to draw next (the Trainer calls this at each epoch's start)."""
@@ -181,7 +188,7 @@ class PackedBatchSampler:
         return self.n_batches
 
     def __iter__(self):  # noqa: ANN204
-        return iter(epoch_batches(self.lengths, self.batch_size, self.seed + self.epoch))
+        return iter(epoch_batches(self.lengths, self.rows_per_batch, self.seed + self.epoch))
 
 
 def lines_of(lengths: list[int], width: int) -> list[list[int]]:

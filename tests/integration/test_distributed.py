@@ -207,3 +207,18 @@ def test_impossible_launches_fail_in_one_line_before_any_process(tiny: Path, one
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "--force" in done.stderr
     assert _summary(one_process)["num_processes"] == 1
+
+
+def test_a_packed_run_with_fewer_batches_than_rounds_of_ranks_trains_on_two(tiny: Path) -> None:
+    """11 rows in packed batches of an 8-row budget: 2 batches an epoch, one per rank. The ranks disagreed
+    on the steps of an epoch (accelerate read the packed sampler's batch size as every batch's row count) and
+    waited for each other for ever, deaf to Ctrl-C."""
+    rows = (tiny / "data.jsonl").read_text().splitlines()[:11]
+    (tiny / "eleven.jsonl").write_text("\n".join(rows) + "\n")
+    text = RECIPE.format(model=tiny / "model", data=tiny / "eleven.jsonl", batch=8, steps=3)
+    (tiny / "packed.yaml").write_text(text.replace("  group_by_length: false\n", "  packing: true\n"))
+    run = tiny / "run-packed"
+    done = _finetune("train", tiny / "packed.yaml", "--num-processes", "2", "--output-dir", run)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = _summary(run)
+    assert summary["status"] == "completed" and summary["steps"] == 3 and summary["packing"]["enabled"], summary

@@ -131,3 +131,24 @@ def test_the_recipe_key_takes_auto_true_false_and_names_itself_otherwise(tmp_pat
     assert recipe("true").training.packing is True and recipe(False).training.packing is False
     with pytest.raises(RecipeError, match="training.packing"):
         recipe("sometimes")
+
+
+@pytest.mark.parametrize("rows", [11, 12, 40])
+def test_accelerate_shards_packed_batches_evenly_and_redraws_them_per_epoch(rows):
+    """On 2 processes, accelerate's own shard of the sampler: as many steps on each rank, every row, new draws.
+
+    With 11 rows (2 packed batches of 8-row budgets) the ranks disagreed on an epoch's steps and the run
+    waited for ever: accelerate took the sampler's `batch_size` as every batch's row count. And a sharded
+    sampler never heard of a new epoch.
+    """
+    from accelerate.data_loader import BatchSamplerShard, DataLoaderShard
+
+    lengths = [(7 * i) % 50 + 5 for i in range(rows)]
+    samplers = [PackedBatchSampler(lengths, batch_size=8, seed=0) for _ in range(2)]
+    shards = [BatchSamplerShard(s, num_processes=2, process_index=rank) for rank, s in enumerate(samplers)]
+    drawn = [list(shard) for shard in shards]
+    assert len(drawn[0]) == len(drawn[1]) == len(shards[0]), [len(d) for d in drawn]
+    assert {i for batches in drawn for batch in batches for i in batch} == set(range(rows))
+    loader = DataLoaderShard(list(range(rows)), batch_sampler=shards[0])
+    loader.set_epoch(1)
+    assert samplers[0].epoch == 1 and [list(b) for b in shards[0]] != drawn[0]
