@@ -97,7 +97,7 @@ def train_command(
     if num_processes < 1:  # 0 and -1 trained one process as if nothing was wrong
         raise RunError(f"--num-processes {num_processes}: expected 1 or more processes")
     loaded = load_recipe(_recipe_file(recipe), set_)
-    from finetune.train import check_dataset_path
+    from finetune.recipe import check_dataset_path
 
     check_dataset_path(loaded, recipe, set_)
     if num_processes > 1:

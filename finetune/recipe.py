@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from finetune.errors import RecipeError
+from finetune.errors import DataError, RecipeError
 
 BUNDLED_DEFAULT = "bundled:smollm2-135m-instruct"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -423,3 +423,19 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     for assignment in overrides or []:
         set_by[set_override(data, assignment)] = assignment
     return parse_recipe(data, str(path), lines, set_by)
+
+
+def check_dataset_path(recipe: Recipe, recipe_file: Path, overrides: list[str] | None = None) -> None:
+    """Refuse a dataset.path that is not a file, naming the recipe (or the --set), the key and where it looked.
+
+    A relative path is read from the current directory, not the recipe's folder (the README runs every
+    command from the repository root), so the message says which directory that was.
+    """
+    path = Path(recipe.dataset.path)
+    if path.is_file():
+        return
+    given = next((o for o in reversed(overrides or []) if o.split("=", 1)[0].strip() == "dataset.path"), None)
+    where = f"--set {given}" if given else f"{recipe_file}: dataset.path"
+    what = "is a folder, not a JSONL file" if path.is_dir() else "not found"
+    relative = "" if path.is_absolute() else f" (relative to the current directory {Path.cwd()})"
+    raise DataError(f"{where}: {path} {what}{relative}")

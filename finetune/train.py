@@ -132,6 +132,10 @@ def train(
     if max_steps is not None and max_steps < 1:
         # 0 would read as "no limit" further down (`max_steps or ...`) and train every epoch.
         raise RunError(f"--max-steps {max_steps}: expected a positive number of steps")
+    if max_steps is not None:
+        recipe = _with_max_steps(recipe, max_steps)  # the run's own: in recipe.yaml, its card, a later --resume
+    elif resume:
+        recipe = _with_run_max_steps(recipe, run_dir_for(recipe, output_dir))
     lock = RunLock(run_dir_for(recipe, output_dir))  # one train per run folder, held until we return
     try:
         return _train(recipe, lock, output_dir=output_dir, max_steps=max_steps, force=force, resume=resume,
@@ -445,20 +449,19 @@ def save_outcome(
     return eval_loss
 
 
-def check_dataset_path(recipe: Recipe, recipe_file: Path, overrides: list[str] | None = None) -> None:
-    """Refuse a dataset.path that is not a file, naming the recipe (or the --set), the key and where it looked.
+def _with_run_max_steps(recipe: Recipe, run_dir: Path) -> Recipe:
+    """On --resume without --max-steps: the max_steps the run began with (its recipe.yaml), where the recipe
+    file sets none; a run started with --max-steps 8 resumed without it ended at its checkpoint, "completed"."""
+    if recipe.training.max_steps is not None:
+        return recipe
+    import yaml
 
-    A relative path is read from the current directory, not the recipe's folder (the README runs every
-    command from the repository root), so the message says which directory that was.
-    """
-    path = Path(recipe.dataset.path)
-    if path.is_file():
-        return
-    given = next((o for o in reversed(overrides or []) if o.split("=", 1)[0].strip() == "dataset.path"), None)
-    where = f"--set {given}" if given else f"{recipe_file}: dataset.path"
-    what = "is a folder, not a JSONL file" if path.is_dir() else "not found"
-    relative = "" if path.is_absolute() else f" (relative to the current directory {Path.cwd()})"
-    raise DataError(f"{where}: {path} {what}{relative}")
+    try:
+        saved = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+        steps = saved["training"]["max_steps"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return recipe  # no run there (the resume refuses it later) or one without max_steps
+    return _with_max_steps(recipe, steps) if isinstance(steps, int) and steps > 0 else recipe
 
 
 def _with_max_steps(recipe: Recipe, max_steps: int | None) -> Recipe:

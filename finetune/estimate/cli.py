@@ -30,9 +30,10 @@ def estimate_command(
 ) -> None:
     """Will the recipe fit, how long will it take, what will it cost (no weights are loaded)."""
     from finetune.estimate.plan import check_options, estimate
-    from finetune.recipe import load_recipe
+    from finetune.recipe import check_dataset_path, load_recipe
 
     loaded = load_recipe(recipe, set_)
+    check_dataset_path(loaded, recipe, set_)  # as train says it: which recipe key, which directory
     check_options(loaded, strategy, gpus, gpu)  # bad options fail before the probe's minutes, not after
     # The probe runs inside the planner, after the checks that need the rows and devices (e.g. --gpus).
     measure = (lambda: _probe(loaded)) if probe else None

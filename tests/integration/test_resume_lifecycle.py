@@ -75,3 +75,17 @@ def test_a_completed_run_trains_further_with_resume_and_a_larger_max_steps(tiny_
     rates = [r["learning_rate"] for r in metrics(run) if r.get("loss") is not None]
     assert rates[6:] == pytest.approx([r["learning_rate"] for r in metrics(planned) if r.get("loss") is not None][6:])
     assert rates[6] > 0
+
+
+def test_the_max_steps_a_run_began_with_is_its_own(tiny_llama, pirate_rows, tmp_path):
+    """`--max-steps 8` lived only on the command line: recipe.yaml (and the model card's recipe) said
+    max_steps: null, and a `--resume` without it ended an 8-step run at step 3 as "completed"."""
+    from tests.integration.test_faults import interrupt_at_save
+
+    run = tmp_path / "run"
+    spec = spec_for(tiny_llama, pirate_rows, max_steps=None)
+    summary = train(parse_recipe(spec), output_dir=run, max_steps=8, callbacks=[interrupt_at_save(3)], say=Said())
+    assert summary["status"] == "interrupted" and summary["steps"] == 3, summary
+    assert "max_steps: 8" in (run / "recipe.yaml").read_text()
+    summary = train(parse_recipe(spec), output_dir=run, resume=True, say=Said())
+    assert summary["status"] == "completed" and summary["steps"] == summary["max_steps"] == 8, summary

@@ -323,9 +323,10 @@ def test_a_relative_dataset_path_not_found_names_recipe_key_and_directory(tmp_pa
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     monkeypatch.setenv("FINETUNE_OUTPUTS", str(tmp_path / "outputs"))
-    code, err = run_cli(monkeypatch, capsys, "train", str(path))
-    assert code == 2 and err == (f"error: {path}: dataset.path: datasets/pirate.jsonl not found (relative to the "
-                                 f"current directory {elsewhere})"), err
+    for command in ("train", "estimate"):  # estimate said "datasets/pirate.jsonl: dataset file not found"
+        code, err = run_cli(monkeypatch, capsys, command, str(path))
+        assert code == 2 and err == (f"error: {path}: dataset.path: datasets/pirate.jsonl not found (relative to "
+                                     f"the current directory {elsewhere})"), (command, err)
     code, err = run_cli(monkeypatch, capsys, "train", str(path), "--set", "dataset.path=..")
     assert code == 2 and err == (f"error: --set dataset.path=..: .. is a folder, not a JSONL file (relative to "
                                  f"the current directory {elsewhere})"), err
