@@ -187,12 +187,15 @@ def run_launcher(cmd: list[str], env: dict[str, str], run_dir: Path | None = Non
         # The first signal goes to the ranks only: torchrun's agent, signalled, shuts its workers down with
         # warnings and ends in a traceback although they stopped and saved as asked. A second one: every
         # process at once, no save.
+        ranks = []
         try:  # the ranks are the agent's own children (their helpers, e.g. data workers, are left alone)
-            for child in psutil.Process(proc.pid).children(recursive=len(received) > 1):
+            ranks = psutil.Process(proc.pid).children(recursive=len(received) > 1)
+            for child in ranks:
                 child.send_signal(sig)
         except psutil.Error:
             pass
-        if len(received) > 1 and proc.poll() is None:
+        # No rank started yet (a signal while the launcher starts up), or a second signal: the launcher too.
+        if (len(received) > 1 or not ranks) and proc.poll() is None:
             proc.send_signal(sig)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
