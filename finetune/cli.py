@@ -254,11 +254,12 @@ def show_command(run: str = typer.Argument(..., help="Run name (in outputs/) or 
     run_dir = resolve_run(run)
     summary = read_summary(run_dir)
     if summary is None:
+        from finetune.runs import CHECKPOINTS, latest_checkpoint
+
         # A SIGKILL leaves no summary but the checkpoints it saved: say what --resume would continue from.
-        steps = sorted(int(p.name.rsplit("-", 1)[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*")
-                       if p.name.rsplit("-", 1)[1].isdigit())
-        after = (f"killed after saving checkpoint-{steps[-1]}, which `finetune train RECIPE --resume` continues"
-                 if steps else "killed before its first checkpoint")
+        last = latest_checkpoint(run_dir / CHECKPOINTS)
+        after = (f"killed after saving {last.name}, which `finetune train RECIPE --resume` continues"
+                 if last else "killed before its first checkpoint")
         console.print(f"{run_dir}: no summary.json (running, or {after})", highlight=False)
     else:
         console.print_json(json.dumps(summary, ensure_ascii=False))

@@ -61,6 +61,17 @@ def recorded_dataset_sha256(run_dir: Path, checkpoint: Path | None) -> str | Non
     return (read_summary(run_dir) or {}).get("dataset_sha256")
 
 
+def saved_recipe(run_dir: Path) -> dict[str, Any] | None:
+    """The run's recipe.yaml as a mapping (None when there is none, or it cannot be read as one)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def check_same_run(
     run_dir: Path, recipe: Recipe, dataset_sha256: str, checkpoint: Path | None, force: bool,
     say: Callable[[str], None],
@@ -70,13 +81,8 @@ def check_same_run(
     A change to a key in SHAPE_KEYS is refused even with --force: the checkpoint could not be loaded.
     """
     problems = []
-    try:
-        import yaml
-
-        saved = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        saved = None
-    if isinstance(saved, dict):
+    saved = saved_recipe(run_dir)
+    if saved is not None:
         changes = recipe_changes(saved, recipe)
         fixed = [change for change in changes if change.split(":", 1)[0] in SHAPE_KEYS]
         if fixed:

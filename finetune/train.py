@@ -19,7 +19,14 @@ from finetune.models import load_config, load_model, load_tokenizer
 from finetune.packing import check_recipe as check_packing
 from finetune.rank import save_sharded_adapter
 from finetune.recipe import Recipe
-from finetune.resume import check_same_run, checkpoint_is_final, finished_summary, pick_checkpoint, restore_final
+from finetune.resume import (
+    check_same_run,
+    checkpoint_is_final,
+    finished_summary,
+    pick_checkpoint,
+    restore_final,
+    saved_recipe,
+)
 from finetune.runlock import RunLock
 from finetune.runs import (
     CHECKPOINTS,
@@ -177,10 +184,10 @@ def _train(
     if is_main and not resume:
         # A folder it may not use is refused before the estimate is printed (this only checks; nothing written).
         prepare_run_dir(recipe, output_dir, force=force, resume=False, is_main=False)
-        _check_it_fits(_with_max_steps(recipe, max_steps), force, say, conversations)
+        _check_it_fits(recipe, force, say, conversations)  # --max-steps is in the recipe (train())
     if is_main:
         lock.acquire(create=not resume)  # a second train on this folder stops here, before touching it
-    done = finished_summary(run_dir_for(recipe, output_dir), max_steps or recipe.training.max_steps) \
+    done = finished_summary(run_dir_for(recipe, output_dir), recipe.training.max_steps) \
         if resume else None
     if done is not None:
         say(f"{run_dir_for(recipe, output_dir)}: already completed ({done['steps']} steps); nothing to do")
@@ -454,13 +461,8 @@ def _with_run_max_steps(recipe: Recipe, run_dir: Path) -> Recipe:
     file sets none; a run started with --max-steps 8 resumed without it ended at its checkpoint, "completed"."""
     if recipe.training.max_steps is not None:
         return recipe
-    import yaml
-
-    try:
-        saved = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
-        steps = saved["training"]["max_steps"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return recipe  # no run there (the resume refuses it later) or one without max_steps
+    training = (saved_recipe(run_dir) or {}).get("training")  # none: no run there (the resume refuses it later)
+    steps = training.get("max_steps") if isinstance(training, dict) else None
     return _with_max_steps(recipe, steps) if isinstance(steps, int) and steps > 0 else recipe
 
 

@@ -273,6 +273,11 @@ def _work(recipe: Recipe, tokens: Tokens) -> tuple[int, int]:
     return micro, int(padded * t.epochs)
 
 
+def _steps(recipe: Recipe, micro_batches: int) -> int:
+    """Optimizer steps of a run of `micro_batches` micro-batches (_work's first figure)."""
+    return math.ceil(micro_batches / recipe.training.gradient_accumulation)
+
+
 def _eval_seconds(recipe: Recipe, shape: ModelShape, setup: Setup, tokens: Tokens, peak: float,
                   util: float) -> float:
     """Forward-only evaluation passes: one per epoch (a third of a training step's work per token)."""
@@ -406,7 +411,7 @@ def estimate(recipe: Recipe, gpu: str | None = None, num_gpus: int = 1, strategy
         epochs=recipe.training.epochs,
         max_steps=recipe.training.max_steps,
         compute_tokens=compute,
-        steps=math.ceil(micro / recipe.training.gradient_accumulation),
+        steps=_steps(recipe, micro),
         rows=rows,
         hosted=hosted_rows(total_tokens, shape.params, currency, rates),
         currency=currency,
@@ -478,9 +483,8 @@ def estimate_for_training(recipe: Recipe, gpu_name: str | None = None,
     money = format_money(cost.get("amount"), cost.get("currency", currency))
     basis = f" ({cost['basis']})" if cost.get("basis") not in (None, "none") else ""
     line2 = f"time: about {_hours_text(row.hours)} for {_length_text(recipe, tokens)}; cost: {money}{basis}"
-    micro, _ = _work(recipe, tokens)
     budget = budget_text(recipe.training.max_time, recipe.training.fit_to_budget, row.hours,
-                         math.ceil(micro / recipe.training.gradient_accumulation))
+                         _steps(recipe, _work(recipe, tokens)[0]))
     if budget and "fits inside" not in budget:
         line2 += f"; {budget}"
     if calibration and calibration["source"] == "run":
