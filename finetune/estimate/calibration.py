@@ -184,11 +184,27 @@ def _read_runs() -> list[dict[str, Any]]:
     return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
 
 
+# Runs whose steps held more than this ratio of tokens apart are different kinds: a step's fixed costs (the
+# optimizer, launching its kernels) weigh far more in a small step, so a 1-row smoke test's factor read the demo
+# recipe's 11 minutes as 18 (2026-12-05) and, stored as "the same kind", replaced the demo run's record.
+WORK_RATIO = 2.0
+
+
+def _work(record: dict[str, Any]) -> float | None:
+    """Non-padding tokens per optimizer step a stored run achieved (None in records that lack it)."""
+    value = (record.get("measured") or {}).get("tokens_per_step")
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
 def _same_kind(record: dict[str, Any], other: dict[str, Any]) -> bool:
-    """Two records of the same machine, model, precision, quantisation, checkpointing, sequence length and
-    compilation (records from before compiled runs were kept have no "compile": eager)."""
+    """Two records of the same machine, model, precision, quantisation, checkpointing, sequence length,
+    compilation (records from before compiled runs were kept have no "compile": eager) and about the same
+    tokens per step (within WORK_RATIO)."""
     keys = ("key", "model", "precision", "quantization", "gradient_checkpointing", "max_length")
-    return all(record.get(k) == other.get(k) for k in keys) and _compiled(record) == _compiled(other)
+    if not (all(record.get(k) == other.get(k) for k in keys) and _compiled(record) == _compiled(other)):
+        return False
+    work, other_work = _work(record), _work(other)
+    return work is None or other_work is None or max(work, other_work) / min(work, other_work) <= WORK_RATIO
 
 
 def _compiled(record: dict[str, Any]) -> bool:
@@ -207,9 +223,10 @@ def first_step_extra(metrics: list[dict[str, Any]], seconds_per_step: float) -> 
 def record_run(summary: dict[str, Any], recipe: Recipe, run_dir: Path) -> dict[str, Any] | None:
     """Store a finished run's achieved speed and peak memory on this machine, beside what the plan predicted.
 
-    Kept per machine, model, precision, quantisation, checkpointing and sequence length (the newest of
-    each kind) in $FINETUNE_HOME/runs_calibration.json; the next estimate here for the same model scales
-    this machine's time and memory by the measured / predicted ratios of the closest one (`learned_from_run`).
+    Kept per machine, model, precision, quantisation, checkpointing, sequence length and tokens per step (the
+    newest of each kind, `_same_kind`) in $FINETUNE_HOME/runs_calibration.json; the next estimate here for the
+    same model scales this machine's time and memory by the measured / predicted ratios of the closest one
+    (`learned_from_run`).
     A run with training.compile is its own kind (its steps run faster and hold less) and also keeps how much
     longer its first step took (the compiling), which estimates of compiled runs add once. Completed and
     budget-stopped single-process runs only; returns the record, or None when none was kept.
@@ -272,9 +289,10 @@ def _record_run(summary: dict[str, Any], recipe: Recipe, run_dir: Path) -> dict[
 
 
 def learned_from_run(model: str, precision: str, bits: int | None, checkpointing: bool,
-                     seq: int, compiled: bool = False) -> dict[str, Any] | None:
+                     seq: int, compiled: bool = False, tokens_per_step: float | None = None) -> dict[str, Any] | None:
     """The stored run on this machine to calibrate a setup by: same model, precision, quantisation and
-    checkpointing, the nearest sequence length (newest on a tie); None when no run here matches.
+    checkpointing, the nearest in sequence length and tokens per step (`_nearest`; newest on a tie); None when
+    no run here matches.
 
     An eager setup never learns from a compiled run. A compiled setup learns its speed and its compiling time
     from the nearest compiled run, else from an eager run (slower steps, no compiling: the time reads short by
@@ -289,10 +307,10 @@ def learned_from_run(model: str, precision: str, bits: int | None, checkpointing
               and isinstance(r.get("speed_factor"), (int, float)) and r["speed_factor"] > 0
               and isinstance(r.get("memory_factor"), (int, float)) and r["memory_factor"] > 0
               and isinstance(r.get("max_length"), int) and r["max_length"] > 0]
-    eager = _nearest([r for r in usable if not _compiled(r)], seq)
+    eager = _nearest([r for r in usable if not _compiled(r)], seq, tokens_per_step)
     if not compiled:
         return eager
-    learned = _nearest([r for r in usable if _compiled(r)], seq)
+    learned = _nearest([r for r in usable if _compiled(r)], seq, tokens_per_step)
     if learned is None or eager is None:
         return learned or eager
     if eager["memory_factor"] > learned["memory_factor"]:
@@ -300,9 +318,18 @@ def learned_from_run(model: str, precision: str, bits: int | None, checkpointing
     return learned
 
 
-def _nearest(records: list[dict[str, Any]], seq: int) -> dict[str, Any] | None:
-    """The record whose max_length is nearest `seq` (ratio-wise; the newest on a tie), marked as a run's."""
+def _nearest(records: list[dict[str, Any]], seq: int, tokens_per_step: float | None = None) -> dict[str, Any] | None:
+    """The record nearest a setup, marked as a run's: by the ratios of max_length and of tokens per step
+    (the setup's `tokens_per_step` against the run's achieved, where both are known), the newest on a tie."""
     if not records:
         return None
-    ordered = sorted(enumerate(records), key=lambda p: (abs(math.log(p[1]["max_length"] / max(seq, 1))), -p[0]))
+
+    def distance(record: dict[str, Any]) -> float:
+        apart = abs(math.log(record["max_length"] / max(seq, 1)))
+        work = _work(record)
+        if work and tokens_per_step and tokens_per_step > 0:
+            apart += abs(math.log(work / tokens_per_step))
+        return apart
+
+    ordered = sorted(enumerate(records), key=lambda p: (distance(p[1]), -p[0]))
     return {**ordered[0][1], "source": "run"}

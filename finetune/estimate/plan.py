@@ -509,8 +509,11 @@ def _learned(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens) 
     checkpointing, as `auto` resolves here)."""
     setup = setup_for(recipe, device)
     checkpointing = run_setups(recipe, device, tokens, shape=shape)[0].checkpointing
+    t = recipe.training
+    # Non-padding tokens per optimizer step, as a run's metrics count them (a micro-batch is batch_size rows).
+    per_step = tokens.per_epoch / max(1, math.ceil(tokens.rows_train / t.batch_size)) * t.gradient_accumulation
     return learned_from_run(shape.name, setup.precision, setup.bits, checkpointing, setup.seq,
-                            compiled=recipe.training.compile)
+                            compiled=t.compile, tokens_per_step=per_step)
 
 
 def checkpointing_here(recipe: Recipe, conversations: list[Conversation] | None = None) -> bool:
