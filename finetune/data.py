@@ -431,7 +431,7 @@ def _reply_starts(tokenizer: PreTrainedTokenizerBase, text: str, messages: list[
         if message["role"] != "assistant" or index == 0:
             continue
         try:
-            head = tokenizer.apply_chat_template(_plain(messages[:index]), tokenize=False, add_generation_prompt=True)
+            head = apply_template(tokenizer, messages[:index], add_generation_prompt=True)
         except Exception:  # a template that refuses a partial conversation: no lower bound for this reply
             continue
         if isinstance(head, str) and text.startswith(head):
@@ -455,13 +455,53 @@ def fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rest
 
 
+# Passed to every chat template finetune renders, for training and inference alike. A hybrid-reasoning template
+# (Qwen3) renders an empty `<think>\n\n</think>\n\n` before the last reply of a training row, but puts it in the
+# generation prompt only when told that thinking is off: without this, the prompts at inference stopped before
+# the block training put in front of every reply, and a real Qwen3 would have reasoned first. Templates that do
+# not read the flag ignore it.
+TEMPLATE_KWARGS: dict[str, Any] = {"enable_thinking": False}
+
+
+# Prepended to a saved chat template that reads `enable_thinking`, so that runtimes which render the template
+# without finetune's TEMPLATE_KWARGS (llama-cpp-python's chat completion over a GGUF, plain transformers on an
+# adapter folder) prompt as training did; a caller that passes the flag still decides.
+THINKING_OFF_DEFAULT = "{%- if enable_thinking is not defined %}{%- set enable_thinking = false %}{%- endif %}\n"
+
+
+def saved_template(template: str | None) -> str | None:
+    """A chat template as finetune saves it beside a trained model: thinking off by default where it has the flag."""
+    if not isinstance(template, str) or "enable_thinking" not in template or template.startswith(THINKING_OFF_DEFAULT):
+        return template
+    return THINKING_OFF_DEFAULT + template
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
+    """Save a tokenizer with its chat template as `saved_template` writes it (the tokenizer itself unchanged)."""
+    template = getattr(tokenizer, "chat_template", None)
+    saved = saved_template(template)
+    if saved is template:
+        tokenizer.save_pretrained(str(folder))
+        return
+    tokenizer.chat_template = saved
+    try:
+        tokenizer.save_pretrained(str(folder))
+    finally:
+        tokenizer.chat_template = template
+
+
+def apply_template(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
+                   add_generation_prompt: bool = False) -> str:
+    """The chat template's text for these messages as given (no folding), with finetune's TEMPLATE_KWARGS."""
+    return tokenizer.apply_chat_template(_plain(messages), tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **TEMPLATE_KWARGS)
+
+
 def render_chat(
     tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], add_generation_prompt: bool = False
 ) -> str:
     """Render with the chat template; where the template refuses a system role, fold the system text in."""
-    return tokenizer.apply_chat_template(
-        _plain(chat_messages(tokenizer, messages)), tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    return apply_template(tokenizer, chat_messages(tokenizer, messages), add_generation_prompt)
 
 
 def _plain(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -474,7 +514,7 @@ def chat_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, A
     if not messages or messages[0]["role"] != "system":
         return messages
     try:
-        tokenizer.apply_chat_template(_plain(messages[:2]), tokenize=False)
+        apply_template(tokenizer, messages[:2])
         return messages
     except Exception as exc:  # jinja2's raise_exception: the template's own words say why
         # No system role: Gemma's says "system"; Mistral 7B Instruct v0.1's only says roles must alternate,
@@ -488,7 +528,7 @@ def chat_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, A
 def _renders(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]]) -> bool:
     """Whether the chat template renders these messages without raising."""
     try:
-        tokenizer.apply_chat_template(_plain(messages), tokenize=False)
+        apply_template(tokenizer, messages)
         return True
     except Exception:  # the template's raise_exception
         return False
@@ -497,7 +537,7 @@ def _renders(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]])
 def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
     """The text that closes an assistant turn in this tokenizer's chat template (e.g. <|im_end|>)."""
     probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "MARK"}]
-    text = tokenizer.apply_chat_template(probe, tokenize=False)
+    text = apply_template(tokenizer, probe)
     tail = text[text.rfind("MARK") + 4 :]
     for candidate in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", tokenizer.eos_token):
         if candidate and tail.lstrip(" ").startswith(candidate):
@@ -527,7 +567,7 @@ def _render(
 ) -> tuple[str, list[tuple[int, int]]]:
     """The row's text as the chat template renders it, and the character spans the loss learns."""
     messages = chat_messages(tokenizer, messages)
-    text = tokenizer.apply_chat_template(_plain(messages), tokenize=False)
+    text = apply_template(tokenizer, messages)
     return text, _assistant_spans(text, messages, terminator, _reply_starts(tokenizer, text, messages))
 
 

@@ -83,12 +83,12 @@ def check_target(out_dir: Path, force: bool) -> None:
 
 
 def verify_inputs(tokenizer: Any) -> list[Any]:
-    """Token ids of the fixed verification prompts, rendered with the chat template."""
+    """Token ids of the fixed verification prompts, rendered with the chat template as inference renders them."""
+    from finetune.data import render_chat
+
     ids = []
     for prompt in VERIFY_PROMPTS:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        text = render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
         ids.append(tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"])
     return ids
 
@@ -139,7 +139,9 @@ def write_tokenizer(tokenizer: Any, folder: Path, spm_model: Path | None = None)
     transformers saves only tokenizer.json; llama.cpp's converter reads the sentencepiece scores from
     tokenizer.model and, without it, gives every piece the same score (Llama 2, Mistral, Phi-3, Gemma).
     """
-    tokenizer.save_pretrained(str(folder))
+    from finetune.data import save_tokenizer
+
+    save_tokenizer(tokenizer, folder)
     if spm_model is not None:
         shutil.copy(spm_model, Path(folder) / "tokenizer.model")
         _spm_added_tokens(tokenizer, spm_model, Path(folder))

@@ -13,7 +13,14 @@ from typing import Any
 
 from finetune import atomic, hardware
 from finetune.allocator import keep_freed_memory
-from finetune.data import dropped_text, empty_split_text, load_conversations, split_train_eval, tokenize_with_drops
+from finetune.data import (
+    dropped_text,
+    empty_split_text,
+    load_conversations,
+    save_tokenizer,
+    split_train_eval,
+    tokenize_with_drops,
+)
 from finetune.errors import DataError, RecipeError, RunError
 from finetune.models import load_config, load_model, load_tokenizer
 from finetune.packing import check_recipe as check_packing
@@ -509,7 +516,7 @@ def _save_adapter(model: Any, tokenizer: Any, adapter_dir: Path) -> None:
     """Save the PEFT adapter and tokenizer atomically (the previous adapter stays until the new one is whole)."""
     with atomic.staged_dir(adapter_dir) as staging:
         model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        save_tokenizer(tokenizer, staging)
 
 
 def _copy_adapter(checkpoint: Path, adapter_dir: Path, tokenizer: Any) -> None:
@@ -517,7 +524,7 @@ def _copy_adapter(checkpoint: Path, adapter_dir: Path, tokenizer: Any) -> None:
     with atomic.staged_dir(adapter_dir) as staging:
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copy2(checkpoint / name, staging / name)
-        tokenizer.save_pretrained(staging)
+        save_tokenizer(tokenizer, staging)
 
 
 def _plot_curves(run_dir: Path) -> None:

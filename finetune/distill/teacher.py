@@ -57,12 +57,12 @@ def with_persona(messages: Messages, system: str | None, native_system: bool) ->
 
 def supports_system(tokenizer: Any) -> bool:
     """Whether the chat template renders a system turn (some raise, some silently drop it)."""
+    from finetune.data import apply_template
+
     probe = "PERSONA-PROBE-7f3a"
     try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "system", "content": probe}, {"role": "user", "content": "hi"}],
-            tokenize=False, add_generation_prompt=True,
-        )
+        text = apply_template(tokenizer, [{"role": "system", "content": probe}, {"role": "user", "content": "hi"}],
+                              add_generation_prompt=True)
     except Exception:  # jinja's TemplateError ("System role not supported") and friends
         return False
     return probe in text

@@ -15,7 +15,14 @@ import pytest
 import torch
 
 from finetune import atomic
-from finetune.data import IGNORE_INDEX, end_of_turn_token, tokenize_conversation
+from finetune.data import (
+    IGNORE_INDEX,
+    chat_messages,
+    end_of_turn_token,
+    render_chat,
+    saved_template,
+    tokenize_conversation,
+)
 from finetune.export import export_run
 from finetune.gguf_export import read_gguf
 from finetune.gotemplate import ollama_values, render
@@ -86,7 +93,6 @@ def test_family_end_to_end(trained) -> None:
     # prompt arms) renders it as training did: Gemma's and Mistral's templates raised "System role not supported"
     # / "roles must alternate", a traceback that ended the chat.
     from finetune.chat import generate_records, load_target, stream_reply
-    from finetune.data import render_chat
 
     model, run_tokenizer, _ = load_target(str(trained["run"]))
     system = [{"role": "system", "content": "Be a pirate."}, {"role": "user", "content": "Hello"}]
@@ -96,6 +102,18 @@ def test_family_end_to_end(trained) -> None:
     assert isinstance("".join(stream_reply(model, run_tokenizer, system, 3)), str)
     figures["system_turn"] = "folded" if "Be a pirate.\n\nHello" in render_chat(run_tokenizer, system, True) \
         else "system role"
+
+    # The prompt at inference is the text training put before a reply: Qwen3's training rows held an empty
+    # `<think>` block before each final reply that its generation prompt (no enable_thinking) stopped short of.
+    reply = {"role": "assistant", "content": "X marks the spot."}
+    head = render_chat(run_tokenizer, THREE_TURNS, True)
+    full = render_chat(run_tokenizer, [*THREE_TURNS, reply], False)
+    assert full.startswith(head) and full[len(head):].lstrip().startswith(reply["content"]), (head[-60:], full)
+    # ...and the tokenizer saved beside the adapter gives the same prompt to plain transformers, which passes no
+    # flags (finetune itself renders with the base's tokenizer and data.TEMPLATE_KWARGS).
+    saved = _tokenizer(trained["run"] / "adapter")
+    folded = chat_messages(saved, THREE_TURNS)
+    assert saved.apply_chat_template(folded, tokenize=False, add_generation_prompt=True) == head
 
     # Merged GGUF (f32), written by llama.cpp's converter and checked in llama.cpp.
     merged_dir = trained["root"] / "merged"
@@ -107,7 +125,14 @@ def test_family_end_to_end(trained) -> None:
     meta = read_gguf(gguf_path)["metadata"]
     if meta["tokenizer.ggml.model"] == "gpt2":
         assert meta["tokenizer.ggml.pre"] not in ("default", None)
-    assert meta["tokenizer.chat_template"] == tokenizer.chat_template
+    assert meta["tokenizer.chat_template"] == saved_template(tokenizer.chat_template)
+    # The GGUF's own template, as llama-cpp-python's chat completion renders it, prompts as training did.
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    formatter = Jinja2ChatFormatter(template=meta["tokenizer.chat_template"], eos_token=tokenizer.eos_token or "",
+                                    bos_token=tokenizer.bos_token or "")
+    gguf_prompt = formatter(messages=chat_messages(tokenizer, THREE_TURNS)).prompt
+    assert gguf_prompt == render_chat(tokenizer, THREE_TURNS, True), gguf_prompt[-80:]
     eot_id = tokenizer.convert_tokens_to_ids(family.end_of_turn)
     assert eot_id in merged["end_of_generation_ids"]
     figures["merged_gguf"] = {"max_abs_logit_diff": merged["max_abs_logit_diff"], "tolerance": merged["tolerance"],
