@@ -322,7 +322,7 @@ def _train(
         except BaseException as exc:  # the summary must say what happened, whatever happened
             error = exc
             run_state.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            run_state.message = f"{type(exc).__name__}: {exc}{_disk_full_hint(exc)}"
+            run_state.message = f"{type(exc).__name__}: {exc}{_disk_full_hint(exc)}{_out_of_memory_hint(exc)}"
         finally:
             telemetry.stop_progress()
 
@@ -360,6 +360,10 @@ def _train(
                        "summary.json are as they were (--debug shows the traceback)") from error
     # A full disk is described in the summary (status failed, how to recover): no traceback for it.
     if error is not None and not isinstance(error, KeyboardInterrupt) and not _disk_full_hint(error):
+        if _out_of_memory_hint(error):  # the recipe asks for more memory than there is: one line, not a traceback
+            raise RunError(f"{run_dir}: out of memory at step {trainer.state.global_step + 1}"
+                           f"{_out_of_memory_hint(error)}; summary.json records it (--debug shows the traceback)"
+                           ) from error
         raise error
     return summary if is_main else {"status": run_state.status}
 
@@ -407,6 +411,21 @@ def _disk_full_hint(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "; the disk is full: free some space, then run again with --resume (what was saved is intact)"
     return ""
+
+
+def _out_of_memory_hint(exc: BaseException) -> str:
+    """For an allocation that failed (CUDA's OutOfMemoryError, a CPU allocator's), what to change; '' otherwise.
+
+    (On Linux a CPU run out of memory is more often killed by the kernel: then no Python error is seen at all.)
+    """
+    import torch
+
+    message = str(exc)
+    if not (isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+            or (isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message))):
+        return ""
+    return ("; lower training.batch_size or dataset.max_length, or set training.gradient_checkpointing: true or "
+            "quantization.bits: 4 (`finetune estimate RECIPE` shows what fits), then run again with --resume")
 
 
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:

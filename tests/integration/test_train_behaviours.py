@@ -247,6 +247,21 @@ def test_exit_codes_per_status(tiny_llama, pirate_rows, tmp_path, monkeypatch, c
 
     assert STATUS_EXIT == {"completed": 0, "time_budget": 0, "interrupted": 130, "diverged": 3, "failed": 1}
 
+    class OutOfMemory(TrainerCallback):  # what CUDA raises when a step asks for more than the card has
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    # Out of memory is the recipe asking too much: one line saying what to change, not a traceback.
+    inject(OutOfMemory())
+    code, out = cli_train(monkeypatch, capsys, recipe("oom", max_steps=20, save_steps=1),
+                          "--output-dir", str(tmp_path / "oom"))
+    lines = [line for line in out.splitlines() if line.startswith("error:")]
+    assert code == 2 and "Traceback" not in out and len(lines) == 1, out
+    assert "out of memory at step 2; lower training.batch_size" in lines[0] and "--resume" in lines[0], lines
+    summary = json.loads((tmp_path / "oom/summary.json").read_text())
+    assert summary["status"] == "failed" and "lower training.batch_size" in summary["message"]
+
 
 def test_rows_max_length_cuts_to_no_reply_are_named_and_not_counted(tiny_llama, tmp_path):
     """A row whose user turn fills max_length has no label left: training drops it, says which line it was,
