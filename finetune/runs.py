@@ -301,12 +301,17 @@ def build_summary(
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """A run's summary.json, or None."""
+    """A run's summary.json, or None; its `adapter` is where the folder is now (a copied or moved run's summary
+    named the adapter where it was trained)."""
     try:
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return summary if isinstance(summary, dict) else None  # a JSON list or number is no summary either
+    if not isinstance(summary, dict):
+        return None  # a JSON list or number is no summary either
+    if isinstance(summary.get("adapter"), str) and (run_dir / "adapter").is_dir():
+        summary["adapter"] = str((run_dir / "adapter").resolve())
+    return summary
 
 
 def resolve_run(name_or_path: str) -> Path:

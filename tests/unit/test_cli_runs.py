@@ -161,3 +161,21 @@ def test_runs_names_each_run_as_show_takes_it(monkeypatch, capsys):
     assert code == 0 and row.split()[1:4] == ["run1", "│", "pirate"], out
     code, out, err = run_cli(monkeypatch, capsys, "show", row.split()[1])
     assert code == 0 and not err, err
+
+
+@pytest.mark.parametrize("target", ["outputs/typo", "./typo", "typo/run/adapter", "missing.gguf"])
+def test_generate_names_a_missing_path_instead_of_asking_the_hub(tmp_path, monkeypatch, capsys, target):
+    # `outputs/typo` looked like a hub id 'org/name': the answer was "couldn't connect to huggingface.co".
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    code, _, err = run_cli(monkeypatch, capsys, "generate", target, "--prompt", "hi")
+    assert code == 2 and err.startswith(f"error: {target}: no such file or folder"), err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_show_names_the_adapter_where_a_copied_run_is_now(tmp_path, monkeypatch, capsys):
+    run = make_run(tmp_path / "copy", "pirate", {**DONE, "adapter": "/home/someone/outputs/pirate/adapter"})
+    (run / "adapter").mkdir()
+    code, out, _ = run_cli(monkeypatch, capsys, "show", str(run))
+    assert code == 0 and f'"adapter": "{(run / "adapter").resolve()}"' in out, out
+    assert "/home/someone" not in out
