@@ -249,11 +249,14 @@ def show_command(run: str = typer.Argument(..., help="Run name (in outputs/) or 
     """Print one run's summary and where its files are."""
     import json
 
-    from finetune.runs import read_summary, resolve_run
+    from finetune.runs import MERGE_FILE, read_summary, resolve_run
 
     run_dir = resolve_run(run)
     summary = read_summary(run_dir)
-    if summary is None:
+    if summary is None and (run_dir / MERGE_FILE).is_file():
+        console.print(f"{run_dir}: merged by merge-adapters ({MERGE_FILE}):", highlight=False)
+        console.print_json((run_dir / MERGE_FILE).read_text(encoding="utf-8"))
+    elif summary is None:
         from finetune.runs import CHECKPOINTS, latest_checkpoint
 
         # A SIGKILL leaves no summary but the checkpoints it saved: say what --resume would continue from.

@@ -70,13 +70,15 @@ def check_target(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"{out_dir}: exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        if (out_dir / "recipe.yaml").is_file() or (out_dir / "summary.json").is_file():
+        trained = (out_dir / "summary.json").is_file() or not (out_dir / "merge.json").is_file()
+        if trained and ((out_dir / "recipe.yaml").is_file() or (out_dir / "summary.json").is_file()):
             raise RunError(f"{out_dir}: is a run folder; --force will not replace it (choose another --out)")
         if not any((out_dir / mark).is_file() for mark in EXPORT_MARKS):
             raise RunError(f"{out_dir}: not empty and not an earlier export (no verification.json or merge.json); "
                            "--force replaces only exports (choose a new or empty --out)")
         if not force:
-            raise RunError(f"{out_dir}: holds an earlier export; use --force to replace it")
+            what = "merge-adapters output" if (out_dir / "merge.json").is_file() else "export"
+            raise RunError(f"{out_dir}: holds an earlier {what}; use --force to replace it")
 
 
 # --- models and logits -------------------------------------------------------------------------------------

@@ -115,6 +115,27 @@ def _source(run: str) -> dict[str, Any]:
     }
 
 
+def sources_cost(summaries: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """What training the sources cost together (compare's break-even for the merge), or None where a source's
+    cost is unknown or the currencies differ."""
+    costs = [(s or {}).get("cost") or {} for s in summaries]
+    if not costs or any(not isinstance(c.get("amount"), (int, float)) for c in costs):
+        return None
+    if len({c.get("currency") for c in costs}) != 1:
+        return None
+    return {"amount": sum(float(c["amount"]) for c in costs), "currency": costs[0]["currency"]}
+
+
+def merged_recipe_yaml(recipe: Any, name: str, config: dict[str, Any], sources: list[dict[str, Any]]) -> str:
+    """recipe.yaml of a merge-adapters output: the first source's recipe (every source shares its base model),
+    named for the output folder, with the merged adapter's rank; a comment names the sources."""
+    lora = recipe.lora.model_copy(update={"r": config.get("r", recipe.lora.r)})
+    merged = recipe.model_copy(update={"name": name, "lora": lora})
+    names = ", ".join(str(s["run"]) for s in sources)
+    return (f"# merge-adapters output: the recipe of {sources[0]['run']}, the first of {names} (merge.json says "
+            f"how they were merged); nothing was trained with it\n{merged.to_yaml()}")
+
+
 def merge_adapters(
     runs: list[str],
     weights: list[float],
@@ -173,22 +194,26 @@ def merge_adapters(
     for name in names:
         model.delete_adapter(name)
 
+    # The output is shaped like a run (recipe.yaml, adapter/), so that export, compare, chat and show take it as
+    # they take a run; merge.json, not a summary.json, says what it is.
     with atomic.staged_dir(out_dir) as tmp:
-        model.save_pretrained(str(tmp), selected_adapters=[MERGED], safe_serialization=True)
-        nested = tmp / MERGED  # peft saves named adapters in a subfolder
+        adapter_dir = tmp / "adapter"
+        model.save_pretrained(str(adapter_dir), selected_adapters=[MERGED], safe_serialization=True)
+        nested = adapter_dir / MERGED  # peft saves named adapters in a subfolder
         if nested.is_dir():
             for item in nested.iterdir():
-                shutil.move(str(item), tmp / item.name)
+                shutil.move(str(item), adapter_dir / item.name)
             nested.rmdir()
-        (tmp / "README.md").unlink(missing_ok=True)  # peft's placeholder card; ours follows
-        config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
+        (adapter_dir / "README.md").unlink(missing_ok=True)  # peft's placeholder card; ours is the folder's
+        config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
         hub_id = base_hub_id(recipe.base_model)
         config["base_model_name_or_path"] = hub_id
-        atomic.write_json(tmp / "adapter_config.json", config)
-        write_tokenizer(tokenizer, tmp)
+        atomic.write_json(adapter_dir / "adapter_config.json", config)
+        write_tokenizer(tokenizer, adapter_dir)
+        atomic.write_text(tmp / "recipe.yaml", merged_recipe_yaml(recipe, out_dir.name, config, sources))
 
         # The saved folder must load and reproduce the merged adapter exactly.
-        model = attach_adapter(model, tmp, name="check")
+        model = attach_adapter(model, adapter_dir, name="check")
         model.set_adapter("check")
         model.eval()
         reloaded = max_abs_diff(logits_of(model, inputs), merged_logits)
@@ -205,9 +230,10 @@ def merge_adapters(
             "max_abs_logit_diff_vs_sources": {
                 run: max_abs_diff(merged_logits, logits) for run, logits in source_logits.items()
             },
+            "sources_cost": sources_cost([s["summary"] for s in sources]),
         }
         atomic.write_json(tmp / "merge.json", report)
-        files = sorted({p.name for p in tmp.iterdir()} | {"README.md"})
+        files = sorted({p.name + ("/" if p.is_dir() else "") for p in tmp.iterdir()} | {"README.md"})
         card = CardInputs(
             title=out_dir.name,
             kind="merged-adapters",

@@ -300,6 +300,9 @@ def build_summary(
     return json.loads(summary.model_dump_json())
 
 
+MERGE_FILE = "merge.json"  # what marks a merge-adapters output, shaped like a run (recipe.yaml, adapter/)
+
+
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """A run's summary.json, or None; its `adapter` is where the folder is now (a copied or moved run's summary
     named the adapter where it was trained)."""
@@ -322,8 +325,9 @@ def resolve_run(name_or_path: str) -> Path:
         if (candidate / "recipe.yaml").is_file() or (candidate / "adapter").is_dir():
             return candidate
     if folders:  # there, but not a run: say what it is instead of "no such run"
-        what = ("an adapter folder (a merge-adapters output or an export), not a run; `finetune chat` and "
-                "`finetune generate` take it as it is" if (folders[0] / "adapter_config.json").is_file()
+        adapter_folder = (folders[0] / "adapter_config.json").is_file()
+        what = ("an adapter folder (an export, or a merge-adapters output written before 2026-12-05), not a run; "
+                "`finetune chat` and `finetune generate` take it as it is" if adapter_folder
                 else "a folder, but not a run (no recipe.yaml or adapter/)")
         raise RunError(f"{folders[0]}: {what}")
     raise RunError(f"{name_or_path}: no such run (looked in . and {outputs_dir()})")
@@ -349,6 +353,7 @@ def list_runs(*folders: Path) -> list[dict[str, Any]]:
         summary = read_summary(run_dir)
         if summary is None:
             status = ("unreadable summary.json" if (run_dir / "summary.json").exists()
+                      else "merged (merge-adapters)" if (run_dir / MERGE_FILE).is_file()
                       else "no summary (running or killed)")
             summary = {"name": run_dir.name, "status": status}
         summary.setdefault("name", run_dir.name)

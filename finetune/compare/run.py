@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -717,6 +718,21 @@ def _system_prompt_tokens(tokenizer: Any, singles: list, system_prompt: str | No
     return sum(extra) / len(extra)
 
 
+def _merged_sources_cost(folder: Path) -> FinetuneCost | None:
+    """A merge-adapters output's cost: what training its sources cost together (merge.json), where known."""
+    from finetune.runs import MERGE_FILE
+
+    try:
+        merge = json.loads((folder / MERGE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    cost = merge.get("sources_cost") if isinstance(merge, dict) else None
+    if not isinstance(cost, dict) or not isinstance(cost.get("amount"), (int, float)) or not cost.get("currency"):
+        return None
+    return FinetuneCost(amount=float(cost["amount"]), currency=str(cost["currency"]), source="merged-sources",
+                        note=f"{folder.name} is a merge: its sources' training costs together ({MERGE_FILE})")
+
+
 def _finetune_cost(adapter: Adapter) -> FinetuneCost:
     """The fine-tune's cost from summary.json, else an electricity estimate from the stated local figures."""
     from finetune.compare.prices import PRICES_FILE, local_figures
@@ -725,6 +741,9 @@ def _finetune_cost(adapter: Adapter) -> FinetuneCost:
     cost = summary.get("cost") or {}
     if cost.get("amount") is not None:
         return FinetuneCost(amount=float(cost["amount"]), currency=cost["currency"], source="summary", note=None)
+    merged = _merged_sources_cost(adapter.run_dir) if not summary else None
+    if merged is not None:
+        return merged
     wall = summary.get("wall_time_s")
     if wall is None:
         note = f"{adapter.run_dir}/summary.json has no cost and no wall time: break-even skipped"

@@ -149,7 +149,7 @@ class FinetuneCost(_Strict):
 
     amount: float | None
     currency: str | None
-    source: Literal["summary", "estimated-local", "none"]
+    source: Literal["summary", "merged-sources", "estimated-local", "none"]
     note: str | None
 
 

@@ -49,6 +49,20 @@ def test_finetune_cost_comes_from_the_summary_when_the_run_priced_itself(tiny_ll
     nothing = _finetune_cost(Adapter("gone", tmp_path / "gone", None))
     assert nothing.source == "none" and nothing.amount is None
 
+    # A merge-adapters output has no summary: its cost is what training its sources cost together.
+    import json
+
+    from finetune.merge_adapters import sources_cost
+
+    priced_cost = read_summary(priced)["cost"]["amount"]
+    blend = tmp_path / "blend"
+    blend.mkdir()
+    (blend / "merge.json").write_text(json.dumps({"sources_cost": sources_cost([read_summary(priced)] * 2)}))
+    spent = _finetune_cost(Adapter("blend", blend, None))
+    assert spent.source == "merged-sources" and spent.amount == pytest.approx(2 * priced_cost)
+    assert spent.currency == "JPY" and "merge" in spent.note
+    assert sources_cost([read_summary(priced), read_summary(unpriced)]) is None  # one source's cost unknown
+
 
 def plain_option_logprob(model, prefix: list[int], option: list[int]) -> float:
     """Sum of log p(option tokens | prefix) from one full forward pass, no cache, no padding."""

@@ -83,7 +83,7 @@ def test_merge_equals_peft_add_weighted_adapter(method, sources, weights, densit
     merge_adapters([str(adapters[s]) for s in sources], weights, method, out, density=density,
                    say=lambda *_: None)
     ref_model, ref_state = peft_reference(tiny_llama, [adapters[s] for s in sources], weights, method, density)
-    saved = load_file(out / "adapter_model.safetensors")
+    saved = load_file(out / "adapter" / "adapter_model.safetensors")
     assert saved.keys() == ref_state.keys()
     for key, value in ref_state.items():
         assert torch.allclose(saved[key], value, atol=1e-6), (key, (saved[key] - value).abs().max())
@@ -91,7 +91,7 @@ def test_merge_equals_peft_add_weighted_adapter(method, sources, weights, densit
     assert next(v for k, v in saved.items() if "lora_A" in k).shape[0] == expected_rank
     # And loaded with plain peft, the folder gives the reference's logits.
     ids = torch.tensor([[1, 400, 2000, 30, 77, 5]])
-    merged = PeftModel.from_pretrained(plain_base(tiny_llama), str(out)).eval()
+    merged = PeftModel.from_pretrained(plain_base(tiny_llama), str(out / "adapter")).eval()
     with torch.no_grad():
         got, want = merged(input_ids=ids).logits, ref_model(input_ids=ids).logits
         with ref_model.disable_adapter():
@@ -123,12 +123,12 @@ def test_merge_argument_checks_and_overwrite(adapters, tmp_path):
         assert not (tmp_path / f"m-{method}").exists(), "a refused merge writes nothing"
     out = tmp_path / "m"
     merge_adapters([one, two], [0.5, 0.5], "linear", out, say=lambda *_: None)
-    before = (out / "adapter_model.safetensors").read_bytes()
+    before = (out / "adapter" / "adapter_model.safetensors").read_bytes()
     with pytest.raises(RunError, match="--force"):
         merge_adapters([one, two], [0.9, 0.1], "linear", out, say=lambda *_: None)
-    assert (out / "adapter_model.safetensors").read_bytes() == before, "refused: the earlier merge is intact"
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == before, "refused: the earlier merge stays"
     merge_adapters([one, two], [0.9, 0.1], "linear", out, force=True, say=lambda *_: None)
-    assert (out / "adapter_model.safetensors").read_bytes() != before
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() != before
     # The same run named two ways is still one run
     with pytest.raises(RunError, match="listed twice"):
         merge_adapters([one, f"{one}/../{Path(one).name}"], [0.5, 0.5], "linear", tmp_path / "m2",
@@ -137,6 +137,34 @@ def test_merge_argument_checks_and_overwrite(adapters, tmp_path):
     report = json.loads((out / "merge.json").read_text())
     assert [s["run"] for s in report["sources"]] == ["one", "two"]
     assert sorted(report["max_abs_logit_diff_vs_sources"]) == ["one", "two"]
+
+
+def test_a_merge_is_taken_as_a_run_by_export_generate_show_and_runs(adapters, tiny_llama, tmp_path):
+    """A merge-adapters output is shaped like a run: export and compare refused it ("an adapter folder, not a run")."""
+    from finetune.chat import generate_records, load_target
+    from finetune.export import export_run
+    from finetune.merge_adapters import merge_adapters
+    from finetune.recipe import load_recipe
+    from finetune.runs import list_runs, resolve_run
+
+    out = tmp_path / "blend"
+    merge_adapters([str(adapters["one"]), str(adapters["two"])], [0.7, 0.3], "linear", out, say=lambda *_: None)
+    assert resolve_run(str(out)) == out  # what export, compare, chat and show look runs up with
+    recipe = load_recipe(out / "recipe.yaml")
+    assert recipe.name == "blend" and recipe.base_model == str(tiny_llama)
+    assert [r["status"] for r in list_runs(tmp_path)] == ["merged (merge-adapters)"]
+    messages = [{"role": "user", "content": QUESTION}]
+    model, tokenizer, _ = load_target(str(out))
+    (record,) = generate_records(model, tokenizer, [messages], max_new_tokens=12)
+    assert record["text"] == peft_greedy(tiny_llama, out / "adapter", messages, 12)
+    report = export_run(str(out), say=lambda *_: None)
+    assert report["passed"] and (out / "export" / "adapter_model.safetensors").is_file(), report
+    # merge-adapters --force replaces its own earlier output, never a run
+    merge_adapters([str(adapters["one"]), str(adapters["two"])], [0.5, 0.5], "linear", out, force=True,
+                   say=lambda *_: None)
+    with pytest.raises(RunError, match="is a run folder"):
+        merge_adapters([str(adapters["one"]), str(adapters["two"])], [0.5, 0.5], "linear", adapters["one"],
+                       force=True, say=lambda *_: None)
 
 
 def peft_greedy(tiny_llama: Path, adapter: Path | None, messages: list[dict], max_new_tokens: int) -> str:

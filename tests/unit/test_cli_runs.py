@@ -96,8 +96,8 @@ def test_show_finds_a_run_by_name_or_folder_and_refuses_others(tmp_path, monkeyp
     blend.mkdir()
     (blend / "adapter_config.json").write_text("{}")
     code, _, err = run_cli(monkeypatch, capsys, "export", "blend")
-    assert code == 2 and err == f"error: {blend}: an adapter folder (a merge-adapters output or an export), not a " \
-        "run; `finetune chat` and `finetune generate` take it as it is", err
+    assert code == 2 and err == f"error: {blend}: an adapter folder (an export, or a merge-adapters output written " \
+        "before 2026-12-05), not a run; `finetune chat` and `finetune generate` take it as it is", err
 
 
 def test_recipe_show_prints_every_default_and_the_overrides(tmp_path, monkeypatch, capsys):
