@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -455,23 +456,72 @@ def fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rest
 
 
-# Passed to every chat template finetune renders, for training and inference alike. A hybrid-reasoning template
-# (Qwen3) renders an empty `<think>\n\n</think>\n\n` before the last reply of a training row, but puts it in the
-# generation prompt only when told that thinking is off: without this, the prompts at inference stopped before
-# the block training put in front of every reply, and a real Qwen3 would have reasoned first. Templates that do
-# not read the flag ignore it.
-TEMPLATE_KWARGS: dict[str, Any] = {"enable_thinking": False}
+# Hybrid-reasoning templates read `enable_thinking`, and disagree on what it means for a trained reply. Qwen3's
+# renders an empty `<think>\n\n</think>\n\n` before the last reply of a training row, but puts it in the
+# generation prompt only when told that thinking is off: rendered without the flag, every prompt at inference
+# stopped before the block training put in front of each reply, and a real Qwen3 would have reasoned first.
+# MiniCPM5's and RWKV-World's render no block in training and add one to the prompt when thinking is off. So the
+# flag is chosen per template, by the rule every chat template must keep: the prompt at inference is the text
+# training put before the reply (`template_kwargs`).
+THINKING_CHOICES: tuple[dict[str, Any], ...] = ({}, {"enable_thinking": False})
+_PROBE_REPLY = "PROBE-REPLY-7f3a"
+_kwargs_cache: dict[str, dict[str, Any]] = {}
 
 
-# Prepended to a saved chat template that reads `enable_thinking`, so that runtimes which render the template
-# without finetune's TEMPLATE_KWARGS (llama-cpp-python's chat completion over a GGUF, plain transformers on an
-# adapter folder) prompt as training did; a caller that passes the flag still decides.
+def template_kwargs(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """The flags finetune renders this tokenizer's chat template with, for training and inference alike: none,
+    unless the template reads `enable_thinking` and only thinking off makes the generation prompt the text that
+    training puts before a reply (Qwen3)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or "enable_thinking" not in template:
+        return {}
+    if template not in _kwargs_cache:
+        _kwargs_cache[template] = next((kw for kw in THINKING_CHOICES if _prompt_is_prefix(tokenizer, kw)), {})
+    return _kwargs_cache[template]
+
+
+def _prompt_is_prefix(tokenizer: PreTrainedTokenizerBase, kwargs: dict[str, Any]) -> bool:
+    """Whether, with these flags, a generation prompt is the start of the training text of its reply."""
+    turns = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": _PROBE_REPLY}]
+    try:
+        full = tokenizer.apply_chat_template(turns, tokenize=False, **kwargs)
+        head = tokenizer.apply_chat_template(turns[:1], tokenize=False, add_generation_prompt=True, **kwargs)
+    except Exception:  # a template that refuses the probe: no evidence for these flags
+        return False
+    return full.startswith(head) and full[len(head):].lstrip().startswith(_PROBE_REPLY)
+
+
+def prompt_mismatch(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """Where no flag makes the chat template's generation prompt the text training puts before a reply, what
+    differs, as a warning (None where it holds). Templates that always open a reasoning block at inference
+    (DeepSeek-R1's, QwQ's, Gemma 4's thought channel) prompt after text the trained replies never followed."""
+    kwargs = template_kwargs(tokenizer)
+    if _prompt_is_prefix(tokenizer, kwargs):
+        return None
+    turns = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": _PROBE_REPLY}]
+    try:
+        full = tokenizer.apply_chat_template(turns, tokenize=False, **kwargs)
+        head = tokenizer.apply_chat_template(turns[:1], tokenize=False, add_generation_prompt=True, **kwargs)
+    except Exception:  # a template that refuses the probe says so itself when the data is rendered
+        return None
+    common = len(os.path.commonprefix([full, head]))
+    return (f"chat template: prompts at inference end {head[common:][:60]!r} where training rows continue "
+            f"{full[common:].replace(_PROBE_REPLY, '<reply>')[:60]!r}: replies are trained after other text than "
+            "they are asked with (a reasoning template's own block; see docs/export.md)")
+
+
+# Prepended to a saved chat template rendered with thinking off, so that runtimes which render it without flags
+# (llama-cpp-python's chat completion over a GGUF, plain transformers on an adapter folder) prompt as training
+# did; a caller that passes the flag still decides.
 THINKING_OFF_DEFAULT = "{%- if enable_thinking is not defined %}{%- set enable_thinking = false %}{%- endif %}\n"
 
 
-def saved_template(template: str | None) -> str | None:
-    """A chat template as finetune saves it beside a trained model: thinking off by default where it has the flag."""
-    if not isinstance(template, str) or "enable_thinking" not in template or template.startswith(THINKING_OFF_DEFAULT):
+def saved_template(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The tokenizer's chat template as finetune saves it beside a trained model: thinking off by default where
+    finetune renders it so (`template_kwargs`), else unchanged."""
+    template = getattr(tokenizer, "chat_template", None)
+    if (not isinstance(template, str) or template.startswith(THINKING_OFF_DEFAULT)
+            or template_kwargs(tokenizer).get("enable_thinking") is not False):
         return template
     return THINKING_OFF_DEFAULT + template
 
@@ -479,7 +529,7 @@ def saved_template(template: str | None) -> str | None:
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
     """Save a tokenizer with its chat template as `saved_template` writes it (the tokenizer itself unchanged)."""
     template = getattr(tokenizer, "chat_template", None)
-    saved = saved_template(template)
+    saved = saved_template(tokenizer)
     if saved is template:
         tokenizer.save_pretrained(str(folder))
         return
@@ -492,9 +542,9 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> No
 
 def apply_template(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
                    add_generation_prompt: bool = False) -> str:
-    """The chat template's text for these messages as given (no folding), with finetune's TEMPLATE_KWARGS."""
+    """The chat template's text for these messages as given (no folding), with its `template_kwargs`."""
     return tokenizer.apply_chat_template(_plain(messages), tokenize=False, add_generation_prompt=add_generation_prompt,
-                                         **TEMPLATE_KWARGS)
+                                         **template_kwargs(tokenizer))
 
 
 def render_chat(

@@ -17,6 +17,7 @@ from finetune.data import (
     dropped_text,
     empty_split_text,
     load_conversations,
+    prompt_mismatch,
     save_tokenizer,
     split_train_eval,
     tokenize_with_drops,
@@ -253,6 +254,9 @@ def _train(
         empty = empty_split_text(len(conversations), recipe.dataset.eval_fraction, len(eval_rows))
         if empty:
             say(f"data: {empty}")
+        mismatch = prompt_mismatch(tokenizer)
+        if mismatch:
+            say(f"warning: {mismatch}")
     if eval_ds is not None and len(eval_ds) == 0:
         eval_ds = None  # every held-out row was truncated to no labels: nothing to evaluate
 

@@ -110,7 +110,7 @@ def test_family_end_to_end(trained) -> None:
     full = render_chat(run_tokenizer, [*THREE_TURNS, reply], False)
     assert full.startswith(head) and full[len(head):].lstrip().startswith(reply["content"]), (head[-60:], full)
     # ...and the tokenizer saved beside the adapter gives the same prompt to plain transformers, which passes no
-    # flags (finetune itself renders with the base's tokenizer and data.TEMPLATE_KWARGS).
+    # flags (finetune itself renders with the base's tokenizer and data.template_kwargs).
     saved = _tokenizer(trained["run"] / "adapter")
     folded = chat_messages(saved, THREE_TURNS)
     assert saved.apply_chat_template(folded, tokenize=False, add_generation_prompt=True) == head
@@ -125,7 +125,7 @@ def test_family_end_to_end(trained) -> None:
     meta = read_gguf(gguf_path)["metadata"]
     if meta["tokenizer.ggml.model"] == "gpt2":
         assert meta["tokenizer.ggml.pre"] not in ("default", None)
-    assert meta["tokenizer.chat_template"] == saved_template(tokenizer.chat_template)
+    assert meta["tokenizer.chat_template"] == saved_template(tokenizer)
     # The GGUF's own template, as llama-cpp-python's chat completion renders it, prompts as training did.
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
