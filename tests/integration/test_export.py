@@ -354,18 +354,18 @@ def test_merge_adapters_gives_a_loadable_adapter_unlike_either_input(runs, refer
         [str(runs["exp-lora"]), str(runs["exp-qlora"])], [0.7, 0.3], "linear", out, say=lambda *_: None
     )
     assert report["max_abs_logit_diff_reloaded"] <= 1e-5
-    config = json.loads((out / "adapter_config.json").read_text())
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == HUB_ID and config["r"] == 4
     assert "## Merged from" in (out / "README.md").read_text()
 
     base = AutoModelForCausalLM.from_pretrained(bundled_dir, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, out).eval()
+    model = PeftModel.from_pretrained(base, out / "adapter").eval()
     logits = _logits(model, reference["exp-lora"]["ids"])
     for name in ("exp-lora", "exp-qlora"):
         assert (logits - reference[name]["adapter"]).abs().max() > 1e-2, name
     assert (logits - reference["exp-lora"]["base"]).abs().max() > 1e-2
 
-    with pytest.raises(RunError, match="holds an earlier export; use --force"):
+    with pytest.raises(RunError, match="holds an earlier merge-adapters output; use --force"):
         merge_adapters([str(runs["exp-lora"]), str(runs["exp-qlora"])], [0.5, 0.5], "cat", out)
 
 
