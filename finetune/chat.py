@@ -160,7 +160,7 @@ def load_target(
         ggufs = sorted(p.name for p in path.glob("*.gguf"))  # an export-*gguf folder: name the file it holds
         hint = f" (it holds {', '.join(ggufs)}: give the file)" if ggufs else ""
         raise RunError(f"{target}: not a run, a model folder, an adapter folder or a .gguf file{hint}")
-    if not path.exists() and _looks_like_a_path(target):
+    if not path.expanduser().exists() and _looks_like_a_path(target):
         # `outputs/typo` would otherwise be asked of the hub as a model id ("couldn't connect to huggingface.co").
         raise RunError(f"{target}: no such file or folder (not a run, an export, a .gguf file or a model folder)")
     try:
@@ -175,11 +175,14 @@ def load_target(
 
 def _looks_like_a_path(target: str) -> bool:
     """Whether a target that does not exist was meant as a path, not a hub id ('org/name'): it starts like one,
-    has more than one '/', ends in .gguf, or its first part is a folder here (outputs/...)."""
+    has more than one '/', ends in .gguf, or begins with the runs folder (outputs/...). A folder named like a hub
+    org (./Qwen from a download) does not make 'Qwen/Qwen2.5-7B-Instruct' a path."""
+    from finetune.paths import outputs_dir
+
     if target.startswith(("/", "./", "../", "~", ".\\")) or target.count("/") > 1 or target.endswith(".gguf"):
         return True
     first = Path(target).parts[0] if Path(target).parts else ""
-    return "/" in target and Path(first).is_dir()
+    return "/" in target and first in {"outputs", outputs_dir().name}
 
 
 def _no_such_target(name: str) -> str:

@@ -424,19 +424,28 @@ def _reply_starts(tokenizer: PreTrainedTokenizerBase, text: str, messages: list[
     """Where each assistant reply begins at the earliest: after the template's text for the turns before it and
     its generation prompt (the assistant header), where that text is how the whole row begins.
 
-    A template whose earlier turns render differently once a later turn follows (Qwen3 drops old reasoning)
-    gives no such prefix; its replies are searched for from the previous message's end, as before.
+    The header is tried with the template's own flags, then with the other thinking choices: Qwen3, rendered with
+    thinking off, puts an empty reasoning block in the generation prompt but none before an earlier turn's reply
+    (without the other header, "a" was found in "<|im_start|>assistant"). A template whose earlier turns render
+    differently under every choice gives no such prefix; its replies are searched for from the previous
+    message's end, as before.
     """
+    own = template_kwargs(tokenizer)
+    choices = [own, *(kw for kw in THINKING_CHOICES if kw != own)] if "enable_thinking" in str(
+        getattr(tokenizer, "chat_template", "") or "") else [own]
     starts = {}
     for index, message in enumerate(messages):
         if message["role"] != "assistant" or index == 0:
             continue
-        try:
-            head = apply_template(tokenizer, messages[:index], add_generation_prompt=True)
-        except Exception:  # a template that refuses a partial conversation: no lower bound for this reply
-            continue
-        if isinstance(head, str) and text.startswith(head):
-            starts[index] = len(head)
+        for kwargs in choices:
+            try:
+                head = tokenizer.apply_chat_template(_plain(messages[:index]), tokenize=False,
+                                                     add_generation_prompt=True, **kwargs)
+            except Exception:  # a template that refuses a partial conversation: no lower bound from it
+                continue
+            if isinstance(head, str) and text.startswith(head):
+                starts[index] = len(head)
+                break
     return starts
 
 

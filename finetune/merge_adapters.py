@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -129,8 +130,15 @@ def sources_cost(summaries: list[dict[str, Any] | None]) -> dict[str, Any] | Non
 def merged_recipe_yaml(recipe: Any, name: str, config: dict[str, Any], sources: list[dict[str, Any]]) -> str:
     """recipe.yaml of a merge-adapters output: the first source's recipe (every source shares its base model),
     named for the output folder, with the merged adapter's rank; a comment names the sources."""
-    lora = recipe.lora.model_copy(update={"r": config.get("r", recipe.lora.r)})
-    merged = recipe.model_copy(update={"name": name, "lora": lora})
+    from finetune.recipe import Recipe
+
+    lora = recipe.lora.model_copy(update={"r": config.get("r", recipe.lora.r),
+                                          "alpha": config.get("lora_alpha", recipe.lora.alpha)})
+    # Validated (model_copy is not): a folder named "pirate blend" gives the recipe name "pirate-blend".
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "merged"
+    if not name[0].isalnum():
+        name = f"merged-{name}"
+    merged = Recipe.model_validate({**recipe.model_dump(), "name": name, "lora": lora.model_dump()})
     names = ", ".join(str(s["run"]) for s in sources)
     return (f"# merge-adapters output: the recipe of {sources[0]['run']}, the first of {names} (merge.json says "
             f"how they were merged); nothing was trained with it\n{merged.to_yaml()}")

@@ -429,7 +429,8 @@ def _out_of_memory_hint(exc: BaseException) -> str:
             or (isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message))):
         return ""
     return ("; lower training.batch_size or dataset.max_length, or set training.gradient_checkpointing: true or "
-            "quantization.bits: 4 (`finetune estimate RECIPE` shows what fits), then run again with --resume")
+            "quantization.bits: 4 (`finetune estimate RECIPE` shows what fits), then --resume --force continues from "
+            "the last checkpoint with the changed recipe")
 
 
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:

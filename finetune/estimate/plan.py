@@ -509,11 +509,17 @@ def _learned(recipe: Recipe, shape: ModelShape, device: Device, tokens: Tokens) 
     checkpointing, as `auto` resolves here)."""
     setup = setup_for(recipe, device)
     checkpointing = run_setups(recipe, device, tokens, shape=shape)[0].checkpointing
-    t = recipe.training
-    # Non-padding tokens per optimizer step, as a run's metrics count them (a micro-batch is batch_size rows).
-    per_step = tokens.per_epoch / max(1, math.ceil(tokens.rows_train / t.batch_size)) * t.gradient_accumulation
     return learned_from_run(shape.name, setup.precision, setup.bits, checkpointing, setup.seq,
-                            compiled=t.compile, tokens_per_step=per_step)
+                            compiled=recipe.training.compile, tokens_per_step=tokens_per_step(recipe, tokens))
+
+
+def tokens_per_step(recipe: Recipe, tokens: Tokens) -> float:
+    """Non-padding tokens per optimizer step, as a run's metrics count them: an epoch's tokens over its optimizer
+    steps (a micro-batch is batch_size rows; an epoch's last step takes the micro-batches left, fewer than
+    gradient_accumulation when the data is small)."""
+    t = recipe.training
+    micro_per_epoch = max(1, math.ceil(tokens.rows_train / t.batch_size))
+    return tokens.per_epoch / max(1, math.ceil(micro_per_epoch / t.gradient_accumulation))
 
 
 def checkpointing_here(recipe: Recipe, conversations: list[Conversation] | None = None) -> bool:

@@ -147,11 +147,11 @@ def test_a_merge_is_taken_as_a_run_by_export_generate_show_and_runs(adapters, ti
     from finetune.recipe import load_recipe
     from finetune.runs import list_runs, resolve_run
 
-    out = tmp_path / "blend"
+    out = tmp_path / "pirate blend"  # a folder name that is no recipe name: the recipe's is made one
     merge_adapters([str(adapters["one"]), str(adapters["two"])], [0.7, 0.3], "linear", out, say=lambda *_: None)
     assert resolve_run(str(out)) == out  # what export, compare, chat and show look runs up with
     recipe = load_recipe(out / "recipe.yaml")
-    assert recipe.name == "blend" and recipe.base_model == str(tiny_llama)
+    assert recipe.name == "pirate-blend" and recipe.base_model == str(tiny_llama)
     assert [r["status"] for r in list_runs(tmp_path)] == ["merged (merge-adapters)"]
     messages = [{"role": "user", "content": QUESTION}]
     model, tokenizer, _ = load_target(str(out))

@@ -69,3 +69,17 @@ def test_a_template_without_the_flag_is_rendered_as_it_is(tokenizer, bundled_dir
     plain = AutoTokenizer.from_pretrained(bundled_dir)
     assert template_kwargs(plain) == {} and prompt_mismatch(plain) is None and saved_template(plain) is \
         plain.chat_template
+
+
+def test_a_short_earlier_reply_is_masked_where_it_is_in_a_multi_turn_qwen3_row(tokenizer):
+    """Qwen3 renders an earlier turn's reply without the empty block that the thinking-off prompt ends with: the
+    reply's lower bound must come from the header without it, or "a" is found in "<|im_start|>assistant"."""
+    from finetune.data import _render, end_of_turn_token
+
+    _with(tokenizer, "Qwen-Qwen3-0.6B.jinja")
+    rows = [{"role": "user", "content": "Pick a or b"}, {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "again"}, {"role": "assistant", "content": "b"}]
+    text, spans = _render(tokenizer, rows, end_of_turn_token(tokenizer))
+    assert [text[start:end] for start, end in spans] == ["a<|im_end|>", "b<|im_end|>"], spans
+    assert text[:spans[0][0]].endswith("<|im_start|>assistant\n")
+    assert text[:spans[1][0]].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")

@@ -53,3 +53,21 @@ def test_length_and_work_weigh_together(runs_file):
                                      _record("same-length-tiny-steps", 100.0, max_length=256)]))
     # 2x apart in length but the same work, against the same length and 14x less work
     assert _learned(256, 1400.0) == "long-rows"
+
+
+def test_tokens_per_step_counts_the_optimizer_steps_an_epoch_really_has():
+    from finetune.estimate.plan import tokens_per_step
+    from finetune.estimate.tokens import Tokens
+    from finetune.recipe import parse_recipe
+
+    def recipe(batch: int, accumulation: int):
+        return parse_recipe({"name": "r", "base_model": "bundled:smollm2-135m-instruct",
+                             "dataset": {"path": "d.jsonl"},
+                             "training": {"batch_size": batch, "gradient_accumulation": accumulation}})
+
+    one_row = Tokens(rows_train=1, rows_eval=0, lengths=[300], eval_lengths=[], method="tokenizer")
+    assert tokens_per_step(recipe(4, 4), one_row) == 300  # one micro-batch, one step: not 4 x 300
+    rows = Tokens(rows_train=64, rows_eval=0, lengths=[100] * 64, eval_lengths=[], method="tokenizer")
+    assert tokens_per_step(recipe(8, 1), rows) == 800
+    assert tokens_per_step(recipe(8, 2), rows) == 1600
+    assert tokens_per_step(recipe(8, 3), rows) == 6400 / 3  # 8 micro-batches: steps of 3, 3 and 2

@@ -179,3 +179,20 @@ def test_show_names_the_adapter_where_a_copied_run_is_now(tmp_path, monkeypatch,
     code, out, _ = run_cli(monkeypatch, capsys, "show", str(run))
     assert code == 0 and f'"adapter": "{(run / "adapter").resolve()}"' in out, out
     assert "/home/someone" not in out
+
+
+def test_a_hub_id_is_not_taken_for_a_path_by_a_folder_named_like_its_org(tmp_path, monkeypatch):
+    from finetune.chat import _looks_like_a_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Qwen").mkdir()  # a download's --local-dir
+    (tmp_path / "outputs").mkdir()
+    assert not _looks_like_a_path("Qwen/Qwen2.5-7B-Instruct") and not _looks_like_a_path("bundled:smollm2")
+    assert _looks_like_a_path("outputs/typo") and _looks_like_a_path("~/models/m")
+
+
+def test_a_home_relative_folder_is_found(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models" / "m").mkdir(parents=True)  # there, but not a model: named as what it is
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "~/models/m", "--prompt", "hi")
+    assert code == 2 and "no such file or folder" not in err and "needs a config.json" in err, err
