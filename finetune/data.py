@@ -431,8 +431,7 @@ def _reply_starts(tokenizer: PreTrainedTokenizerBase, text: str, messages: list[
     message's end, as before.
     """
     own = template_kwargs(tokenizer)
-    choices = [own, *(kw for kw in THINKING_CHOICES if kw != own)] if "enable_thinking" in str(
-        getattr(tokenizer, "chat_template", "") or "") else [own]
+    choices = [own, *(kw for kw in THINKING_CHOICES if kw != own)] if _reads_thinking(tokenizer) else [own]
     starts = {}
     for index, message in enumerate(messages):
         if message["role"] != "assistant" or index == 0:
@@ -477,26 +476,42 @@ _PROBE_REPLY = "PROBE-REPLY-7f3a"
 _kwargs_cache: dict[str, dict[str, Any]] = {}
 
 
+def _reads_thinking(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer's chat template reads the `enable_thinking` flag at all."""
+    template = getattr(tokenizer, "chat_template", None)
+    return isinstance(template, str) and "enable_thinking" in template
+
+
 def template_kwargs(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """The flags finetune renders this tokenizer's chat template with, for training and inference alike: none,
     unless the template reads `enable_thinking` and only thinking off makes the generation prompt the text that
     training puts before a reply (Qwen3)."""
-    template = getattr(tokenizer, "chat_template", None)
-    if not isinstance(template, str) or "enable_thinking" not in template:
+    if not _reads_thinking(tokenizer):
         return {}
+    template = tokenizer.chat_template
     if template not in _kwargs_cache:
         _kwargs_cache[template] = next((kw for kw in THINKING_CHOICES if _prompt_is_prefix(tokenizer, kw)), {})
     return _kwargs_cache[template]
 
 
-def _prompt_is_prefix(tokenizer: PreTrainedTokenizerBase, kwargs: dict[str, Any]) -> bool:
-    """Whether, with these flags, a generation prompt is the start of the training text of its reply."""
+def _probe(tokenizer: PreTrainedTokenizerBase, kwargs: dict[str, Any]) -> tuple[str, str] | None:
+    """(training text of a one-turn probe row, its generation prompt) with these flags; None if refused."""
     turns = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": _PROBE_REPLY}]
     try:
-        full = tokenizer.apply_chat_template(turns, tokenize=False, **kwargs)
-        head = tokenizer.apply_chat_template(turns[:1], tokenize=False, add_generation_prompt=True, **kwargs)
+        return (tokenizer.apply_chat_template(turns, tokenize=False, **kwargs),
+                tokenizer.apply_chat_template(turns[:1], tokenize=False, add_generation_prompt=True, **kwargs))
     except Exception:  # a template that refuses the probe: no evidence for these flags
-        return False
+        return None
+
+
+def _prompt_is_prefix(tokenizer: PreTrainedTokenizerBase, kwargs: dict[str, Any]) -> bool:
+    """Whether, with these flags, a generation prompt is the start of the training text of its reply."""
+    probe = _probe(tokenizer, kwargs)
+    return probe is not None and _starts_the_row(*probe)
+
+
+def _starts_the_row(full: str, head: str) -> bool:
+    """Whether `head` (a generation prompt) is `full` (the training text) up to the probe's reply."""
     return full.startswith(head) and full[len(head):].lstrip().startswith(_PROBE_REPLY)
 
 
@@ -505,14 +520,10 @@ def prompt_mismatch(tokenizer: PreTrainedTokenizerBase) -> str | None:
     differs, as a warning (None where it holds). Templates that always open a reasoning block at inference
     (DeepSeek-R1's, QwQ's, Gemma 4's thought channel) prompt after text the trained replies never followed."""
     kwargs = template_kwargs(tokenizer)
-    if _prompt_is_prefix(tokenizer, kwargs):
+    probe = _probe(tokenizer, kwargs)
+    if probe is None or _starts_the_row(*probe):  # a refusing template says so itself when the data is rendered
         return None
-    turns = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": _PROBE_REPLY}]
-    try:
-        full = tokenizer.apply_chat_template(turns, tokenize=False, **kwargs)
-        head = tokenizer.apply_chat_template(turns[:1], tokenize=False, add_generation_prompt=True, **kwargs)
-    except Exception:  # a template that refuses the probe says so itself when the data is rendered
-        return None
+    full, head = probe
     common = len(os.path.commonprefix([full, head]))
     return (f"chat template: prompts at inference end {head[common:][:60]!r} where training rows continue "
             f"{full[common:].replace(_PROBE_REPLY, '<reply>')[:60]!r}: replies are trained after other text than "

@@ -16,6 +16,7 @@ from typing import Any
 from finetune import atomic
 from finetune.errors import ModelError, RunError
 from finetune.gguf_export import GGUF_SUFFIX
+from finetune.runs import MERGE_FILE
 
 # Largest |logit difference| allowed between the artefact and base + adapter, both computed in fp32.
 # fp32 differs only by summation order; fp16/bf16 add the rounding of every stored weight (bf16 keeps
@@ -61,7 +62,7 @@ def max_abs_diff(left: list[Any], right: list[Any]) -> float:
 
 
 # What an earlier export (verification.json) or merge-adapters (merge.json) leaves: only such a folder is replaced.
-EXPORT_MARKS = ("verification.json", "merge.json")
+EXPORT_MARKS = ("verification.json", MERGE_FILE)
 
 
 def check_target(out_dir: Path, force: bool) -> None:
@@ -70,14 +71,14 @@ def check_target(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"{out_dir}: exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        trained = (out_dir / "summary.json").is_file() or not (out_dir / "merge.json").is_file()
-        if trained and ((out_dir / "recipe.yaml").is_file() or (out_dir / "summary.json").is_file()):
+        merged = (out_dir / MERGE_FILE).is_file()  # a merge-adapters output has a recipe.yaml but trained nothing
+        if (out_dir / "summary.json").is_file() or ((out_dir / "recipe.yaml").is_file() and not merged):
             raise RunError(f"{out_dir}: is a run folder; --force will not replace it (choose another --out)")
         if not any((out_dir / mark).is_file() for mark in EXPORT_MARKS):
             raise RunError(f"{out_dir}: not empty and not an earlier export (no verification.json or merge.json); "
                            "--force replaces only exports (choose a new or empty --out)")
         if not force:
-            what = "merge-adapters output" if (out_dir / "merge.json").is_file() else "export"
+            what = "merge-adapters output" if merged else "export"
             raise RunError(f"{out_dir}: holds an earlier {what}; use --force to replace it")
 
 

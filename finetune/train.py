@@ -364,10 +364,10 @@ def _train(
                        "summary.json are as they were (--debug shows the traceback)") from error
     # A full disk is described in the summary (status failed, how to recover): no traceback for it.
     if error is not None and not isinstance(error, KeyboardInterrupt) and not _disk_full_hint(error):
-        if _out_of_memory_hint(error):  # the recipe asks for more memory than there is: one line, not a traceback
-            raise RunError(f"{run_dir}: out of memory at step {trainer.state.global_step + 1}"
-                           f"{_out_of_memory_hint(error)}; summary.json records it (--debug shows the traceback)"
-                           ) from error
+        hint = _out_of_memory_hint(error)
+        if hint:  # the recipe asks for more memory than there is: one line, not a traceback
+            raise RunError(f"{run_dir}: out of memory at step {trainer.state.global_step + 1}{hint}; "
+                           "summary.json records it (--debug shows the traceback)") from error
         raise error
     return summary if is_main else {"status": run_state.status}
 
